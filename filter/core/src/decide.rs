@@ -1,0 +1,867 @@
+//! The filter's decisions: (request view, policy) → decision, and the response-side guard.
+//!
+//! Pure: the glue reads headers and properties into a [`RequestView`], applies the returned
+//! [`Decision`] (header operations, route-cache clearing, or a local reply), and keeps the
+//! [`UpgradeMemo`] for the response. Randomness comes in as a function so tests are exact.
+
+use std::net::IpAddr;
+
+use crate::base64::encode_std;
+use crate::config::{ExistingAuthorization, Policy};
+use crate::headers::{is_header_value, Headers};
+use crate::outcome::Outcome;
+use crate::reply::{LocalReply, Rejection};
+use crate::route::{path_has_prefix, route, split_query};
+use crate::token;
+use crate::upgrade::{classify, is_multiplexed, UpgradeKind};
+
+/// What the glue reads from Envoy for one request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    /// Request headers including pseudo-headers (`:path`, `:authority`), every line.
+    pub headers: Headers<'a>,
+    /// Envoy's `request.protocol` property (`HTTP/1.1`, `HTTP/2`, ...).
+    pub protocol: &'a str,
+    /// The downstream peer (Envoy's `source.address`), for the plaintext allowance.
+    pub source: Option<IpAddr>,
+}
+
+/// One change to the request headers. `Set` replaces every line of that name.
+#[derive(Clone, PartialEq, Eq)]
+pub enum HeaderOp {
+    Set { name: String, value: String },
+    Remove { name: String },
+}
+
+impl std::fmt::Debug for HeaderOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // The Authorization value is a credential: never printed.
+            HeaderOp::Set { name, .. } if name == "authorization" => {
+                write!(f, "Set({name}: <redacted>)")
+            }
+            HeaderOp::Set { name, value } => write!(f, "Set({name}: {value:?})"),
+            HeaderOp::Remove { name } => write!(f, "Remove({name})"),
+        }
+    }
+}
+
+/// Continue (after the header operations) or answer at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    Reply(LocalReply),
+}
+
+/// What the response side needs to know about an upgrade request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeMemo {
+    pub kind: UpgradeKind,
+    /// Arrived over plaintext and was not let through: the hint points at the TLS port.
+    pub plaintext: bool,
+    pub authority: String,
+    /// The original `:path`, query included.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Action,
+    /// Applied in order when the action is `Continue`.
+    pub ops: Vec<HeaderOp>,
+    /// Any header change may change the route: the glue clears the cache explicitly too.
+    pub clear_route_cache: bool,
+    /// Kept for the response when the request is an upgrade.
+    pub memo: Option<UpgradeMemo>,
+    /// One counter increment each.
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Decision {
+    fn reply(mut self, r: Rejection, outcome: Outcome) -> Decision {
+        self.outcomes.push(outcome);
+        self.action = Action::Reply(r.to_reply());
+        self.ops.clear();
+        self.clear_route_cache = false;
+        self
+    }
+}
+
+fn set(name: &str, value: impl Into<String>) -> HeaderOp {
+    HeaderOp::Set {
+        name: name.to_string(),
+        value: value.into(),
+    }
+}
+
+/// Decides what to do with a request.
+pub fn decide(
+    view: &RequestView<'_>,
+    policy: &Policy,
+    random_key: &mut dyn FnMut() -> [u8; 16],
+) -> Decision {
+    let h = view.headers;
+    let kind = classify(h, is_multiplexed(view.protocol));
+    let path = h.first(":path").unwrap_or("/");
+    let (path_only, _) = split_query(path);
+    let authority = h
+        .first(":authority")
+        .or_else(|| h.first("host"))
+        .unwrap_or("");
+    let forwarded_proto = h.first("x-forwarded-proto").or_else(|| h.first(":scheme"));
+    let plaintext = !forwarded_proto.is_some_and(|p| p.eq_ignore_ascii_case("https"));
+
+    let mut d = Decision {
+        action: Action::Continue,
+        ops: Vec::new(),
+        clear_route_cache: false,
+        memo: None,
+        outcomes: Vec::new(),
+    };
+    if kind.is_some() {
+        d.outcomes.push(Outcome::Upgrade);
+    }
+
+    // A client must never choose its backend by sending the routing header itself.
+    for name in &policy.routing_headers {
+        if h.has(name) {
+            d.ops.push(HeaderOp::Remove { name: name.clone() });
+            d.outcomes.push(Outcome::ForgedHeaderRemoved);
+        }
+    }
+
+    match route(&policy.routes, path) {
+        None => {}
+        Some(Err(refused)) => {
+            return d.reply(
+                Rejection::Route(refused.error),
+                Outcome::RouteRejected(refused.error),
+            );
+        }
+        Some(Ok(routed)) => {
+            let r = routed.route;
+            d.ops.push(set(&r.header, routed.cluster));
+            if let Some(p) = routed.new_path {
+                d.ops.push(set(":path", p));
+            }
+            if let Some(a) = &r.authority {
+                d.ops.push(set(":authority", a.clone()));
+            }
+            for name in &r.remove_headers {
+                d.ops.push(HeaderOp::Remove { name: name.clone() });
+            }
+            for (name, value) in &r.set_headers {
+                d.ops.push(set(name, value.clone()));
+            }
+            d.outcomes.push(Outcome::Routed);
+        }
+    }
+
+    let t = &policy.token;
+    let token_path = t.path_prefixes.is_empty()
+        || t.path_prefixes
+            .iter()
+            .any(|p| path_has_prefix(path_only, p));
+    if kind.is_some_and(UpgradeKind::is_websocket) && t.enabled && token_path {
+        match token::extract(h.all("sec-websocket-protocol")) {
+            Err(e) => return d.reply(Rejection::Token(e), Outcome::TokenError(e)),
+            Ok(None) => {}
+            Ok(Some(found)) => {
+                let has_auth = h.has("authorization");
+                match (has_auth, t.existing_authorization) {
+                    (true, ExistingAuthorization::Reject) => {
+                        return d.reply(
+                            Rejection::AuthorizationConflict,
+                            Outcome::AuthorizationConflict,
+                        );
+                    }
+                    (true, ExistingAuthorization::KeepExisting) => {
+                        d.outcomes.push(Outcome::AuthorizationKept);
+                    }
+                    _ => {
+                        let bearer = format!("Bearer {}", found.token.expose());
+                        d.ops.push(set("authorization", bearer));
+                        d.outcomes.push(Outcome::TokenRewritten);
+                    }
+                }
+                d.ops.push(set("sec-websocket-protocol", found.remaining));
+            }
+        }
+    }
+
+    let mut still_plaintext = plaintext;
+    if let (Some(_), true, Some(p)) = (kind, plaintext, &policy.guard.allow_plaintext) {
+        let trusted = view
+            .source
+            .is_some_and(|ip| p.trusted_cidrs.iter().any(|c| c.contains(ip)));
+        let on_path = p
+            .path_prefixes
+            .iter()
+            .any(|pre| path_has_prefix(path_only, pre));
+        if trusted && on_path {
+            d.ops.push(set("x-forwarded-proto", "https"));
+            d.outcomes.push(Outcome::PlaintextAllowed);
+            still_plaintext = false;
+        }
+    }
+
+    if kind == Some(UpgradeKind::WebSocketH2)
+        && policy.h2_websocket_key
+        && !h.has("sec-websocket-key")
+    {
+        d.ops
+            .push(set("sec-websocket-key", encode_std(&random_key())));
+        d.outcomes.push(Outcome::H2KeyAdded);
+    }
+
+    d.clear_route_cache = !d.ops.is_empty();
+    d.memo = kind.map(|kind| UpgradeMemo {
+        kind,
+        plaintext: still_plaintext,
+        authority: authority.to_string(),
+        path: path.to_string(),
+    });
+    d
+}
+
+/// The response-side redirect guard: an upgrade answered with a redirect gets a 426 naming the
+/// URL to use. Plain requests never reach here (the glue keeps no memo for them).
+pub fn decide_response(
+    memo: &UpgradeMemo,
+    status: u32,
+    location: Option<&str>,
+    policy: &Policy,
+) -> Option<LocalReply> {
+    if !matches!(status, 301 | 302 | 303 | 307 | 308) {
+        return None;
+    }
+    let url = upgrade_url(memo, location, policy.guard.https_port).filter(|u| is_header_value(u));
+    Some(Rejection::UpgradeRedirected { status, url }.to_reply())
+}
+
+/// The URL the client should have used: the TLS version of the request for a plaintext upgrade,
+/// otherwise the redirect target with a WebSocket scheme.
+fn upgrade_url(
+    memo: &UpgradeMemo,
+    location: Option<&str>,
+    https_port: Option<u16>,
+) -> Option<String> {
+    let (secure, insecure) = match memo.kind {
+        UpgradeKind::Spdy => ("https", "http"),
+        _ => ("wss", "ws"),
+    };
+    if !memo.plaintext {
+        let loc = location?;
+        if let Some(rest) = loc.strip_prefix("https://") {
+            return Some(format!("{secure}://{rest}"));
+        }
+        if let Some(rest) = loc.strip_prefix("http://") {
+            return Some(format!("{insecure}://{rest}"));
+        }
+        if loc.starts_with('/') && !memo.authority.is_empty() {
+            return Some(format!("{secure}://{}{loc}", memo.authority));
+        }
+        return None;
+    }
+    if memo.authority.is_empty() {
+        return None;
+    }
+    let host = strip_port(&memo.authority);
+    let port = match https_port {
+        Some(p) if p != 443 => format!(":{p}"),
+        _ => String::new(),
+    };
+    Some(format!("{secure}://{host}{port}{}", memo.path))
+}
+
+/// `host:80` → `host`, `[::1]:80` → `[::1]`, `host` → `host`.
+fn strip_port(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        Some((host, port))
+            if !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!host.contains(':') || host.ends_with(']')) =>
+        {
+            host
+        }
+        _ => authority,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base64::encode_raw_url;
+    use crate::token::BEARER_PROTOCOL_PREFIX;
+
+    fn hdrs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn ws(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut v = hdrs(&[
+            (":method", "GET"),
+            (":path", "/api/v1/namespaces/default/pods/p/exec?command=sh"),
+            (":authority", "gw.example.com"),
+            (":scheme", "https"),
+            ("x-forwarded-proto", "https"),
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ]);
+        for (k, v2) in extra {
+            // Replace same-name pseudo-headers and proto; append others.
+            if k.starts_with(':') || *k == "x-forwarded-proto" {
+                v.retain(|(n, _)| n != k);
+            }
+            v.push((k.to_string(), v2.to_string()));
+        }
+        v
+    }
+
+    fn tok(t: &str) -> String {
+        format!("{BEARER_PROTOCOL_PREFIX}{}", encode_raw_url(t.as_bytes()))
+    }
+
+    fn policy(json: &str) -> Policy {
+        Policy::from_json(json.as_bytes()).unwrap()
+    }
+
+    fn run(headers: &[(String, String)], protocol: &str, source: &str, p: &Policy) -> Decision {
+        let view = RequestView {
+            headers: Headers(headers),
+            protocol,
+            source: source.parse().ok(),
+        };
+        decide(&view, p, &mut || [7u8; 16])
+    }
+
+    fn status(d: &Decision) -> Option<(u32, String)> {
+        match &d.action {
+            Action::Reply(r) => {
+                let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+                Some((r.status, body["reason"].as_str().unwrap().to_string()))
+            }
+            Action::Continue => None,
+        }
+    }
+
+    fn op_value<'d>(d: &'d Decision, name: &str) -> Option<&'d str> {
+        d.ops.iter().rev().find_map(|op| match op {
+            HeaderOp::Set { name: n, value } if n == name => Some(value.as_str()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn token_rewrite_table() {
+        let default = Policy::default();
+        let keep = policy(r#"{"tokenRewrite": {"existingAuthorization": "keepExisting"}}"#);
+        let replace = policy(r#"{"tokenRewrite": {"existingAuthorization": "replace"}}"#);
+        let scoped = policy(r#"{"tokenRewrite": {"pathPrefixes": ["/k8s"]}}"#);
+        let off = policy(r#"{"tokenRewrite": {"enabled": false}}"#);
+        let entry = format!("{}, v5.channel.k8s.io", tok("sekret"));
+        // (name, headers, policy, expected reply (status, reason), expected Authorization)
+        type Case<'a> = (
+            &'a str,
+            Vec<(String, String)>,
+            &'a Policy,
+            Option<(u32, &'a str)>,
+            Option<&'a str>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "rewritten",
+                ws(&[("sec-websocket-protocol", &entry)]),
+                &default,
+                None,
+                Some("Bearer sekret"),
+            ),
+            (
+                "no token: untouched",
+                ws(&[("sec-websocket-protocol", "v4.channel.k8s.io")]),
+                &default,
+                None,
+                None,
+            ),
+            (
+                "not an upgrade: untouched even if malformed",
+                hdrs(&[
+                    (":path", "/"),
+                    (
+                        "sec-websocket-protocol",
+                        "base64url.bearer.authorization.k8s.io.!!",
+                    ),
+                ]),
+                &default,
+                None,
+                None,
+            ),
+            (
+                "spdy: never rewritten",
+                ws(&[("upgrade", "SPDY/3.1"), ("sec-websocket-protocol", &entry)])
+                    .into_iter()
+                    .filter(|(k, v)| !(k == "upgrade" && v == "websocket"))
+                    .collect(),
+                &default,
+                None,
+                None,
+            ),
+            (
+                "token alone",
+                ws(&[("sec-websocket-protocol", &tok("sekret"))]),
+                &default,
+                Some((400, "missing_subprotocol")),
+                None,
+            ),
+            (
+                "two tokens",
+                ws(&[
+                    ("sec-websocket-protocol", &entry),
+                    ("sec-websocket-protocol", &tok("b")),
+                ]),
+                &default,
+                Some((400, "multiple_tokens")),
+                None,
+            ),
+            (
+                "bad encoding",
+                ws(&[(
+                    "sec-websocket-protocol",
+                    "base64url.bearer.authorization.k8s.io.a=, x",
+                )]),
+                &default,
+                Some((400, "invalid_encoding")),
+                None,
+            ),
+            (
+                "injection",
+                ws(&[("sec-websocket-protocol", &format!("{}, x", tok("a\r\nb")))]),
+                &default,
+                Some((400, "control_characters")),
+                None,
+            ),
+            (
+                "existing auth rejected",
+                ws(&[
+                    ("authorization", "Bearer other"),
+                    ("sec-websocket-protocol", &entry),
+                ]),
+                &default,
+                Some((400, "authorization_conflict")),
+                None,
+            ),
+            (
+                "existing auth kept",
+                ws(&[
+                    ("authorization", "Bearer other"),
+                    ("sec-websocket-protocol", &entry),
+                ]),
+                &keep,
+                None,
+                None,
+            ),
+            (
+                "existing auth replaced",
+                ws(&[
+                    ("authorization", "Bearer other"),
+                    ("sec-websocket-protocol", &entry),
+                ]),
+                &replace,
+                None,
+                Some("Bearer sekret"),
+            ),
+            (
+                "existing auth alone is fine",
+                ws(&[
+                    ("authorization", "Bearer other"),
+                    ("sec-websocket-protocol", "v4.channel.k8s.io"),
+                ]),
+                &default,
+                None,
+                None,
+            ),
+            (
+                "path scoped: inside",
+                ws(&[(":path", "/k8s/api"), ("sec-websocket-protocol", &entry)]),
+                &scoped,
+                None,
+                Some("Bearer sekret"),
+            ),
+            (
+                "path scoped: outside untouched",
+                ws(&[("sec-websocket-protocol", &entry)]),
+                &scoped,
+                None,
+                None,
+            ),
+            (
+                "disabled",
+                ws(&[("sec-websocket-protocol", &entry)]),
+                &off,
+                None,
+                None,
+            ),
+            (
+                "h2 websocket rewritten",
+                ws(&[("sec-websocket-protocol", &entry)])
+                    .into_iter()
+                    .filter(|(k, _)| k != "connection")
+                    .collect(),
+                &default,
+                None,
+                Some("Bearer sekret"),
+            ),
+        ];
+        for (name, headers, p, want_reply, want_auth) in cases {
+            let proto = if name.starts_with("h2") {
+                "HTTP/2"
+            } else {
+                "HTTP/1.1"
+            };
+            let d = run(&headers, proto, "127.0.0.1", p);
+            let got = status(&d);
+            assert_eq!(
+                got.as_ref().map(|(s, r)| (*s, r.as_str())),
+                want_reply,
+                "{name}"
+            );
+            assert_eq!(op_value(&d, "authorization"), want_auth, "{name}");
+            if want_reply.is_some() {
+                assert!(d.ops.is_empty(), "{name}: nothing rewritten on error");
+                let Action::Reply(r) = &d.action else {
+                    unreachable!()
+                };
+                assert!(!r.body.contains("sekret"), "{name}: token echoed");
+            }
+            if want_auth.is_some() || name == "existing auth kept" {
+                assert_eq!(
+                    op_value(&d, "sec-websocket-protocol"),
+                    Some("v5.channel.k8s.io"),
+                    "{name}"
+                );
+            }
+            if want_reply.is_none() && want_auth.is_none() && name != "existing auth kept" {
+                assert_eq!(op_value(&d, "sec-websocket-protocol"), None, "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn debug_output_redacts_authorization() {
+        let entry = format!("{}, v5.channel.k8s.io", tok("sekret"));
+        let d = run(
+            &ws(&[("sec-websocket-protocol", &entry)]),
+            "HTTP/1.1",
+            "",
+            &Policy::default(),
+        );
+        assert!(!format!("{d:?}").contains("sekret"));
+    }
+
+    #[test]
+    fn plaintext_allowance_table() {
+        let p = policy(
+            r#"{"redirectGuard": {"allowPlaintext": {"trustedCidrs": ["10.0.0.0/8", "127.0.0.1"],
+                "pathPrefixes": ["/kubernetes-pod-ssh-proxy"]}}}"#,
+        );
+        let path = "/kubernetes-pod-ssh-proxy?cluster_name=a";
+        let cases = [
+            (
+                "trusted source, allowed path",
+                path,
+                "10.2.3.4",
+                "http",
+                true,
+            ),
+            ("loopback listed", path, "127.0.0.1", "http", true),
+            ("untrusted source", path, "192.0.2.1", "http", false),
+            ("other path", "/other", "10.2.3.4", "http", false),
+            (
+                "already https: nothing to do",
+                path,
+                "10.2.3.4",
+                "https",
+                false,
+            ),
+            ("unknown source", path, "", "http", false),
+        ];
+        for (name, path, source, proto, allowed) in cases {
+            let headers = ws(&[(":path", path), ("x-forwarded-proto", proto)]);
+            let d = run(&headers, "HTTP/1.1", source, &p);
+            assert_eq!(
+                op_value(&d, "x-forwarded-proto") == Some("https"),
+                allowed,
+                "{name}"
+            );
+            assert_eq!(
+                d.outcomes.contains(&Outcome::PlaintextAllowed),
+                allowed,
+                "{name}"
+            );
+            assert_eq!(d.clear_route_cache, allowed, "{name}");
+        }
+        // A plain GET is never let through, whatever its source.
+        let get = hdrs(&[(":path", path), ("x-forwarded-proto", "http")]);
+        assert!(run(&get, "HTTP/1.1", "10.2.3.4", &p).ops.is_empty());
+        // Default policy: never.
+        let headers = ws(&[(":path", path), ("x-forwarded-proto", "http")]);
+        assert!(run(&headers, "HTTP/1.1", "10.2.3.4", &Policy::default())
+            .ops
+            .is_empty());
+    }
+
+    #[test]
+    fn routing_decisions() {
+        let p = policy(
+            r#"{"routes": [
+              {"name": "sky", "prefix": "/kubernetes-pod-ssh-proxy", "clusterQueryParam": "cluster_name",
+               "allowedClusters": ["prod"]},
+              {"name": "ui", "pattern": "/c/{cluster}", "stripPrefix": true, "authority": "ui.internal",
+               "removeHeaders": ["user-agent", "origin"], "setHeaders": {"x-via": "wsgate"}}
+            ]}"#,
+        );
+        let d = run(
+            &ws(&[(
+                ":path",
+                "/kubernetes-pod-ssh-proxy?cluster_name=prod&worker=0",
+            )]),
+            "HTTP/1.1",
+            "",
+            &p,
+        );
+        assert_eq!(op_value(&d, "x-wsgate-cluster"), Some("prod"));
+        assert!(d.clear_route_cache);
+        assert!(d.outcomes.contains(&Outcome::Routed));
+
+        let d = run(
+            &ws(&[(":path", "/kubernetes-pod-ssh-proxy?cluster_name=staging")]),
+            "HTTP/1.1",
+            "",
+            &p,
+        );
+        assert_eq!(status(&d), Some((404, "unknown_cluster".into())));
+
+        let d = run(
+            &ws(&[(
+                ":path",
+                "/kubernetes-pod-ssh-proxy?cluster_name=10.0.0.1:22",
+            )]),
+            "HTTP/1.1",
+            "",
+            &p,
+        );
+        assert_eq!(status(&d), Some((400, "invalid_cluster".into())));
+
+        let get = hdrs(&[
+            (":path", "/c/dev/api?x=1"),
+            ("user-agent", "Mozilla"),
+            ("origin", "https://evil"),
+        ]);
+        let d = run(&get, "HTTP/1.1", "", &p);
+        assert_eq!(op_value(&d, "x-wsgate-cluster"), Some("dev"));
+        assert_eq!(op_value(&d, ":path"), Some("/api?x=1"));
+        assert_eq!(op_value(&d, ":authority"), Some("ui.internal"));
+        assert_eq!(op_value(&d, "x-via"), Some("wsgate"));
+        assert!(d.ops.contains(&HeaderOp::Remove {
+            name: "user-agent".into()
+        }));
+        assert!(d.ops.contains(&HeaderOp::Remove {
+            name: "origin".into()
+        }));
+        assert!(d.memo.is_none(), "plain requests keep no memo");
+
+        // A forged routing header is removed, on routed and unrouted requests alike.
+        let forged = hdrs(&[(":path", "/elsewhere"), ("x-wsgate-cluster", "prod")]);
+        let d = run(&forged, "HTTP/1.1", "", &p);
+        assert_eq!(
+            d.ops,
+            vec![HeaderOp::Remove {
+                name: "x-wsgate-cluster".into()
+            }]
+        );
+        assert!(d.outcomes.contains(&Outcome::ForgedHeaderRemoved));
+        let forged = hdrs(&[(":path", "/c/dev"), ("x-wsgate-cluster", "prod")]);
+        let d = run(&forged, "HTTP/1.1", "", &p);
+        assert_eq!(op_value(&d, "x-wsgate-cluster"), Some("dev"));
+    }
+
+    #[test]
+    fn h2_key_repair() {
+        let h2: Vec<_> = ws(&[])
+            .into_iter()
+            .filter(|(k, _)| k != "sec-websocket-key" && k != "connection")
+            .collect();
+        let d = run(&h2, "HTTP/2", "", &Policy::default());
+        // 16 bytes of 7s, standard base64.
+        assert_eq!(
+            op_value(&d, "sec-websocket-key"),
+            Some("BwcHBwcHBwcHBwcHBwcHBw==")
+        );
+        assert!(d.outcomes.contains(&Outcome::H2KeyAdded));
+        // A key already present is kept; HTTP/1.1 is never touched.
+        let d = run(&ws(&[]), "HTTP/2", "", &Policy::default());
+        assert_eq!(op_value(&d, "sec-websocket-key"), None);
+        let h1: Vec<_> = ws(&[])
+            .into_iter()
+            .filter(|(k, _)| k != "sec-websocket-key")
+            .collect();
+        assert_eq!(
+            op_value(
+                &run(&h1, "HTTP/1.1", "", &Policy::default()),
+                "sec-websocket-key"
+            ),
+            None
+        );
+        let off = policy(r#"{"h2WebSocketKey": false}"#);
+        assert_eq!(
+            op_value(&run(&h2, "HTTP/2", "", &off), "sec-websocket-key"),
+            None
+        );
+    }
+
+    #[test]
+    fn redirect_guard_table() {
+        let p = Policy::default();
+        let p8443 = policy(r#"{"redirectGuard": {"httpsPort": 8443}}"#);
+        let memo = |kind, plaintext, authority: &str| UpgradeMemo {
+            kind,
+            plaintext,
+            authority: authority.into(),
+            path: "/ssh?c=a".into(),
+        };
+        use UpgradeKind::*;
+        let cases: Vec<(
+            &str,
+            UpgradeMemo,
+            u32,
+            Option<&str>,
+            &Policy,
+            Option<Option<&str>>,
+        )> = vec![
+            (
+                "plaintext 301 → wss same host",
+                memo(WebSocket, true, "gw.example.com"),
+                301,
+                Some("https://gw.example.com/ssh?c=a"),
+                &p,
+                Some(Some("wss://gw.example.com/ssh?c=a")),
+            ),
+            (
+                "port 80 dropped",
+                memo(WebSocket, true, "gw.example.com:80"),
+                301,
+                None,
+                &p,
+                Some(Some("wss://gw.example.com/ssh?c=a")),
+            ),
+            (
+                "configured TLS port",
+                memo(WebSocket, true, "127.0.0.1:10080"),
+                301,
+                None,
+                &p8443,
+                Some(Some("wss://127.0.0.1:8443/ssh?c=a")),
+            ),
+            (
+                "ipv6 authority",
+                memo(WebSocket, true, "[::1]:80"),
+                308,
+                None,
+                &p,
+                Some(Some("wss://[::1]/ssh?c=a")),
+            ),
+            (
+                "spdy hint is https",
+                memo(Spdy, true, "gw"),
+                301,
+                None,
+                &p,
+                Some(Some("https://gw/ssh?c=a")),
+            ),
+            (
+                "upstream redirect over TLS, absolute",
+                memo(WebSocket, false, "gw"),
+                302,
+                Some("https://other.example.com/x"),
+                &p,
+                Some(Some("wss://other.example.com/x")),
+            ),
+            (
+                "upstream redirect, relative",
+                memo(WebSocketH2, false, "gw"),
+                307,
+                Some("/new"),
+                &p,
+                Some(Some("wss://gw/new")),
+            ),
+            (
+                "upstream redirect, no location",
+                memo(WebSocket, false, "gw"),
+                303,
+                None,
+                &p,
+                Some(None),
+            ),
+            (
+                "200 untouched",
+                memo(WebSocket, true, "gw"),
+                200,
+                None,
+                &p,
+                None,
+            ),
+            (
+                "101 untouched",
+                memo(WebSocket, true, "gw"),
+                101,
+                None,
+                &p,
+                None,
+            ),
+            (
+                "304 is not a redirect",
+                memo(WebSocket, true, "gw"),
+                304,
+                None,
+                &p,
+                None,
+            ),
+        ];
+        for (name, m, st, loc, pol, want) in cases {
+            let got = decide_response(&m, st, loc, pol);
+            match want {
+                None => assert!(got.is_none(), "{name}"),
+                Some(url) => {
+                    let r = got.unwrap_or_else(|| panic!("{name}: no reply"));
+                    assert_eq!(r.status, 426, "{name}");
+                    let hdr = r
+                        .headers
+                        .iter()
+                        .find(|(k, _)| k == crate::reply::WEBSOCKET_URL_HEADER);
+                    assert_eq!(hdr.map(|(_, v)| v.as_str()), url, "{name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn memo_records_plaintext_state() {
+        let d = run(
+            &ws(&[("x-forwarded-proto", "http"), (":authority", "gw:80")]),
+            "HTTP/1.1",
+            "",
+            &Policy::default(),
+        );
+        let m = d.memo.unwrap();
+        assert!(m.plaintext);
+        assert_eq!(m.authority, "gw:80");
+        let d = run(&ws(&[]), "HTTP/1.1", "", &Policy::default());
+        assert!(!d.memo.unwrap().plaintext);
+        let get = hdrs(&[(":path", "/")]);
+        assert!(run(&get, "HTTP/1.1", "", &Policy::default()).memo.is_none());
+    }
+}

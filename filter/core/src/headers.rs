@@ -1,0 +1,74 @@
+//! Read-only helpers over a request's header list, as Envoy hands it over (one pair per line).
+//!
+//! Names are compared case-insensitively; values are never modified here.
+
+/// A header list: every line, in order, duplicates kept (the Kubernetes rules scan every line).
+#[derive(Debug, Clone, Copy)]
+pub struct Headers<'a>(pub &'a [(String, String)]);
+
+impl<'a> Headers<'a> {
+    /// Every value of `name`, in order.
+    pub fn all(&self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first value of `name`, like Go's `Header.Get`.
+    pub fn first(&self, name: &'a str) -> Option<&'a str> {
+        self.all(name).next()
+    }
+
+    /// Whether at least one line named `name` exists (even with an empty value).
+    pub fn has(&self, name: &'a str) -> bool {
+        self.first(name).is_some()
+    }
+}
+
+/// Whether `s` is a valid lowercase header name (an RFC 9110 token, lowercase as HTTP/2 needs).
+pub fn is_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+/// Whether `s` may be sent as a header value: no control characters (CR, LF, NUL, ...) at all.
+pub fn is_header_value(s: &str) -> bool {
+    !s.bytes().any(|b| b < 0x20 || b == 0x7f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_are_case_insensitive_and_keep_every_line() {
+        let list = vec![
+            ("Connection".to_string(), "keep-alive".to_string()),
+            ("connection".to_string(), "Upgrade".to_string()),
+        ];
+        let h = Headers(&list);
+        assert_eq!(
+            h.all("connection").collect::<Vec<_>>(),
+            ["keep-alive", "Upgrade"]
+        );
+        assert_eq!(h.first("CONNECTION"), Some("keep-alive"));
+        assert!(!h.has("upgrade"));
+    }
+
+    #[test]
+    fn header_name_and_value_validation() {
+        assert!(is_header_name("x-wsgate-cluster"));
+        assert!(!is_header_name("X-Upper"));
+        assert!(!is_header_name(":path"));
+        assert!(!is_header_name("a b"));
+        assert!(!is_header_name(""));
+        assert!(is_header_value("Bearer abc.def"));
+        assert!(is_header_value("ünïcode"));
+        for bad in ["a\r\nb", "a\nb", "a\0b", "a\tb", "a\x7fb"] {
+            assert!(!is_header_value(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Every refusal the filter answers itself, mapped in one place to an HTTP status and JSON body.
+//!
+//! Bodies are `{"error": "<sentence>", "reason": "<code>"}` (plus `url` for the redirect guard).
+//! Nothing the client sent is echoed except the authority and path in the `wss://` hint, and
+//! never a token.
+
+use serde_json::json;
+
+use crate::route::RouteError;
+use crate::token::TokenError;
+
+/// The header naming the URL a client should use instead of the redirected one.
+pub const WEBSOCKET_URL_HEADER: &str = "x-wsgate-websocket-url";
+
+/// Why the filter answered a request itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// The subprotocol token broke a Kubernetes rule.
+    Token(TokenError),
+    /// A subprotocol token and an `Authorization` header, with `existingAuthorization: reject`.
+    AuthorizationConflict,
+    /// A routing rule matched but the cluster was missing, invalid or not allowed.
+    Route(RouteError),
+    /// An upgrade was answered with a redirect (`status`), which no WebSocket client can follow.
+    UpgradeRedirected { status: u32, url: Option<String> },
+}
+
+/// A response the filter sends instead of forwarding (or instead of the upstream's answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Rejection {
+    pub fn status(&self) -> u32 {
+        match self {
+            Rejection::Token(_) | Rejection::AuthorizationConflict => 400,
+            Rejection::Route(RouteError::UnknownCluster) => 404,
+            Rejection::Route(_) => 400,
+            Rejection::UpgradeRedirected { .. } => 426,
+        }
+    }
+
+    /// The stable code in the JSON body (clients and tests match on it).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Token(e) => e.reason(),
+            Rejection::AuthorizationConflict => "authorization_conflict",
+            Rejection::Route(e) => e.reason(),
+            Rejection::UpgradeRedirected { .. } => "upgrade_redirected",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Rejection::Token(e) => e.to_string(),
+            Rejection::AuthorizationConflict => "the request carries both an Authorization header \
+                 and a subprotocol bearer token; send only one"
+                .to_string(),
+            Rejection::Route(e) => e.to_string(),
+            Rejection::UpgradeRedirected { status, url } => {
+                let mut m = format!(
+                    "the upgrade was answered with a redirect ({status}), which WebSocket \
+                     clients cannot follow"
+                );
+                if let Some(url) = url {
+                    m.push_str("; connect to ");
+                    m.push_str(url);
+                }
+                m
+            }
+        }
+    }
+
+    pub fn to_reply(&self) -> LocalReply {
+        let mut body = json!({ "error": self.message(), "reason": self.reason() });
+        let mut headers = vec![
+            ("content-type".to_string(), "application/json".to_string()),
+            ("cache-control".to_string(), "no-store".to_string()),
+        ];
+        if let Rejection::UpgradeRedirected { url: Some(url), .. } = self {
+            body["url"] = json!(url);
+            headers.push((WEBSOCKET_URL_HEADER.to_string(), url.clone()));
+        }
+        LocalReply {
+            status: self.status(),
+            headers,
+            body: body.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_reasons() {
+        let cases = [
+            (
+                Rejection::Token(TokenError::MultipleTokens),
+                400,
+                "multiple_tokens",
+            ),
+            (
+                Rejection::AuthorizationConflict,
+                400,
+                "authorization_conflict",
+            ),
+            (
+                Rejection::Route(RouteError::InvalidCluster),
+                400,
+                "invalid_cluster",
+            ),
+            (
+                Rejection::Route(RouteError::UnknownCluster),
+                404,
+                "unknown_cluster",
+            ),
+            (
+                Rejection::UpgradeRedirected {
+                    status: 301,
+                    url: None,
+                },
+                426,
+                "upgrade_redirected",
+            ),
+        ];
+        for (r, status, reason) in cases {
+            let reply = r.to_reply();
+            assert_eq!(reply.status, status, "{r:?}");
+            let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+            assert_eq!(body["reason"], reason);
+            assert!(body["error"].as_str().is_some_and(|s| !s.is_empty()));
+        }
+    }
+
+    #[test]
+    fn redirect_reply_names_the_url() {
+        let r = Rejection::UpgradeRedirected {
+            status: 301,
+            url: Some("wss://gw.example.com/ssh".into()),
+        };
+        let reply = r.to_reply();
+        assert!(reply.headers.contains(&(
+            WEBSOCKET_URL_HEADER.into(),
+            "wss://gw.example.com/ssh".into()
+        )));
+        let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(body["url"], "wss://gw.example.com/ssh");
+        assert!(body["error"]
+            .as_str()
+            .unwrap()
+            .contains("wss://gw.example.com/ssh"));
+    }
+}

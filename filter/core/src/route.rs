@@ -1,0 +1,501 @@
+//! SSH-proxy routing: find the cluster a request names, validate it, and say where it goes.
+//!
+//! A cluster comes from a query parameter (SkyPilot's `cluster_name`) or a `{cluster}` path
+//! segment (`/c/{cluster}/...`). It must be an RFC 1123 label and, when an allow-list is set, on
+//! it. A request that matches a rule but names a bad cluster is refused, never forwarded: an
+//! unvalidated value must not pick a backend.
+
+use std::collections::BTreeSet;
+
+/// How a rule matches a request path (query excluded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Matcher {
+    /// A path prefix (segment-aware); the cluster is the query parameter `query_param`.
+    Prefix { prefix: String, query_param: String },
+    /// Leading path segments, one of which is `{cluster}`.
+    Pattern { segments: Vec<Segment> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Literal(String),
+    Cluster,
+}
+
+/// A compiled routing rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Shown in logs and config errors.
+    pub name: String,
+    pub matcher: Matcher,
+    /// `None`: any valid label; `Some`: only these.
+    pub allowed_clusters: Option<BTreeSet<String>>,
+    /// The header the VirtualService matches on (default `x-wsgate-cluster`).
+    pub header: String,
+    /// Remove the matched prefix from `:path` before forwarding.
+    pub strip_prefix: bool,
+    /// A new `:authority`, for backends that check it.
+    pub authority: Option<String>,
+    /// Headers removed from matched requests (e.g. `user-agent`, `origin`).
+    pub remove_headers: Vec<String>,
+    /// Headers set on matched requests.
+    pub set_headers: Vec<(String, String)>,
+}
+
+/// Why a request that matched a rule was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("the request names no cluster")]
+    MissingCluster,
+    #[error("the request names the cluster more than once")]
+    AmbiguousCluster,
+    #[error("the cluster name is not a valid RFC 1123 label")]
+    InvalidCluster,
+    #[error("the cluster is not served by this gateway")]
+    UnknownCluster,
+}
+
+impl RouteError {
+    pub const ALL: [RouteError; 4] = [
+        RouteError::MissingCluster,
+        RouteError::AmbiguousCluster,
+        RouteError::InvalidCluster,
+        RouteError::UnknownCluster,
+    ];
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            RouteError::MissingCluster => "missing_cluster",
+            RouteError::AmbiguousCluster => "ambiguous_cluster",
+            RouteError::InvalidCluster => "invalid_cluster",
+            RouteError::UnknownCluster => "unknown_cluster",
+        }
+    }
+}
+
+/// A successful match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed<'r> {
+    pub route: &'r Route,
+    pub cluster: String,
+    /// The new `:path` when `strip_prefix` is set.
+    pub new_path: Option<String>,
+}
+
+/// A refused match: which rule, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused<'r> {
+    pub route: &'r Route,
+    pub error: RouteError,
+}
+
+/// The first rule matching `path` (with query), if any, and its outcome.
+pub fn route<'r>(routes: &'r [Route], path: &str) -> Option<Result<Routed<'r>, Refused<'r>>> {
+    let (path_only, query) = split_query(path);
+    routes.iter().find_map(|r| {
+        let (raw_cluster, consumed) = match &r.matcher {
+            Matcher::Prefix {
+                prefix,
+                query_param,
+            } => {
+                if !path_has_prefix(path_only, prefix) {
+                    return None;
+                }
+                (query_cluster(query, query_param), prefix.len())
+            }
+            Matcher::Pattern { segments } => {
+                let (cluster, consumed) = match_pattern(segments, path_only)?;
+                (Ok(cluster.to_string()), consumed)
+            }
+        };
+        let result = raw_cluster
+            .and_then(|c| validate_cluster(c, r.allowed_clusters.as_ref()))
+            .map(|cluster| Routed {
+                route: r,
+                cluster,
+                new_path: r
+                    .strip_prefix
+                    .then(|| rebuild_path(&path_only[consumed..], query)),
+            })
+            .map_err(|error| Refused { route: r, error });
+        Some(result)
+    })
+}
+
+fn validate_cluster(c: String, allowed: Option<&BTreeSet<String>>) -> Result<String, RouteError> {
+    if !is_dns_label(&c) {
+        return Err(RouteError::InvalidCluster);
+    }
+    match allowed {
+        Some(set) if !set.contains(&c) => Err(RouteError::UnknownCluster),
+        _ => Ok(c),
+    }
+}
+
+/// RFC 1123 label: 1–63 of `[a-z0-9-]`, alphanumeric at both ends (Kubernetes' `IsDNS1123Label`).
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// Splits `:path` into the path and the query (without `?`).
+pub fn split_query(path: &str) -> (&str, Option<&str>) {
+    match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    }
+}
+
+/// Segment-aware prefix: `/ssh` matches `/ssh` and `/ssh/x`, not `/sshx`. `path` has no query.
+pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+fn query_cluster(query: Option<&str>, param: &str) -> Result<String, RouteError> {
+    let mut found: Option<String> = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        // A name that does not decode cannot be ours; a value that does not decode is invalid.
+        if percent_decode(k).as_deref() != Some(param) {
+            continue;
+        }
+        if found.is_some() {
+            return Err(RouteError::AmbiguousCluster);
+        }
+        found = Some(percent_decode(v).ok_or(RouteError::InvalidCluster)?);
+    }
+    match found {
+        Some(c) if c.is_empty() => Err(RouteError::InvalidCluster),
+        Some(c) => Ok(c),
+        None => Err(RouteError::MissingCluster),
+    }
+}
+
+/// `application/x-www-form-urlencoded` decoding (`%XX`, `+` as space); `None` if malformed or
+/// not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Matches leading segments; returns the raw cluster segment and the bytes of path consumed.
+fn match_pattern<'p>(segments: &[Segment], path: &'p str) -> Option<(&'p str, usize)> {
+    let rest = path.strip_prefix('/')?;
+    let mut parts = rest.split('/');
+    let mut consumed = 0usize;
+    let mut cluster = None;
+    for seg in segments {
+        let part = parts.next()?;
+        match seg {
+            Segment::Literal(l) if l == part => {}
+            Segment::Literal(_) => return None,
+            Segment::Cluster => cluster = Some(part),
+        }
+        consumed += 1 + part.len();
+    }
+    Some((cluster?, consumed))
+}
+
+fn rebuild_path(rest: &str, query: Option<&str>) -> String {
+    let mut p = String::with_capacity(rest.len() + 1);
+    if !rest.starts_with('/') {
+        p.push('/');
+    }
+    p.push_str(rest);
+    if let Some(q) = query {
+        p.push('?');
+        p.push_str(q);
+    }
+    p
+}
+
+/// Parses a `pattern` such as `/c/{cluster}/`: literal segments and exactly one `{cluster}`.
+pub fn parse_pattern(pattern: &str) -> Result<Vec<Segment>, &'static str> {
+    let body = pattern
+        .strip_prefix('/')
+        .ok_or("must start with '/'")?
+        .trim_end_matches('/');
+    let mut segments = Vec::new();
+    for part in body.split('/') {
+        if part == "{cluster}" {
+            segments.push(Segment::Cluster);
+        } else if part.is_empty() {
+            return Err("has an empty segment ('//')");
+        } else if part.contains(['{', '}', '?', '#', '%']) {
+            return Err("segments are literals or exactly '{cluster}'");
+        } else {
+            segments.push(Segment::Literal(part.to_string()));
+        }
+    }
+    match segments.iter().filter(|s| **s == Segment::Cluster).count() {
+        1 => Ok(segments),
+        0 => Err("has no '{cluster}' segment"),
+        _ => Err("has more than one '{cluster}' segment"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefix_rule(allowed: Option<&[&str]>, strip: bool) -> Route {
+        Route {
+            name: "ssh".into(),
+            matcher: Matcher::Prefix {
+                prefix: "/kubernetes-pod-ssh-proxy".into(),
+                query_param: "cluster_name".into(),
+            },
+            allowed_clusters: allowed.map(|a| a.iter().map(|s| s.to_string()).collect()),
+            header: "x-wsgate-cluster".into(),
+            strip_prefix: strip,
+            authority: None,
+            remove_headers: vec![],
+            set_headers: vec![],
+        }
+    }
+
+    fn pattern_rule(p: &str, strip: bool) -> Route {
+        Route {
+            name: "ui".into(),
+            matcher: Matcher::Pattern {
+                segments: parse_pattern(p).unwrap(),
+            },
+            strip_prefix: strip,
+            ..prefix_rule(None, false)
+        }
+    }
+
+    type Want = Option<Result<(&'static str, Option<&'static str>), RouteError>>;
+
+    fn run(routes: &[Route], path: &str) -> Option<Result<(String, Option<String>), RouteError>> {
+        route(routes, path).map(|r| r.map(|ok| (ok.cluster, ok.new_path)).map_err(|e| e.error))
+    }
+
+    #[test]
+    fn routing_table() {
+        use RouteError::*;
+        let sky = [prefix_rule(None, false)];
+        let sky_allow = [prefix_rule(Some(&["prod", "dev"]), false)];
+        let sky_strip = [prefix_rule(None, true)];
+        let ui = [pattern_rule("/c/{cluster}/", true)];
+        let ui_keep = [pattern_rule("/c/{cluster}", false)];
+        let cases: Vec<(&str, &[Route], &str, Want)> = vec![
+            (
+                "skypilot query",
+                &sky,
+                "/kubernetes-pod-ssh-proxy?cluster_name=mycluster&worker=0&client_version=62",
+                Some(Ok(("mycluster", None))),
+            ),
+            (
+                "other path is not routed",
+                &sky,
+                "/api/v1/status?cluster_name=x",
+                None,
+            ),
+            (
+                "prefix is segment-aware",
+                &sky,
+                "/kubernetes-pod-ssh-proxyx?cluster_name=a",
+                None,
+            ),
+            (
+                "missing cluster",
+                &sky,
+                "/kubernetes-pod-ssh-proxy?worker=0",
+                Some(Err(MissingCluster)),
+            ),
+            (
+                "no query",
+                &sky,
+                "/kubernetes-pod-ssh-proxy",
+                Some(Err(MissingCluster)),
+            ),
+            (
+                "empty cluster",
+                &sky,
+                "/kubernetes-pod-ssh-proxy?cluster_name=",
+                Some(Err(InvalidCluster)),
+            ),
+            (
+                "repeated cluster",
+                &sky,
+                "/kubernetes-pod-ssh-proxy?cluster_name=a&cluster_name=b",
+                Some(Err(AmbiguousCluster)),
+            ),
+            (
+                "encoded repeated name",
+                &sky,
+                "/kubernetes-pod-ssh-proxy?cluster_name=a&cluster%5Fname=b",
+                Some(Err(AmbiguousCluster)),
+            ),
+            (
+                "encoded dots",
+                &sky,
+                "/kubernetes-pod-ssh-proxy?cluster_name=%2e%2e",
+                Some(Err(InvalidCluster)),
+            ),
+            (
+                "dotted name",
+                &sky,
+                "/kubernetes-pod-ssh-proxy?cluster_name=a.b",
+                Some(Err(InvalidCluster)),
+            ),
+            (
+                "host:port",
+                &sky,
+                "/kubernetes-pod-ssh-proxy?cluster_name=10.0.0.1:22",
+                Some(Err(InvalidCluster)),
+            ),
+            (
+                "uppercase",
+                &sky,
+                "/kubernetes-pod-ssh-proxy?cluster_name=Prod",
+                Some(Err(InvalidCluster)),
+            ),
+            (
+                "bad percent",
+                &sky,
+                "/kubernetes-pod-ssh-proxy?cluster_name=%zz",
+                Some(Err(InvalidCluster)),
+            ),
+            (
+                "percent-encoded valid",
+                &sky,
+                "/kubernetes-pod-ssh-proxy?cluster_name=my%2Dcluster",
+                Some(Ok(("my-cluster", None))),
+            ),
+            (
+                "allow-listed",
+                &sky_allow,
+                "/kubernetes-pod-ssh-proxy?cluster_name=prod",
+                Some(Ok(("prod", None))),
+            ),
+            (
+                "not allow-listed",
+                &sky_allow,
+                "/kubernetes-pod-ssh-proxy?cluster_name=staging",
+                Some(Err(UnknownCluster)),
+            ),
+            (
+                "strip prefix keeps query",
+                &sky_strip,
+                "/kubernetes-pod-ssh-proxy?cluster_name=a",
+                Some(Ok(("a", Some("/?cluster_name=a")))),
+            ),
+            (
+                "path pattern",
+                &ui,
+                "/c/prod/api/v1/pods",
+                Some(Ok(("prod", Some("/api/v1/pods")))),
+            ),
+            (
+                "path pattern, nothing after",
+                &ui,
+                "/c/prod",
+                Some(Ok(("prod", Some("/")))),
+            ),
+            (
+                "path pattern keeps query",
+                &ui,
+                "/c/prod/x?watch=1",
+                Some(Ok(("prod", Some("/x?watch=1")))),
+            ),
+            (
+                "pattern without strip",
+                &ui_keep,
+                "/c/prod/x",
+                Some(Ok(("prod", None))),
+            ),
+            (
+                "dot-dot segment",
+                &ui,
+                "/c/../etc",
+                Some(Err(InvalidCluster)),
+            ),
+            ("empty segment", &ui, "/c//x", Some(Err(InvalidCluster))),
+            (
+                "encoded slash",
+                &ui,
+                "/c/a%2Fb/x",
+                Some(Err(InvalidCluster)),
+            ),
+            ("literal must match", &ui, "/d/prod/x", None),
+            ("too short", &ui, "/c", None),
+            ("double slash before literal", &ui, "//c/prod", None),
+        ];
+        for (name, routes, path, want) in cases {
+            let want = want.map(|w| w.map(|(c, p)| (c.to_string(), p.map(String::from))));
+            assert_eq!(run(routes, path), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn first_matching_rule_wins() {
+        let routes = [
+            pattern_rule("/c/{cluster}", false),
+            prefix_rule(None, false),
+        ];
+        let r = route(&routes, "/c/a").unwrap().unwrap();
+        assert_eq!(r.route.name, "ui");
+    }
+
+    #[test]
+    fn labels() {
+        for ok in ["a", "a-b", "0", "abc123", &"a".repeat(63)] {
+            assert!(is_dns_label(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a.b", "a_b", &"a".repeat(64), "ä"] {
+            assert!(!is_dns_label(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn patterns() {
+        assert_eq!(
+            parse_pattern("/c/{cluster}/"),
+            Ok(vec![Segment::Literal("c".into()), Segment::Cluster])
+        );
+        assert!(parse_pattern("c/{cluster}").is_err());
+        assert!(parse_pattern("/c/x").is_err());
+        assert!(parse_pattern("/{cluster}/{cluster}").is_err());
+        assert!(parse_pattern("/c//{cluster}").is_err());
+        assert!(parse_pattern("/c/{name}").is_err());
+    }
+
+    #[test]
+    fn prefixes() {
+        assert!(path_has_prefix("/ssh", "/ssh"));
+        assert!(path_has_prefix("/ssh/x", "/ssh"));
+        assert!(!path_has_prefix("/sshx", "/ssh"));
+        assert!(path_has_prefix("/api/x", "/api/"));
+        assert!(path_has_prefix("/anything", "/"));
+    }
+}

