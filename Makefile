@@ -1,0 +1,52 @@
+# wsgate — the two commands are `make demo` and `make test`; everything else is a building block.
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+VENV   := $(CURDIR)/.venv
+PY     := $(VENV)/bin/python
+WASM_RAW := target/wasm32-wasip1/release/wsgate_filter.wasm
+WASM   := target/wsgate-filter.wasm
+# Rust 1.95 enables these wasm features by default; binaryen 108 must be told (BRIEF).
+WASM_OPT_FLAGS := -Oz --strip-debug --strip-target-features \
+	--enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
+	--enable-mutable-globals --enable-multivalue --enable-reference-types
+
+.PHONY: setup filter test unit e2e lint fmt clean
+
+## setup: install what a fresh machine lacks (idempotent)
+setup:
+	@bash testenv/setup.sh
+
+## filter: build the proxy-wasm module (optimised with wasm-opt when available)
+filter: setup
+	cargo build --release --locked --target wasm32-wasip1 -p wsgate-filter
+	@if command -v wasm-opt >/dev/null; then \
+		wasm-opt $(WASM_OPT_FLAGS) $(WASM_RAW) -o $(WASM); \
+	else \
+		echo "wasm-opt not found: using the unoptimised module"; cp $(WASM_RAW) $(WASM); \
+	fi
+	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
+
+## unit: the pure core's tests (no Envoy)
+unit:
+	cargo test --workspace --locked
+
+## e2e: the real-Envoy suite
+e2e: filter
+	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) -m pytest -q testenv/e2e
+
+## test: every test
+test: setup unit e2e
+
+## lint: formatting and clippy, host and wasm32-wasip1
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo clippy -p wsgate-filter --target wasm32-wasip1 --locked -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean
+	rm -rf .testbed

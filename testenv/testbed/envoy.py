@@ -1,0 +1,299 @@
+"""A real Envoy configured like an Istio ingress gateway, with the wsgate filter before the router.
+
+The bootstrap mirrors what istiod generates for a `Gateway` with `tls.httpsRedirect: true` on the
+plaintext port and TLS termination on the secure port (compare `istioctl proxy-config listener
+<gateway-pod> -o json` and `... route ... -o json`):
+- the plaintext port's virtual host has `require_tls: ALL` (Istio's `httpsRedirect`), so Envoy
+  answers every plaintext request with a 301 before any route matches;
+- `use_remote_address: true` (gateways are the edge: Envoy sets `x-forwarded-proto` itself);
+- `upgrade_configs` for `websocket` (Istio's default), `CONNECT`, and `spdy/3.1` (what the
+  `EnvoyFilter` in `istio/` adds for kubectl's fallback);
+- `http2_protocol_options.allow_connect: true` for RFC 8441 WebSockets over HTTP/2;
+- path normalisation on (Istio's default `BASE`);
+- the Wasm filter (`envoy.filters.http.wasm`, V8, `FAIL_CLOSED`) before `envoy.filters.http.router`,
+  which is where a `WasmPlugin` with `phase: AUTHN` lands;
+- routes that match the routing header `x-wsgate-cluster` first, as a `VirtualService` with a
+  header match does.
+
+Ports are 0 (the kernel picks) and read back from the admin API; the TLS port can be chosen
+with `free_port()` when the filter config has to name it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .certs import Tls
+
+ROOT = Path(__file__).resolve().parents[2]
+ENVOY = Path(os.environ.get("WSGATE_ENVOY", ROOT / ".venv" / "bin" / "envoy"))
+WASM = Path(os.environ.get("WSGATE_WASM", ROOT / "target" / "wsgate-filter.wasm"))
+
+
+def _wasm_filter(plugin_config: str) -> dict:
+    return {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "wsgate",
+                "root_id": "wsgate",
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": plugin_config,
+                },
+                "vm_config": {
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "vm_id": "wsgate",
+                    "code": {"local": {"filename": str(WASM)}},
+                },
+                "failure_policy": "FAIL_CLOSED",
+            },
+        },
+    }
+
+
+def _routes(require_tls: bool) -> dict:
+    def route(match: dict, tag: str) -> dict:
+        return {
+            "match": match,
+            # timeout 0: no per-request deadline on long-lived upgrades (Istio: `timeout: 0s`).
+            "route": {"cluster": "backend", "timeout": "0s"},
+            "request_headers_to_add": [{"header": {"key": "x-testbed-route", "value": tag}}],
+        }
+
+    vhost = {
+        "name": "gateway",
+        "domains": ["*"],
+        "routes": [
+            route(
+                {"prefix": "/", "headers": [{"name": "x-wsgate-cluster", "present_match": True}]},
+                "cluster-route",
+            ),
+            route({"prefix": "/"}, "default"),
+        ],
+    }
+    if require_tls:
+        vhost["require_tls"] = "ALL"
+    return {"name": "gateway", "virtual_hosts": [vhost]}
+
+
+def _listener(name: str, plugin_config: str, tls: Tls | None, port: int = 0) -> dict:
+    hcm = {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": name,
+            "codec_type": "AUTO",
+            "use_remote_address": True,
+            "normalize_path": True,
+            "upgrade_configs": [
+                {"upgrade_type": "websocket"},
+                {"upgrade_type": "CONNECT"},
+                {"upgrade_type": "spdy/3.1"},
+            ],
+            "http2_protocol_options": {"allow_connect": True},
+            "access_log": [
+                {
+                    "name": "envoy.access_loggers.stderr",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
+                    },
+                }
+            ],
+            "http_filters": [
+                _wasm_filter(plugin_config),
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                    },
+                },
+            ],
+            "route_config": _routes(require_tls=tls is None),
+        },
+    }
+    listener = {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [hcm]}],
+    }
+    if tls is not None:
+        listener["filter_chains"][0]["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "common_tls_context": {
+                    "alpn_protocols": ["h2", "http/1.1"],
+                    "tls_certificates": [
+                        {
+                            "certificate_chain": {"filename": str(tls.cert_pem)},
+                            "private_key": {"filename": str(tls.key_pem)},
+                        }
+                    ],
+                },
+            },
+        }
+    return listener
+
+
+def bootstrap(plugin_config: str, backend_port: int, tls: Tls, tls_port: int = 0) -> dict:
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [
+                _listener("plaintext", plugin_config, None),
+                _listener("tls", plugin_config, tls, tls_port),
+            ],
+            "clusters": [
+                {
+                    "name": "backend",
+                    "type": "STATIC",
+                    "connect_timeout": "2s",
+                    "load_assignment": {
+                        "cluster_name": "backend",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": "127.0.0.1",
+                                                    "port_value": backend_port,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ],
+        },
+    }
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1 (for configs that must name it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EnvoyExited(RuntimeError):
+    """Envoy stopped before it was ready (e.g. the filter refused its configuration)."""
+
+    def __init__(self, code: int, log: str) -> None:
+        super().__init__(f"envoy exited with {code} before it was ready")
+        self.code = code
+        self.log = log
+
+
+@dataclass
+class Gateway:
+    """One running Envoy. Use as a context manager; `log()` returns everything it printed."""
+
+    workdir: Path
+    plugin_config: str
+    backend_port: int
+    tls: Tls
+    # 0: the kernel picks. Set when the filter config must name the TLS port (`httpsPort`).
+    tls_port: int = 0
+    proc: subprocess.Popen | None = None
+    admin: str = ""
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "envoy.log"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self, timeout: float = 60.0) -> "Gateway":
+        if not ENVOY.exists():
+            raise RuntimeError(f"{ENVOY} missing: run testenv/setup.sh (make test does)")
+        if not WASM.exists():
+            raise RuntimeError(f"{WASM} missing: run `make filter` (make test does)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cfg = self.workdir / "bootstrap.json"
+        cfg.write_text(json.dumps(bootstrap(self.plugin_config, self.backend_port, self.tls, self.tls_port), indent=1))
+        admin_file = self.workdir / "admin-address"
+        admin_file.unlink(missing_ok=True)
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [
+                str(ENVOY),
+                "-c", str(cfg),
+                "--disable-hot-restart",
+                "--concurrency", "2",
+                "--base-id", str(secrets.randbelow(1 << 30)),
+                "--admin-address-path", str(admin_file),
+                "-l", "info",
+                "--component-log-level", "wasm:debug",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self.proc.poll()
+            if code is not None:
+                raise EnvoyExited(code, self.log())
+            if admin_file.exists() and admin_file.read_text().strip():
+                self.admin = "http://" + admin_file.read_text().strip()
+                try:
+                    if self.get("/ready") == "LIVE\n":
+                        self._read_ports()
+                        return self
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"envoy not ready after {timeout}s; log:\n{self.log()}")
+
+    def _read_ports(self) -> None:
+        listeners = json.loads(self.get("/listeners?format=json"))
+        for st in listeners["listener_statuses"]:
+            self.ports[st["name"]] = st["local_address"]["socket_address"]["port_value"]
+
+    def get(self, path: str) -> str:
+        with urllib.request.urlopen(self.admin + path, timeout=5) as r:
+            return r.read().decode()
+
+    def counters(self) -> dict[str, int]:
+        """The filter's counters (`wasmcustom.wsgate_*` in `/stats`), by short name."""
+        out: dict[str, int] = {}
+        for line in self.get("/stats?filter=wsgate_").splitlines():
+            name, _, value = line.partition(": ")
+            if name.startswith("wasmcustom."):
+                out[name.removeprefix("wasmcustom.")] = int(value)
+        return out
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def __enter__(self) -> "Gateway":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
