@@ -734,14 +734,16 @@ mod tests {
             path: "/ssh?c=a".into(),
         };
         use UpgradeKind::*;
-        let cases: Vec<(
-            &str,
+        // (name, memo, status, Location, policy, expected: None = untouched, Some(url hint))
+        type Case<'a> = (
+            &'a str,
             UpgradeMemo,
             u32,
-            Option<&str>,
-            &Policy,
-            Option<Option<&str>>,
-        )> = vec![
+            Option<&'a str>,
+            &'a Policy,
+            Option<Option<&'a str>>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "plaintext 301 → wss same host",
                 memo(WebSocket, true, "gw.example.com"),

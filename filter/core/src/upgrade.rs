@@ -67,7 +67,13 @@ mod tests {
     #[test]
     fn classification_table() {
         use UpgradeKind::*;
-        let cases: &[(&str, Vec<(String, String)>, bool, Option<UpgradeKind>)] = &[
+        type Case = (
+            &'static str,
+            Vec<(String, String)>,
+            bool,
+            Option<UpgradeKind>,
+        );
+        let cases: &[Case] = &[
             ("plain GET", h(&[(":method", "GET")]), false, None),
             (
                 "websocket",
