@@ -292,14 +292,8 @@ fn strip_port(authority: &str) -> &str {
 mod tests {
     use super::*;
     use crate::base64::encode_raw_url;
+    use crate::headers::list as hdrs;
     use crate::token::BEARER_PROTOCOL_PREFIX;
-
-    fn hdrs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     fn ws(extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut v = hdrs(&[

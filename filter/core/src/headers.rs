@@ -39,6 +39,15 @@ pub fn is_header_value(s: &str) -> bool {
     !s.bytes().any(|b| b < 0x20 || b == 0x7f)
 }
 
+/// Builds an owned header list from pairs (tests of every module use it).
+#[cfg(test)]
+pub(crate) fn list(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

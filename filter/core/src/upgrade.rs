@@ -56,13 +56,7 @@ pub fn classify(headers: Headers<'_>, multiplexed: bool) -> Option<UpgradeKind> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::headers::list as h;
 
     #[test]
     fn classification_table() {
