@@ -61,4 +61,13 @@ if ! command -v wasm-opt >/dev/null 2>&1; then
   apt_install binaryen || log "binaryen unavailable; the .wasm is used unoptimised"
 fi
 
+if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then
+  log "installing openssh-server (a throwaway sshd on loopback for the bridge tests)"
+  apt_install openssh-server || log "openssh-server unavailable; the ssh tests will fail"
+fi
+if ! command -v ssh >/dev/null 2>&1; then
+  log "installing openssh-client"
+  apt_install openssh-client || log "openssh-client unavailable; the ssh tests will fail"
+fi
+
 "$VENV/bin/envoy" --version | sed -n 's/^.*version: /setup: envoy /p' >&2

@@ -1,0 +1,313 @@
+//! Command-line flags and environment variables (clap derive: these doc comments are `--help`),
+//! validated into a [`Sidecar`].
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::auth::{Authenticator, NoAuth, StaticTokens};
+use crate::authz::{AllowAll, Authorizer, StaticPolicy};
+use crate::bridge::BridgeConfig;
+use crate::framing::Framing;
+use crate::server::{Settings, Sidecar};
+use crate::target::{FixedTarget, TargetResolver};
+use wsgate_core::route::is_dns_label;
+
+/// wsgate-sidecar: a WebSocket ↔ SSH bridge that speaks SkyPilot's framing.
+///
+/// Serves `GET /kubernetes-pod-ssh-proxy?cluster_name=<c>&worker=<n>&client_version=<v>`
+/// (and optionally a generic path), authenticates the caller, and bridges binary WebSocket
+/// frames to the target sshd. Never an open proxy: requests name a cluster, not a host.
+#[derive(Debug, Parser)]
+#[command(name = "wsgate-sidecar", version)]
+pub struct Args {
+    /// Address for WebSocket sessions (also serves /healthz and /readyz).
+    #[arg(long, env = "WSGATE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Address for /metrics, /sessions, /healthz and /readyz. Keep it off the public network.
+    #[arg(long, env = "WSGATE_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// Pod-side mode: the one SSH target every session goes to (this pod's sshd).
+    #[arg(long, env = "WSGATE_TARGET", default_value = "127.0.0.1:22")]
+    pub target: String,
+
+    /// Pod-side mode: the cluster this pod serves; requests naming another get 404.
+    #[arg(long, env = "WSGATE_CLUSTER")]
+    pub cluster: Option<String>,
+
+    /// Only these clusters (comma-separated); any other gets 404.
+    #[arg(long, env = "WSGATE_ALLOWED_CLUSTERS", value_delimiter = ',')]
+    pub allowed_clusters: Vec<String>,
+
+    /// A generic endpoint besides SkyPilot's, with one `{cluster}` segment, e.g. `/ssh/{cluster}`.
+    #[arg(long, env = "WSGATE_PATH")]
+    pub path: Option<String>,
+
+    /// How callers authenticate: a token file, or none (needs --allow-unauthenticated).
+    #[arg(long, env = "WSGATE_AUTH", value_enum, default_value = "token-file")]
+    pub auth: AuthMode,
+
+    /// Token file for --auth token-file: lines of `<token or sha256:hex> <user> [groups]`;
+    /// reloaded when it changes.
+    #[arg(long, env = "WSGATE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Confirms --auth none: anyone who reaches the port gets a shell prompt from sshd.
+    #[arg(long, env = "WSGATE_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+
+    /// Static authorization policy (JSON: users/groups → cluster patterns); default: allow all
+    /// authenticated users.
+    #[arg(long, env = "WSGATE_AUTHZ_POLICY")]
+    pub authz_policy: Option<PathBuf>,
+
+    /// Sessions open at once, overall; past it new ones get 503.
+    #[arg(long, env = "WSGATE_MAX_SESSIONS", default_value_t = 1024)]
+    pub max_sessions: usize,
+
+    /// Sessions open at once per user; past it new ones get 429.
+    #[arg(long, env = "WSGATE_MAX_SESSIONS_PER_USER", default_value_t = 32)]
+    pub max_sessions_per_user: usize,
+
+    /// Largest WebSocket frame payload, both ways (bytes).
+    #[arg(long, env = "WSGATE_MAX_FRAME_SIZE", default_value_t = 65536)]
+    pub max_frame_size: usize,
+
+    /// Server WebSocket pings every this long (0 disables).
+    #[arg(long, env = "WSGATE_PING_INTERVAL", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Unanswered pings before the session is closed (1011).
+    #[arg(long, env = "WSGATE_MAX_MISSED_PONGS", default_value_t = 3)]
+    pub max_missed_pongs: u32,
+
+    /// From request to upgrade: authentication, target lookup and connect.
+    #[arg(long, env = "WSGATE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// TCP connect to the target.
+    #[arg(long, env = "WSGATE_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Close sessions with no bytes either way for this long (0: never).
+    #[arg(long, env = "WSGATE_IDLE_TIMEOUT", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Close sessions older than this (0: never).
+    #[arg(long, env = "WSGATE_MAX_SESSION_AGE", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub max_session_age: Duration,
+
+    /// After SIGTERM, how long sessions may go on before they are closed with 1001.
+    #[arg(long, env = "WSGATE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format on stderr (the audit trail is part of it).
+    #[arg(long, env = "WSGATE_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    TokenFile,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// A flag combination that cannot work, named by flag.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{0}: {1}")]
+    Flag(&'static str, String),
+}
+
+fn flag(name: &'static str, why: impl Into<String>) -> ConfigError {
+    ConfigError::Flag(name, why.into())
+}
+
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+impl Args {
+    pub fn build(&self) -> Result<Sidecar, ConfigError> {
+        for c in self.allowed_clusters.iter().chain(self.cluster.iter()) {
+            if !is_dns_label(c) {
+                return Err(flag(
+                    "allowed-clusters",
+                    format!("{c:?} is not an RFC 1123 label"),
+                ));
+            }
+        }
+        if let Some(p) = &self.path {
+            let segments: Vec<&str> = p.split('/').collect();
+            let ok = p.starts_with('/')
+                && segments.iter().filter(|s| **s == "{cluster}").count() == 1
+                && p.matches('{').count() == 1
+                && p != crate::server::SKYPILOT_PATH;
+            if !ok {
+                return Err(flag(
+                    "path",
+                    "must start with '/' and have exactly one '{cluster}' segment",
+                ));
+            }
+        }
+        if self.max_frame_size < 1024 || self.max_frame_size > 16 << 20 {
+            return Err(flag("max-frame-size", "must be between 1024 and 16777216"));
+        }
+        if self.max_sessions == 0 || self.max_sessions_per_user == 0 {
+            return Err(flag("max-sessions", "must be at least 1"));
+        }
+        let auth: Arc<dyn Authenticator> = match self.auth {
+            AuthMode::None if !self.allow_unauthenticated => {
+                return Err(flag(
+                    "auth",
+                    "'none' lets anyone who reaches the port open SSH sessions; add --allow-unauthenticated to confirm",
+                ))
+            }
+            AuthMode::None => Arc::new(NoAuth),
+            AuthMode::TokenFile => {
+                let path = self
+                    .token_file
+                    .clone()
+                    .ok_or_else(|| flag("token-file", "required with --auth token-file"))?;
+                Arc::new(StaticTokens::load(path).map_err(|e| flag("token-file", e.to_string()))?)
+            }
+        };
+        let authz: Arc<dyn Authorizer> = match &self.authz_policy {
+            None => Arc::new(AllowAll),
+            Some(p) => {
+                Arc::new(StaticPolicy::load(p).map_err(|e| flag("authz-policy", e.to_string()))?)
+            }
+        };
+        let resolver: Arc<dyn TargetResolver> = Arc::new(FixedTarget {
+            addr: self.target.clone(),
+            cluster: self.cluster.clone(),
+        });
+        let allowed: BTreeSet<String> = self.allowed_clusters.iter().cloned().collect();
+        Ok(Sidecar {
+            settings: Settings {
+                path_template: self.path.clone(),
+                allowed_clusters: (!allowed.is_empty()).then_some(allowed),
+                max_sessions: self.max_sessions,
+                max_sessions_per_user: self.max_sessions_per_user,
+                bridge: BridgeConfig {
+                    framing: Framing::Raw,
+                    max_frame: self.max_frame_size,
+                    ping_interval: nonzero(self.ping_interval),
+                    max_missed_pongs: self.max_missed_pongs,
+                    idle_timeout: nonzero(self.idle_timeout),
+                    max_age: nonzero(self.max_session_age),
+                },
+                handshake_timeout: self.handshake_timeout,
+                connect_timeout: self.connect_timeout,
+                shutdown_grace: self.shutdown_grace,
+            },
+            auth,
+            authz,
+            resolver,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["wsgate-sidecar"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn flag_errors_name_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--auth", "none"], "--auth:"),
+            (&["--auth", "token-file"], "--token-file: required"),
+            (
+                &["--auth", "token-file", "--token-file", "/nonexistent/x"],
+                "--token-file:",
+            ),
+            (
+                &[
+                    "--auth",
+                    "none",
+                    "--allow-unauthenticated",
+                    "--allowed-clusters",
+                    "Prod",
+                ],
+                "--allowed-clusters:",
+            ),
+            (
+                &[
+                    "--auth",
+                    "none",
+                    "--allow-unauthenticated",
+                    "--path",
+                    "/ssh",
+                ],
+                "--path:",
+            ),
+            (
+                &[
+                    "--auth",
+                    "none",
+                    "--allow-unauthenticated",
+                    "--max-frame-size",
+                    "10",
+                ],
+                "--max-frame-size:",
+            ),
+            (
+                &[
+                    "--auth",
+                    "none",
+                    "--allow-unauthenticated",
+                    "--authz-policy",
+                    "/nonexistent",
+                ],
+                "--authz-policy:",
+            ),
+        ];
+        for (a, want) in cases {
+            let e = args(a)
+                .build()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.starts_with(want), "{a:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let s = args(&[
+            "--auth",
+            "none",
+            "--allow-unauthenticated",
+            "--path",
+            "/ssh/{cluster}",
+        ])
+        .build()
+        .unwrap();
+        assert_eq!(s.settings.bridge.max_frame, 65536);
+        assert_eq!(
+            s.settings.bridge.ping_interval,
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(s.settings.bridge.idle_timeout, None);
+        assert!(s.settings.allowed_clusters.is_none());
+        assert_eq!(s.resolver.describe(), "fixed target 127.0.0.1:22");
+    }
+}

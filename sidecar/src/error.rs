@@ -1,0 +1,224 @@
+//! Every way a session can be refused or end, mapped in one place to HTTP statuses, WebSocket
+//! close codes, and the labels used by metrics and the audit trail.
+//!
+//! Refusals happen before the upgrade (the target is connected first), so clients get a plain
+//! HTTP answer with a JSON reason they can print. Messages never contain a token.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use wsgate_core::token::TokenError;
+
+use crate::framing::FrameError;
+
+/// Why a request was refused before the WebSocket upgrade.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    #[error("not a WebSocket upgrade request")]
+    NotWebSocket,
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("the request names no cluster")]
+    MissingCluster,
+    #[error("the cluster name is not a valid RFC 1123 label")]
+    InvalidCluster,
+    #[error("unknown cluster")]
+    UnknownCluster,
+    #[error("unknown worker {0}")]
+    UnknownWorker(u32),
+    #[error("missing credentials: send Authorization: Bearer <token>")]
+    MissingCredentials,
+    #[error("invalid or expired credentials")]
+    InvalidCredentials,
+    #[error("ambiguous credentials: both an Authorization header and a subprotocol token")]
+    AmbiguousCredentials,
+    #[error("malformed subprotocol token: {0}")]
+    Token(TokenError),
+    #[error("authentication is unavailable; try again")]
+    AuthUnavailable,
+    #[error("this user may not reach this cluster")]
+    Forbidden,
+    #[error("too many sessions for this user")]
+    UserLimit,
+    #[error("too many sessions on this server")]
+    GlobalLimit,
+    #[error("the server is shutting down")]
+    Draining,
+    #[error("target lookup is unavailable; try again")]
+    ResolverUnavailable,
+    #[error("the SSH target is unreachable")]
+    TargetUnreachable,
+    #[error("the handshake took too long")]
+    HandshakeTimeout,
+}
+
+impl Reject {
+    pub fn status(&self) -> StatusCode {
+        use Reject::*;
+        match self {
+            NotWebSocket => StatusCode::UPGRADE_REQUIRED,
+            BadRequest(_) | MissingCluster | InvalidCluster | Token(_) | AmbiguousCredentials => {
+                StatusCode::BAD_REQUEST
+            }
+            UnknownCluster | UnknownWorker(_) => StatusCode::NOT_FOUND,
+            MissingCredentials | InvalidCredentials => StatusCode::UNAUTHORIZED,
+            Forbidden => StatusCode::FORBIDDEN,
+            UserLimit => StatusCode::TOO_MANY_REQUESTS,
+            AuthUnavailable | GlobalLimit | Draining | ResolverUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            TargetUnreachable => StatusCode::BAD_GATEWAY,
+            HandshakeTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Stable code for the JSON body, the metric label and the audit line.
+    pub fn reason(&self) -> &'static str {
+        use Reject::*;
+        match self {
+            NotWebSocket => "not_websocket",
+            BadRequest(_) => "bad_request",
+            MissingCluster => "missing_cluster",
+            InvalidCluster => "invalid_cluster",
+            UnknownCluster => "unknown_cluster",
+            UnknownWorker(_) => "unknown_worker",
+            MissingCredentials => "missing_credentials",
+            InvalidCredentials => "invalid_credentials",
+            AmbiguousCredentials => "ambiguous_credentials",
+            Token(e) => e.reason(),
+            AuthUnavailable => "auth_unavailable",
+            Forbidden => "forbidden",
+            UserLimit => "user_limit",
+            GlobalLimit => "global_limit",
+            Draining => "draining",
+            ResolverUnavailable => "resolver_unavailable",
+            TargetUnreachable => "target_unreachable",
+            HandshakeTimeout => "handshake_timeout",
+        }
+    }
+}
+
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.to_string(), "reason": self.reason() });
+        let mut resp = (self.status(), axum::Json(body)).into_response();
+        if self.status() == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}
+
+/// Why an established session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The target closed its side (e.g. `exit` in the shell).
+    TargetClosed,
+    /// The client sent a close frame.
+    ClientClosed,
+    /// The client's connection dropped without a close frame.
+    ClientGone,
+    /// Reading from or writing to the target failed.
+    TargetError,
+    /// The server is shutting down and the grace period is over.
+    Shutdown,
+    /// A frame broke the framing.
+    Frame(FrameError),
+    /// A text frame: SSH streams are binary.
+    TextFrame,
+    /// A frame larger than the configured limit.
+    TooBig,
+    IdleTimeout,
+    MaxAge,
+    KeepaliveTimeout,
+}
+
+impl CloseReason {
+    /// The WebSocket close code sent to the client.
+    pub fn code(&self) -> u16 {
+        use CloseReason::*;
+        match self {
+            TargetClosed | ClientClosed | ClientGone => 1000,
+            Shutdown => 1001,
+            Frame(_) | TextFrame | IdleTimeout | MaxAge => 1008,
+            TooBig => 1009,
+            TargetError | KeepaliveTimeout => 1011,
+        }
+    }
+
+    /// Stable label for metrics and the audit trail.
+    pub fn label(&self) -> &'static str {
+        use CloseReason::*;
+        match self {
+            TargetClosed => "target_closed",
+            ClientClosed => "client_closed",
+            ClientGone => "client_gone",
+            TargetError => "target_error",
+            Shutdown => "shutdown",
+            Frame(_) => "bad_frame",
+            TextFrame => "text_frame",
+            TooBig => "frame_too_big",
+            IdleTimeout => "idle_timeout",
+            MaxAge => "max_session_age",
+            KeepaliveTimeout => "keepalive_timeout",
+        }
+    }
+
+    /// The close frame's reason text (at most 123 bytes, as RFC 6455 allows).
+    pub fn message(&self) -> String {
+        use CloseReason::*;
+        let m = match self {
+            TargetClosed => "target closed the connection".to_string(),
+            ClientClosed | ClientGone => "client closed the connection".to_string(),
+            TargetError => "target connection failed".to_string(),
+            Shutdown => "server shutting down".to_string(),
+            Frame(e) => e.to_string(),
+            TextFrame => "text frames are not accepted on SSH sessions".to_string(),
+            TooBig => "frame too big".to_string(),
+            IdleTimeout => "idle timeout".to_string(),
+            MaxAge => "maximum session age reached".to_string(),
+            KeepaliveTimeout => "keepalive timeout: no pong".to_string(),
+        };
+        let mut end = m.len().min(123);
+        while !m.is_char_boundary(end) {
+            end -= 1;
+        }
+        m[..end].to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        let cases = [
+            (Reject::MissingCredentials, 401),
+            (Reject::Forbidden, 403),
+            (Reject::UnknownCluster, 404),
+            (Reject::UnknownWorker(3), 404),
+            (Reject::UserLimit, 429),
+            (Reject::GlobalLimit, 503),
+            (Reject::TargetUnreachable, 502),
+            (Reject::AuthUnavailable, 503),
+            (Reject::Token(TokenError::MultipleTokens), 400),
+        ];
+        for (r, s) in cases {
+            assert_eq!(r.status().as_u16(), s, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn close_codes() {
+        assert_eq!(CloseReason::TargetClosed.code(), 1000);
+        assert_eq!(CloseReason::Shutdown.code(), 1001);
+        assert_eq!(CloseReason::Frame(FrameError::UnknownType(7)).code(), 1008);
+        assert_eq!(CloseReason::TargetError.code(), 1011);
+        assert!(CloseReason::Frame(FrameError::UnknownType(7))
+            .message()
+            .contains("unknown frame type 7"));
+    }
+}

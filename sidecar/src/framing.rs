@@ -1,0 +1,188 @@
+//! SkyPilot's SSH-over-WebSocket framing, exactly as its API server and client speak it.
+//!
+//! Clients that send `client_version` > 21 prefix every binary frame with one type byte:
+//! `0` data, `1` ping (`!BI`: type + u32 id, echoed back unchanged), `2` latency report (`!BQ`,
+//! milliseconds, client → server), `3` redirect (server → client, type + JSON). Older clients
+//! (or none given) send raw bytes. This module only parses and builds frames; it does no I/O.
+
+/// SkyPilot's threshold: `timestamps_supported = client_version > 21`.
+pub const TYPED_FRAMING_MIN_VERSION: u32 = 22;
+
+pub const TYPE_DATA: u8 = 0;
+pub const TYPE_PING: u8 = 1;
+pub const TYPE_LATENCY: u8 = 2;
+pub const TYPE_REDIRECT: u8 = 3;
+
+/// Which framing a session speaks, decided once from the query's `client_version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Every binary frame is session bytes.
+    Raw,
+    /// Every binary frame starts with a type byte.
+    Typed,
+}
+
+impl Framing {
+    pub fn for_client_version(version: Option<u32>) -> Framing {
+        match version {
+            Some(v) if v >= TYPED_FRAMING_MIN_VERSION => Framing::Typed,
+            _ => Framing::Raw,
+        }
+    }
+
+    /// Bytes added in front of each data frame.
+    pub fn header_len(self) -> usize {
+        match self {
+            Framing::Raw => 0,
+            Framing::Typed => 1,
+        }
+    }
+
+    /// Writes the data frame header (if any) into `buf`, which then receives the payload.
+    pub fn start_data_frame(self, buf: &mut Vec<u8>) {
+        buf.clear();
+        if self == Framing::Typed {
+            buf.push(TYPE_DATA);
+        }
+    }
+}
+
+/// A frame received from the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbound<'a> {
+    /// Session bytes for the target.
+    Data(&'a [u8]),
+    /// A ping; the whole frame goes back unchanged.
+    Ping(&'a [u8]),
+    /// The client's measured round trip, in milliseconds.
+    Latency(u64),
+}
+
+/// A frame that breaks the framing: the session is closed with this as the reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("empty frame without a type byte")]
+    Empty,
+    #[error("unknown frame type {0}")]
+    UnknownType(u8),
+    #[error("ping frame of {0} bytes (want 5)")]
+    BadPing(usize),
+    #[error("latency frame of {0} bytes (want 9)")]
+    BadLatency(usize),
+    #[error("redirect frames only go from server to client")]
+    UnexpectedRedirect,
+}
+
+/// Parses one binary frame from the client.
+pub fn decode(framing: Framing, frame: &[u8]) -> Result<Inbound<'_>, FrameError> {
+    if framing == Framing::Raw {
+        return Ok(Inbound::Data(frame));
+    }
+    let (&kind, rest) = frame.split_first().ok_or(FrameError::Empty)?;
+    match kind {
+        TYPE_DATA => Ok(Inbound::Data(rest)),
+        TYPE_PING if rest.len() == 4 => Ok(Inbound::Ping(frame)),
+        TYPE_PING => Err(FrameError::BadPing(frame.len())),
+        TYPE_LATENCY => {
+            let ms: [u8; 8] = rest
+                .try_into()
+                .map_err(|_| FrameError::BadLatency(frame.len()))?;
+            Ok(Inbound::Latency(u64::from_be_bytes(ms)))
+        }
+        TYPE_REDIRECT => Err(FrameError::UnexpectedRedirect),
+        other => Err(FrameError::UnknownType(other)),
+    }
+}
+
+/// A redirect frame (server → client): type byte + JSON `{"url": ..., "headers": {...}}`.
+pub fn redirect_frame(info: &serde_json::Value) -> Vec<u8> {
+    let mut f = vec![TYPE_REDIRECT];
+    f.extend_from_slice(info.to_string().as_bytes());
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_by_client_version() {
+        assert_eq!(Framing::for_client_version(None), Framing::Raw);
+        assert_eq!(Framing::for_client_version(Some(21)), Framing::Raw);
+        assert_eq!(Framing::for_client_version(Some(22)), Framing::Typed);
+        assert_eq!(Framing::for_client_version(Some(62)), Framing::Typed);
+    }
+
+    #[test]
+    fn decode_table() {
+        use Framing::*;
+        let ping = [1u8, 0, 0, 0, 7];
+        let mut latency = vec![2u8];
+        latency.extend_from_slice(&42u64.to_be_bytes());
+        type Case<'a> = (&'a str, Framing, Vec<u8>, Result<Inbound<'a>, FrameError>);
+        let cases: Vec<Case> = vec![
+            (
+                "raw passes everything",
+                Raw,
+                vec![1, 2, 3],
+                Ok(Inbound::Data(&[1, 2, 3])),
+            ),
+            ("raw empty", Raw, vec![], Ok(Inbound::Data(&[]))),
+            (
+                "typed data",
+                Typed,
+                vec![0, b'h', b'i'],
+                Ok(Inbound::Data(b"hi")),
+            ),
+            ("typed empty data", Typed, vec![0], Ok(Inbound::Data(&[]))),
+            (
+                "ping echoed whole",
+                Typed,
+                ping.to_vec(),
+                Ok(Inbound::Ping(&ping)),
+            ),
+            (
+                "short ping",
+                Typed,
+                vec![1, 0, 0],
+                Err(FrameError::BadPing(3)),
+            ),
+            ("latency", Typed, latency.clone(), Ok(Inbound::Latency(42))),
+            (
+                "short latency",
+                Typed,
+                vec![2, 0],
+                Err(FrameError::BadLatency(2)),
+            ),
+            (
+                "redirect from client",
+                Typed,
+                vec![3, b'{', b'}'],
+                Err(FrameError::UnexpectedRedirect),
+            ),
+            (
+                "unknown type",
+                Typed,
+                vec![9, 1],
+                Err(FrameError::UnknownType(9)),
+            ),
+            ("empty typed frame", Typed, vec![], Err(FrameError::Empty)),
+        ];
+        for (name, framing, frame, want) in cases {
+            let got = decode(framing, &frame);
+            assert_eq!(format!("{got:?}"), format!("{want:?}"), "{name}");
+        }
+    }
+
+    #[test]
+    fn data_frame_header() {
+        let mut buf = vec![9, 9];
+        Framing::Typed.start_data_frame(&mut buf);
+        assert_eq!(buf, [TYPE_DATA]);
+        Framing::Raw.start_data_frame(&mut buf);
+        assert!(buf.is_empty());
+        let f = redirect_frame(&serde_json::json!({"url": "wss://x"}));
+        assert_eq!(f[0], TYPE_REDIRECT);
+        assert_eq!(&f[1..], br#"{"url":"wss://x"}"#);
+    }
+}

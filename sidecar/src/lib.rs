@@ -1,0 +1,25 @@
+//! wsgate-sidecar: the WebSocket ↔ SSH bridge that runs next to `sshd` (or centrally).
+//!
+//! - [`server`]: routes, the handshake (everything is checked and the target connected before
+//!   the upgrade), sessions, graceful shutdown; `run(listener, admin, sidecar, shutdown)`.
+//! - [`bridge`]: one session's byte pump, generic over the WebSocket and the target stream.
+//! - [`framing`]: SkyPilot's type-byte framing.
+//! - [`auth`], [`authz`]: who is asking, and may they reach this cluster.
+//! - [`target`]: cluster + worker → address (never chosen by the client).
+//! - [`sessions`]: admission limits and the `/sessions` listing.
+//! - [`metrics`]: Prometheus text.
+//! - [`error`]: every refusal and close reason, mapped to statuses and close codes.
+//! - [`config`]: flags and environment.
+
+pub mod auth;
+pub mod authz;
+pub mod bridge;
+pub mod config;
+pub mod error;
+pub mod framing;
+pub mod metrics;
+pub mod server;
+pub mod sessions;
+pub mod target;
+
+pub use server::{run, Settings, Sidecar};

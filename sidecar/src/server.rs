@@ -1,0 +1,489 @@
+//! The HTTP side: routes, the handshake (validate, authenticate, authorize, admit, resolve,
+//! connect — all before the upgrade), session tasks, and graceful shutdown.
+//!
+//! `run(listener, admin_listener, sidecar, shutdown)` is the whole server; `main` only parses
+//! flags and builds the pieces. Tests call `run` on `127.0.0.1:0`.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use axum::{Json, Router};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use wsgate_core::route::{is_dns_label, percent_decode};
+
+use crate::auth::{credential, Authenticator, Identity};
+use crate::authz::Authorizer;
+use crate::bridge::{bridge, BridgeConfig, Observer};
+use crate::error::Reject;
+use crate::framing::Framing;
+use crate::metrics::Metrics;
+use crate::sessions::{Admission, Registry, SessionInfo};
+use crate::target::TargetResolver;
+
+/// SkyPilot's endpoint, unchanged, so its client works as is.
+pub const SKYPILOT_PATH: &str = "/kubernetes-pod-ssh-proxy";
+
+/// Everything that is not a pluggable backend.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A generic endpoint such as `/ssh/{cluster}`, besides SkyPilot's.
+    pub path_template: Option<String>,
+    /// When set, only these clusters (404 otherwise).
+    pub allowed_clusters: Option<BTreeSet<String>>,
+    pub max_sessions: usize,
+    pub max_sessions_per_user: usize,
+    /// Framing is decided per session; the rest applies to all.
+    pub bridge: BridgeConfig,
+    /// From request to upgrade (authentication, lookup, connect).
+    pub handshake_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// How long sessions may continue after SIGTERM before they are closed with 1001.
+    pub shutdown_grace: Duration,
+}
+
+/// The server's parts: settings and the three backends.
+pub struct Sidecar {
+    pub settings: Settings,
+    pub auth: Arc<dyn Authenticator>,
+    pub authz: Arc<dyn Authorizer>,
+    pub resolver: Arc<dyn TargetResolver>,
+}
+
+struct AppState {
+    sidecar: Sidecar,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    /// Set on shutdown: `/readyz` turns false and new sessions get 503.
+    draining: AtomicBool,
+    /// Session tasks, so shutdown can wait for them (upgraded connections are not HTTP
+    /// connections any more: the HTTP server's own graceful shutdown does not see them).
+    tracker: TaskTracker,
+    /// Cancelled when the grace period is over: every session closes with 1001.
+    close_all: CancellationToken,
+}
+
+/// Serves until `shutdown` resolves, then drains: stops accepting, waits up to the grace period
+/// for sessions, closes the rest with 1001, and returns.
+pub async fn run(
+    listener: TcpListener,
+    admin: TcpListener,
+    sidecar: Sidecar,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let s = &sidecar.settings;
+    let registry = Registry::new(s.max_sessions, s.max_sessions_per_user);
+    let grace = s.shutdown_grace;
+    let st = Arc::new(AppState {
+        sidecar,
+        registry,
+        metrics: Arc::new(Metrics::default()),
+        draining: AtomicBool::new(false),
+        tracker: TaskTracker::new(),
+        close_all: CancellationToken::new(),
+    });
+    info!(
+        listen = %listener.local_addr()?,
+        admin = %admin.local_addr()?,
+        auth = %st.sidecar.auth.describe(),
+        authz = %st.sidecar.authz.describe(),
+        target = %st.sidecar.resolver.describe(),
+        "wsgate-sidecar {} serving",
+        env!("CARGO_PKG_VERSION"),
+    );
+
+    let admin_stop = CancellationToken::new();
+    let admin_serve = axum::serve(admin, admin_router(Arc::clone(&st)))
+        .with_graceful_shutdown(admin_stop.clone().cancelled_owned());
+    let admin_task = tokio::spawn(async move { admin_serve.await });
+    let drain_state = Arc::clone(&st);
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router(Arc::clone(&st)))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            drain_state.draining.store(true, Ordering::SeqCst);
+            info!(
+                sessions = drain_state.metrics.sessions_open(),
+                grace_seconds = grace.as_secs(),
+                "shutting down: not accepting, draining sessions"
+            );
+        })
+        .await?;
+
+    st.tracker.close();
+    if tokio::time::timeout(grace, st.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            sessions = st.metrics.sessions_open(),
+            "grace period over: closing the remaining sessions with 1001"
+        );
+        st.close_all.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), st.tracker.wait()).await;
+    }
+    admin_stop.cancel();
+    let _ = admin_task.await;
+    info!("stopped");
+    Ok(())
+}
+
+fn router(st: Arc<AppState>) -> Router {
+    let mut r = Router::new()
+        .route(SKYPILOT_PATH, get(skypilot_endpoint))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
+    if let Some(t) = &st.sidecar.settings.path_template {
+        r = r.route(t, get(path_endpoint));
+    }
+    r.with_state(st)
+}
+
+fn admin_router(st: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/sessions", get(sessions))
+        .with_state(st)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    if st.draining.load(Ordering::SeqCst) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        "ready\n".into_response()
+    }
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn sessions(State(st): State<Arc<AppState>>) -> Response {
+    Json(st.registry.snapshot()).into_response()
+}
+
+/// What the request asks for, from the query (and the path for the generic endpoint).
+#[derive(Debug, PartialEq, Eq)]
+struct Ask {
+    cluster: String,
+    worker: u32,
+    client_version: Option<u32>,
+}
+
+fn parse_query(query: Option<&str>, path_cluster: Option<String>) -> Result<Ask, Reject> {
+    let mut cluster = path_cluster.map(Some).unwrap_or(None);
+    let from_path = cluster.is_some();
+    let (mut worker, mut client_version) = (None, None);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (Some(k), Some(v)) = (percent_decode(k), percent_decode(v)) else {
+            return Err(Reject::BadRequest("malformed query string"));
+        };
+        let slot = match k.as_str() {
+            "cluster_name" if !from_path => &mut cluster,
+            "worker" => &mut worker,
+            "client_version" => &mut client_version,
+            _ => continue,
+        };
+        if slot.replace(v).is_some() {
+            return Err(Reject::BadRequest("a query parameter is repeated"));
+        }
+    }
+    let cluster = cluster.ok_or(Reject::MissingCluster)?;
+    if !is_dns_label(&cluster) {
+        return Err(Reject::InvalidCluster);
+    }
+    let number = |v: Option<String>, what| match v {
+        None => Ok(None),
+        Some(s) => s
+            .parse::<u32>()
+            .map(Some)
+            .map_err(|_| Reject::BadRequest(what)),
+    };
+    Ok(Ask {
+        cluster,
+        worker: number(worker, "worker must be a number")?.unwrap_or(0),
+        client_version: number(client_version, "client_version must be a number")?,
+    })
+}
+
+type Upgrade = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
+
+async fn skypilot_endpoint(
+    State(st): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ws: Upgrade,
+) -> Response {
+    handshake(st, query, None, headers, ws).await
+}
+
+async fn path_endpoint(
+    State(st): State<Arc<AppState>>,
+    Path(cluster): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ws: Upgrade,
+) -> Response {
+    handshake(st, query, Some(cluster), headers, ws).await
+}
+
+/// A session ready to upgrade: every check passed, the target is connected.
+struct Ready {
+    who: Identity,
+    ask: Ask,
+    addr: String,
+    stream: TcpStream,
+    admission: Admission,
+    echo_protocol: Option<String>,
+}
+
+async fn handshake(
+    st: Arc<AppState>,
+    query: Option<String>,
+    path_cluster: Option<String>,
+    headers: HeaderMap,
+    ws: Upgrade,
+) -> Response {
+    let Ok(ws) = ws else {
+        return refuse(&st, Reject::NotWebSocket);
+    };
+    let limit = st.sidecar.settings.handshake_timeout;
+    match tokio::time::timeout(limit, prepare(&st, query, path_cluster, &headers)).await {
+        Ok(Ok(ready)) => start_session(st, ready, ws),
+        Ok(Err(reject)) => refuse(&st, reject),
+        Err(_) => refuse(&st, Reject::HandshakeTimeout),
+    }
+}
+
+fn refuse(st: &AppState, reject: Reject) -> Response {
+    st.metrics.handshake_failed(reject.reason());
+    info!(
+        target: "wsgate::audit",
+        event = "session_refused",
+        status = reject.status().as_u16(),
+        reason = reject.reason(),
+        "refused: {reject}"
+    );
+    reject.into_response()
+}
+
+async fn prepare(
+    st: &AppState,
+    query: Option<String>,
+    path_cluster: Option<String>,
+    headers: &HeaderMap,
+) -> Result<Ready, Reject> {
+    if st.draining.load(Ordering::SeqCst) {
+        return Err(Reject::Draining);
+    }
+    let s = &st.sidecar.settings;
+    let ask = parse_query(query.as_deref(), path_cluster)?;
+    if s.allowed_clusters
+        .as_ref()
+        .is_some_and(|a| !a.contains(&ask.cluster))
+    {
+        return Err(Reject::UnknownCluster);
+    }
+    let cred = credential(headers)?;
+    let who = st
+        .sidecar
+        .auth
+        .authenticate(cred.as_ref().map(|c| &c.token))
+        .await?;
+    st.sidecar.authz.authorize(&who, &ask.cluster).await?;
+    let admission = st.registry.admit(&who.user)?;
+    let addr = st
+        .sidecar
+        .resolver
+        .resolve(&ask.cluster, ask.worker)
+        .await?;
+    let stream = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(&addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            warn!(target = %addr, error = %e, "target unreachable");
+            return Err(Reject::TargetUnreachable);
+        }
+        Err(_) => {
+            warn!(target = %addr, "target connect timed out");
+            return Err(Reject::TargetUnreachable);
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(Ready {
+        who,
+        ask,
+        addr,
+        stream,
+        admission,
+        echo_protocol: cred.and_then(|c| c.echo_protocol),
+    })
+}
+
+/// Reports the bridge's byte counts to the session listing and the metrics.
+struct SessionObserver {
+    info: Arc<SessionInfo>,
+    metrics: Arc<Metrics>,
+}
+
+impl Observer for SessionObserver {
+    fn up(&self, n: u64) {
+        self.info.bytes_up.fetch_add(n, Ordering::Relaxed);
+        self.metrics.add_up(n);
+    }
+    fn down(&self, n: u64) {
+        self.info.bytes_down.fetch_add(n, Ordering::Relaxed);
+        self.metrics.add_down(n);
+    }
+    fn latency_ms(&self, ms: u64) {
+        self.metrics.observe_latency_ms(ms);
+    }
+}
+
+fn start_session(st: Arc<AppState>, ready: Ready, ws: WebSocketUpgrade) -> Response {
+    let max = st.sidecar.settings.bridge.max_frame + 16;
+    let mut ws = ws.max_message_size(max).max_frame_size(max);
+    if let Some(p) = ready.echo_protocol.clone() {
+        ws = ws.protocols([p]);
+    }
+    let failed = Arc::clone(&st);
+    let tracker = st.tracker.clone();
+    ws.on_failed_upgrade(move |e| {
+        failed.metrics.handshake_failed("upgrade_failed");
+        warn!(error = %e, "WebSocket upgrade failed");
+    })
+    .on_upgrade(move |socket| tracker.track_future(session(st, ready, socket)))
+}
+
+async fn session(st: Arc<AppState>, ready: Ready, socket: WebSocket) {
+    let Ready {
+        who,
+        ask,
+        addr,
+        stream,
+        admission,
+        ..
+    } = ready;
+    let mut cfg = st.sidecar.settings.bridge.clone();
+    cfg.framing = Framing::for_client_version(ask.client_version);
+    let listed = st
+        .registry
+        .list_session(&who.user, &ask.cluster, ask.worker, &addr);
+    st.metrics.session_opened();
+    info!(
+        id = listed.info.id,
+        user = %who.user,
+        cluster = %ask.cluster,
+        worker = ask.worker,
+        target = %addr,
+        framing = ?cfg.framing,
+        "session started"
+    );
+    let started = Instant::now();
+    let obs = SessionObserver {
+        info: Arc::clone(&listed.info),
+        metrics: Arc::clone(&st.metrics),
+    };
+    let reason = bridge(socket, stream, &cfg, &obs, st.close_all.child_token()).await;
+    st.metrics.session_closed(reason.label());
+    info!(
+        target: "wsgate::audit",
+        event = "session_end",
+        id = listed.info.id,
+        user = %who.user,
+        cluster = %ask.cluster,
+        worker = ask.worker,
+        target_addr = %addr,
+        bytes_up = listed.info.bytes_up.load(Ordering::Relaxed),
+        bytes_down = listed.info.bytes_down.load(Ordering::Relaxed),
+        duration_ms = started.elapsed().as_millis() as u64,
+        close_code = reason.code(),
+        close_reason = reason.label(),
+        "session ended"
+    );
+    drop(listed);
+    drop(admission);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_table() {
+        let ok = |c: &str, w, v| {
+            Ok(Ask {
+                cluster: c.into(),
+                worker: w,
+                client_version: v,
+            })
+        };
+        let cases: Vec<(&str, Option<&str>, Result<Ask, Reject>)> = vec![
+            (
+                "cluster_name=prod&worker=0&client_version=62",
+                None,
+                ok("prod", 0, Some(62)),
+            ),
+            ("cluster_name=prod", None, ok("prod", 0, None)),
+            (
+                "cluster_name=prod&worker=2&no_redirect=1",
+                None,
+                ok("prod", 2, None),
+            ),
+            ("worker=1", Some("dev"), ok("dev", 1, None)),
+            ("cluster_name=evil", Some("dev"), ok("dev", 0, None)),
+            ("worker=0", None, Err(Reject::MissingCluster)),
+            (
+                "cluster_name=10.0.0.1:22",
+                None,
+                Err(Reject::InvalidCluster),
+            ),
+            (
+                "cluster_name=a&cluster_name=b",
+                None,
+                Err(Reject::BadRequest("a query parameter is repeated")),
+            ),
+            (
+                "cluster_name=a&worker=x",
+                None,
+                Err(Reject::BadRequest("worker must be a number")),
+            ),
+            (
+                "cluster_name=a&client_version=-1",
+                None,
+                Err(Reject::BadRequest("client_version must be a number")),
+            ),
+            (
+                "cluster_name=%zz",
+                None,
+                Err(Reject::BadRequest("malformed query string")),
+            ),
+        ];
+        for (q, path, want) in cases {
+            assert_eq!(parse_query(Some(q), path.map(String::from)), want, "{q}");
+        }
+    }
+}
