@@ -11,7 +11,7 @@ WASM_OPT_FLAGS := -Oz --strip-debug --strip-target-features \
 	--enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 	--enable-mutable-globals --enable-multivalue --enable-reference-types
 
-.PHONY: setup filter test unit e2e lint fmt clean
+.PHONY: setup filter sidecar test unit e2e lint fmt clean
 
 ## setup: install what a fresh machine lacks (idempotent)
 setup:
@@ -27,12 +27,16 @@ filter: setup
 	fi
 	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
 
-## unit: the pure core's tests (no Envoy)
+## sidecar: build the release wsgate-sidecar binary
+sidecar:
+	cargo build --release --locked -p wsgate-sidecar
+
+## unit: the crates' own tests (no Envoy)
 unit:
 	cargo test --workspace --locked
 
 ## e2e: the real-Envoy suite
-e2e: filter
+e2e: filter sidecar
 	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) -m pytest -q testenv/e2e
 
 ## test: every test

@@ -1,0 +1,112 @@
+"""Runs the real `wsgate-sidecar` binary on free loopback ports, with its JSON log in a file."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .sshd import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SIDECAR = Path(os.environ.get("WSGATE_SIDECAR", ROOT / "target" / "release" / "wsgate-sidecar"))
+
+
+@dataclass
+class Sidecar:
+    workdir: Path
+    args: list[str]
+    port: int = 0
+    admin_port: int = 0
+    proc: subprocess.Popen | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "sidecar.log"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def events(self) -> list[dict]:
+        """The JSON log lines (the audit trail is part of them)."""
+        out = []
+        for line in self.log().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def audit(self, event: str) -> list[dict]:
+        return [e for e in self.events() if e.get("target") == "wsgate::audit" and e.get("event") == event]
+
+    def start(self) -> "Sidecar":
+        if not SIDECAR.exists():
+            raise RuntimeError(f"{SIDECAR} missing: `make sidecar` (make test does)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        self.admin_port = self.admin_port or free_port()
+        cmd = [
+            str(SIDECAR),
+            "--listen", f"127.0.0.1:{self.port}",
+            "--admin-listen", f"127.0.0.1:{self.admin_port}",
+            *self.args,
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log_path, "ab"),
+            env={**os.environ, "WSGATE_LOG": "info", **self.env},
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sidecar exited {self.proc.returncode}: {self.log()}")
+            try:
+                if self.admin("/readyz")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("sidecar not ready: " + self.log())
+
+    def admin(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def metric(self, line_prefix: str) -> float:
+        """The value of the first `/metrics` line starting with `line_prefix` (0 if absent)."""
+        for line in self.admin("/metrics")[1].splitlines():
+            if line.startswith(line_prefix + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def terminate(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def __enter__(self) -> "Sidecar":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
