@@ -10,9 +10,10 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::auth::{Authenticator, NoAuth, StaticTokens};
-use crate::authz::{AllowAll, Authorizer, StaticPolicy};
+use crate::authz::{All, AllowAll, Authorizer, StaticPolicy};
 use crate::bridge::BridgeConfig;
 use crate::framing::Framing;
+use crate::kube::{AccessReviewer, PodResolver, TokenReviewer};
 use crate::server::{Settings, Sidecar};
 use crate::target::{FixedTarget, TargetResolver};
 use wsgate_core::route::is_dns_label;
@@ -34,8 +35,31 @@ pub struct Args {
     pub admin_listen: SocketAddr,
 
     /// Pod-side mode: the one SSH target every session goes to (this pod's sshd).
-    #[arg(long, env = "WSGATE_TARGET", default_value = "127.0.0.1:22")]
-    pub target: String,
+    /// Default 127.0.0.1:22 unless --kube-selector selects central mode.
+    #[arg(long, env = "WSGATE_TARGET")]
+    pub target: Option<String>,
+
+    /// Central mode: find a cluster's pods by this label selector, `{cluster}` replaced by the
+    /// requested (validated) cluster name, e.g. `skypilot-cluster-name={cluster}`.
+    #[arg(long, env = "WSGATE_KUBE_SELECTOR")]
+    pub kube_selector: Option<String>,
+
+    /// Central mode: the namespace of the pods (default: the client's default namespace).
+    #[arg(long, env = "WSGATE_KUBE_NAMESPACE")]
+    pub kube_namespace: Option<String>,
+
+    /// Central mode: the SSH port on the pods.
+    #[arg(long, env = "WSGATE_KUBE_PORT", default_value_t = 22)]
+    pub kube_port: u16,
+
+    /// Central mode: the label (`key=value`) of a cluster's head pod, which is worker 0; the
+    /// others are workers 1.. in natural name order. Without it, worker n is the n-th pod.
+    #[arg(
+        long,
+        env = "WSGATE_KUBE_HEAD_LABEL",
+        default_value = "ray-node-type=head"
+    )]
+    pub kube_head_label: String,
 
     /// Pod-side mode: the cluster this pod serves; requests naming another get 404.
     #[arg(long, env = "WSGATE_CLUSTER")]
@@ -49,7 +73,8 @@ pub struct Args {
     #[arg(long, env = "WSGATE_PATH")]
     pub path: Option<String>,
 
-    /// How callers authenticate: a token file, or none (needs --allow-unauthenticated).
+    /// How callers authenticate: a token file, a Kubernetes TokenReview, or none (needs
+    /// --allow-unauthenticated).
     #[arg(long, env = "WSGATE_AUTH", value_enum, default_value = "token-file")]
     pub auth: AuthMode,
 
@@ -57,6 +82,14 @@ pub struct Args {
     /// reloaded when it changes.
     #[arg(long, env = "WSGATE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// --auth token-review: audiences the token must be meant for (repeatable).
+    #[arg(long, env = "WSGATE_TOKEN_REVIEW_AUDIENCES", value_delimiter = ',')]
+    pub token_review_audience: Vec<String>,
+
+    /// --auth token-review: how long an accepted token is remembered.
+    #[arg(long, env = "WSGATE_AUTH_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub auth_cache_ttl: Duration,
 
     /// Confirms --auth none: anyone who reaches the port gets a shell prompt from sshd.
     #[arg(long, env = "WSGATE_ALLOW_UNAUTHENTICATED")]
@@ -66,6 +99,27 @@ pub struct Args {
     /// authenticated users.
     #[arg(long, env = "WSGATE_AUTHZ_POLICY")]
     pub authz_policy: Option<PathBuf>,
+
+    /// Also ask the API server (SubjectAccessReview) whether the user may --authz-sar-verb
+    /// the cluster, as a resource named after it.
+    #[arg(long, env = "WSGATE_AUTHZ_SAR")]
+    pub authz_sar: bool,
+
+    /// SubjectAccessReview verb.
+    #[arg(long, env = "WSGATE_AUTHZ_SAR_VERB", default_value = "ssh")]
+    pub authz_sar_verb: String,
+
+    /// SubjectAccessReview API group.
+    #[arg(long, env = "WSGATE_AUTHZ_SAR_GROUP", default_value = "wsgate.io")]
+    pub authz_sar_group: String,
+
+    /// SubjectAccessReview resource.
+    #[arg(long, env = "WSGATE_AUTHZ_SAR_RESOURCE", default_value = "clusters")]
+    pub authz_sar_resource: String,
+
+    /// SubjectAccessReview namespace (none: cluster-scoped).
+    #[arg(long, env = "WSGATE_AUTHZ_SAR_NAMESPACE")]
+    pub authz_sar_namespace: Option<String>,
 
     /// Sessions open at once, overall; past it new ones get 503.
     #[arg(long, env = "WSGATE_MAX_SESSIONS", default_value_t = 1024)]
@@ -115,6 +169,7 @@ pub struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuthMode {
     TokenFile,
+    TokenReview,
     None,
 }
 
@@ -129,6 +184,10 @@ pub enum LogFormat {
 pub enum ConfigError {
     #[error("--{0}: {1}")]
     Flag(&'static str, String),
+    #[error(
+        "Kubernetes client (needed by --auth token-review, --authz-sar or --kube-selector): {0}"
+    )]
+    Kube(String),
 }
 
 fn flag(name: &'static str, why: impl Into<String>) -> ConfigError {
@@ -140,7 +199,9 @@ fn nonzero(d: Duration) -> Option<Duration> {
 }
 
 impl Args {
-    pub fn build(&self) -> Result<Sidecar, ConfigError> {
+    /// Validates the flags and builds the backends (connecting a Kubernetes client only when a
+    /// backend needs one).
+    pub async fn build(&self) -> Result<Sidecar, ConfigError> {
         for c in self.allowed_clusters.iter().chain(self.cluster.iter()) {
             if !is_dns_label(c) {
                 return Err(flag(
@@ -168,6 +229,37 @@ impl Args {
         if self.max_sessions == 0 || self.max_sessions_per_user == 0 {
             return Err(flag("max-sessions", "must be at least 1"));
         }
+        if self.target.is_some() && self.kube_selector.is_some() {
+            return Err(flag(
+                "target",
+                "pod-side (--target) and central mode (--kube-selector) exclude each other",
+            ));
+        }
+        if let Some(sel) = &self.kube_selector {
+            if !sel.contains("{cluster}") {
+                return Err(flag("kube-selector", "must contain {cluster}"));
+            }
+        }
+        let head_label = match self.kube_head_label.as_str() {
+            "" => None,
+            l => {
+                let (k, v) = l
+                    .split_once('=')
+                    .ok_or_else(|| flag("kube-head-label", "must be key=value (or empty)"))?;
+                Some((k.to_string(), v.to_string()))
+            }
+        };
+        let needs_kube =
+            self.auth == AuthMode::TokenReview || self.authz_sar || self.kube_selector.is_some();
+        let kube = if needs_kube {
+            Some(
+                ::kube::Client::try_default()
+                    .await
+                    .map_err(|e| ConfigError::Kube(e.to_string()))?,
+            )
+        } else {
+            None
+        };
         let auth: Arc<dyn Authenticator> = match self.auth {
             AuthMode::None if !self.allow_unauthenticated => {
                 return Err(flag(
@@ -176,6 +268,11 @@ impl Args {
                 ))
             }
             AuthMode::None => Arc::new(NoAuth),
+            AuthMode::TokenReview => Arc::new(TokenReviewer::new(
+                kube.clone().ok_or_else(|| ConfigError::Kube("not created".into()))?,
+                self.token_review_audience.clone(),
+                self.auth_cache_ttl,
+            )),
             AuthMode::TokenFile => {
                 let path = self
                     .token_file
@@ -184,16 +281,46 @@ impl Args {
                 Arc::new(StaticTokens::load(path).map_err(|e| flag("token-file", e.to_string()))?)
             }
         };
-        let authz: Arc<dyn Authorizer> = match &self.authz_policy {
-            None => Arc::new(AllowAll),
-            Some(p) => {
-                Arc::new(StaticPolicy::load(p).map_err(|e| flag("authz-policy", e.to_string()))?)
-            }
+        let mut authorizers: Vec<Box<dyn Authorizer>> = Vec::new();
+        if let Some(p) = &self.authz_policy {
+            authorizers.push(Box::new(
+                StaticPolicy::load(p).map_err(|e| flag("authz-policy", e.to_string()))?,
+            ));
+        }
+        if self.authz_sar {
+            authorizers.push(Box::new(AccessReviewer {
+                client: kube
+                    .clone()
+                    .ok_or_else(|| ConfigError::Kube("not created".into()))?,
+                verb: self.authz_sar_verb.clone(),
+                group: self.authz_sar_group.clone(),
+                resource: self.authz_sar_resource.clone(),
+                namespace: self.authz_sar_namespace.clone(),
+            }));
+        }
+        let authz: Arc<dyn Authorizer> = match authorizers.len() {
+            0 => Arc::new(AllowAll),
+            _ => Arc::new(All(authorizers)),
         };
-        let resolver: Arc<dyn TargetResolver> = Arc::new(FixedTarget {
-            addr: self.target.clone(),
-            cluster: self.cluster.clone(),
-        });
+        let resolver: Arc<dyn TargetResolver> = match (&self.kube_selector, kube) {
+            (Some(selector), Some(client)) => Arc::new(PodResolver {
+                namespace: self
+                    .kube_namespace
+                    .clone()
+                    .unwrap_or_else(|| client.default_namespace().to_string()),
+                client,
+                selector_template: selector.clone(),
+                head_label,
+                port: self.kube_port,
+            }),
+            _ => Arc::new(FixedTarget {
+                addr: self
+                    .target
+                    .clone()
+                    .unwrap_or_else(|| "127.0.0.1:22".to_string()),
+                cluster: self.cluster.clone(),
+            }),
+        };
         let allowed: BTreeSet<String> = self.allowed_clusters.iter().cloned().collect();
         Ok(Sidecar {
             settings: Settings {
@@ -230,8 +357,8 @@ mod tests {
         Args::try_parse_from(v).unwrap()
     }
 
-    #[test]
-    fn flag_errors_name_the_flag() {
+    #[tokio::test]
+    async fn flag_errors_name_the_flag() {
         let cases: &[(&[&str], &str)] = &[
             (&["--auth", "none"], "--auth:"),
             (&["--auth", "token-file"], "--token-file: required"),
@@ -279,10 +406,43 @@ mod tests {
                 ],
                 "--authz-policy:",
             ),
+            (
+                &[
+                    "--auth",
+                    "none",
+                    "--allow-unauthenticated",
+                    "--target",
+                    "h:22",
+                    "--kube-selector",
+                    "a={cluster}",
+                ],
+                "--target:",
+            ),
+            (
+                &[
+                    "--auth",
+                    "none",
+                    "--allow-unauthenticated",
+                    "--kube-selector",
+                    "app=x",
+                ],
+                "--kube-selector:",
+            ),
+            (
+                &[
+                    "--auth",
+                    "none",
+                    "--allow-unauthenticated",
+                    "--kube-head-label",
+                    "head",
+                ],
+                "--kube-head-label:",
+            ),
         ];
         for (a, want) in cases {
             let e = args(a)
                 .build()
+                .await
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default();
@@ -290,8 +450,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn defaults_are_sane() {
+    #[tokio::test]
+    async fn defaults_are_sane() {
         let s = args(&[
             "--auth",
             "none",
@@ -300,6 +460,7 @@ mod tests {
             "/ssh/{cluster}",
         ])
         .build()
+        .await
         .unwrap();
         assert_eq!(s.settings.bridge.max_frame, 65536);
         assert_eq!(

@@ -47,6 +47,8 @@ pub enum Reject {
     ResolverUnavailable,
     #[error("the SSH target is unreachable")]
     TargetUnreachable,
+    #[error("the SSH target is not ready yet")]
+    TargetNotReady,
     #[error("the handshake took too long")]
     HandshakeTimeout,
 }
@@ -63,7 +65,7 @@ impl Reject {
             MissingCredentials | InvalidCredentials => StatusCode::UNAUTHORIZED,
             Forbidden => StatusCode::FORBIDDEN,
             UserLimit => StatusCode::TOO_MANY_REQUESTS,
-            AuthUnavailable | GlobalLimit | Draining | ResolverUnavailable => {
+            AuthUnavailable | GlobalLimit | Draining | ResolverUnavailable | TargetNotReady => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             TargetUnreachable => StatusCode::BAD_GATEWAY,
@@ -92,6 +94,7 @@ impl Reject {
             Draining => "draining",
             ResolverUnavailable => "resolver_unavailable",
             TargetUnreachable => "target_unreachable",
+            TargetNotReady => "target_not_ready",
             HandshakeTimeout => "handshake_timeout",
         }
     }

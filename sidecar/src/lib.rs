@@ -6,6 +6,7 @@
 //! - [`framing`]: SkyPilot's type-byte framing.
 //! - [`auth`], [`authz`]: who is asking, and may they reach this cluster.
 //! - [`target`]: cluster + worker → address (never chosen by the client).
+//! - [`kube`]: TokenReview, SubjectAccessReview and pod lookup (central mode) with kube-rs.
 //! - [`sessions`]: admission limits and the `/sessions` listing.
 //! - [`metrics`]: Prometheus text.
 //! - [`error`]: every refusal and close reason, mapped to statuses and close codes.
@@ -17,6 +18,7 @@ pub mod bridge;
 pub mod config;
 pub mod error;
 pub mod framing;
+pub mod kube;
 pub mod metrics;
 pub mod server;
 pub mod sessions;

@@ -17,7 +17,7 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
-    let sidecar = args.build()?;
+    let sidecar = args.build().await?;
     if args.auth == AuthMode::None {
         tracing::warn!(
             "authentication is OFF (--auth none): anyone who reaches {} can open SSH sessions",

@@ -1,0 +1,562 @@
+//! Kubernetes backends (kube-rs): `TokenReview` authentication, `SubjectAccessReview`
+//! authorization, and central mode's pod lookup — implementations of the sidecar's traits.
+//!
+//! All three fail closed: an unreachable API server is a 503, never a pass. Tests script the
+//! API server's replies with `tower-test` (no cluster here) and check each request sent.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use sha2::{Digest, Sha256};
+use tracing::warn;
+use wsgate_core::token::BearerToken;
+
+use crate::auth::{Authenticator, Identity};
+use crate::authz::Authorizer;
+use crate::error::Reject;
+use crate::target::TargetResolver;
+
+/// Failed reviews are remembered this long, so a flood of bad tokens does not become a flood
+/// of API calls.
+const NEGATIVE_TTL: Duration = Duration::from_secs(2);
+/// Cache entries at most; past it expired entries go, then everything (never unbounded).
+const CACHE_MAX: usize = 10_000;
+
+/// sha256(token) → (identity, or `None` for a rejected token; when it was cached).
+type ReviewCache = HashMap<[u8; 32], (Option<Identity>, Instant)>;
+
+/// Authenticates bearer tokens with a `TokenReview`, caching results briefly.
+pub struct TokenReviewer {
+    client: Client,
+    /// When set, the review must say the token was meant for one of these.
+    audiences: Vec<String>,
+    ttl: Duration,
+    /// Keyed by hash so no token is kept in memory past its review.
+    cache: Mutex<ReviewCache>,
+}
+
+impl TokenReviewer {
+    pub fn new(client: Client, audiences: Vec<String>, ttl: Duration) -> TokenReviewer {
+        TokenReviewer {
+            client,
+            audiences,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached(&self, key: &[u8; 32]) -> Option<Option<Identity>> {
+        let cache = self.cache.lock().ok()?;
+        let (who, at) = cache.get(key)?;
+        let ttl = if who.is_some() {
+            self.ttl
+        } else {
+            NEGATIVE_TTL
+        };
+        (at.elapsed() < ttl).then(|| who.clone())
+    }
+
+    fn remember(&self, key: [u8; 32], who: Option<Identity>) {
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_MAX {
+                let ttl = self.ttl.max(NEGATIVE_TTL);
+                cache.retain(|_, (_, at)| at.elapsed() < ttl);
+                if cache.len() >= CACHE_MAX {
+                    cache.clear();
+                }
+            }
+            cache.insert(key, (who, Instant::now()));
+        }
+    }
+
+    async fn review(&self, token: &BearerToken) -> Result<Option<Identity>, Reject> {
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: token.expose().to_string(),
+                audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
+            },
+            ..TokenReview::default()
+        };
+        let api: Api<TokenReview> = Api::all(self.client.clone());
+        let reply = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| {
+                warn!(error = %e, "TokenReview failed");
+                Reject::AuthUnavailable
+            })?;
+        let Some(status) = reply.status else {
+            return Ok(None);
+        };
+        if status.authenticated != Some(true) {
+            return Ok(None);
+        }
+        if !self.audiences.is_empty() {
+            let granted = status.audiences.unwrap_or_default();
+            if !granted.iter().any(|a| self.audiences.contains(a)) {
+                return Ok(None);
+            }
+        }
+        let user = status.user.unwrap_or_default();
+        Ok(user.username.filter(|u| !u.is_empty()).map(|u| Identity {
+            user: u,
+            groups: user.groups.unwrap_or_default(),
+        }))
+    }
+}
+
+#[async_trait]
+impl Authenticator for TokenReviewer {
+    async fn authenticate(&self, token: Option<&BearerToken>) -> Result<Identity, Reject> {
+        let token = token.ok_or(Reject::MissingCredentials)?;
+        let key: [u8; 32] = Sha256::digest(token.expose().as_bytes()).into();
+        let who = match self.cached(&key) {
+            Some(who) => who,
+            None => {
+                let who = self.review(token).await?;
+                self.remember(key, who.clone());
+                who
+            }
+        };
+        who.ok_or(Reject::InvalidCredentials)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "Kubernetes TokenReview (audiences {:?}, cache {}s)",
+            self.audiences,
+            self.ttl.as_secs()
+        )
+    }
+}
+
+/// Asks the API server whether the user may `verb` the cluster (as a resource name).
+pub struct AccessReviewer {
+    pub client: Client,
+    pub verb: String,
+    pub group: String,
+    pub resource: String,
+    pub namespace: Option<String>,
+}
+
+#[async_trait]
+impl Authorizer for AccessReviewer {
+    async fn authorize(&self, who: &Identity, cluster: &str) -> Result<(), Reject> {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(who.user.clone()),
+                groups: Some(who.groups.clone()),
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some(self.verb.clone()),
+                    group: Some(self.group.clone()),
+                    resource: Some(self.resource.clone()),
+                    name: Some(cluster.to_string()),
+                    namespace: self.namespace.clone(),
+                    ..ResourceAttributes::default()
+                }),
+                ..SubjectAccessReviewSpec::default()
+            },
+            ..SubjectAccessReview::default()
+        };
+        let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
+        let reply = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| {
+                warn!(error = %e, "SubjectAccessReview failed");
+                Reject::AuthUnavailable
+            })?;
+        match reply.status {
+            Some(s) if s.allowed && s.denied != Some(true) => Ok(()),
+            _ => Err(Reject::Forbidden),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "SubjectAccessReview ({} {}/{})",
+            self.verb, self.group, self.resource
+        )
+    }
+}
+
+/// Central mode: a cluster is the set of pods matching a label selector template; worker 0 is
+/// the head, worker n the n-th of the others in a stable (natural name) order.
+pub struct PodResolver {
+    pub client: Client,
+    pub namespace: String,
+    /// e.g. `skypilot-cluster-name={cluster}`; the cluster is a validated RFC 1123 label, so
+    /// it cannot change the selector's meaning.
+    pub selector_template: String,
+    /// e.g. `ray-node-type=head` (SkyPilot); without it, worker n is the n-th pod.
+    pub head_label: Option<(String, String)>,
+    pub port: u16,
+}
+
+/// Sort key: `x-worker2` before `x-worker10`.
+fn natural_key(name: &str) -> (String, u64, String) {
+    let digits = name.len() - name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let (stem, num) = name.split_at(name.len() - digits);
+    (stem.to_string(), num.parse().unwrap_or(0), name.to_string())
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    let Some(status) = &pod.status else {
+        return false;
+    };
+    status.phase.as_deref() == Some("Running")
+        && status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+impl PodResolver {
+    fn pick<'p>(&self, pods: &'p [Pod], worker: u32) -> Option<&'p Pod> {
+        let name = |p: &Pod| p.metadata.name.clone().unwrap_or_default();
+        let is_head = |p: &Pod| {
+            self.head_label
+                .as_ref()
+                .is_some_and(|(k, v)| p.metadata.labels.as_ref().and_then(|l| l.get(k)) == Some(v))
+        };
+        let mut others: Vec<&Pod> = pods.iter().filter(|p| !is_head(p)).collect();
+        others.sort_by_key(|p| natural_key(&name(p)));
+        if self.head_label.is_none() {
+            return others.get(worker as usize).copied();
+        }
+        if worker == 0 {
+            let mut heads: Vec<&Pod> = pods.iter().filter(|p| is_head(p)).collect();
+            heads.sort_by_key(|p| natural_key(&name(p)));
+            return heads.first().copied();
+        }
+        others.get(worker as usize - 1).copied()
+    }
+}
+
+#[async_trait]
+impl TargetResolver for PodResolver {
+    async fn resolve(&self, cluster: &str, worker: u32) -> Result<String, Reject> {
+        let selector = self.selector_template.replace("{cluster}", cluster);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let pods = api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| {
+                warn!(error = %e, selector, "pod lookup failed");
+                Reject::ResolverUnavailable
+            })?
+            .items;
+        if pods.is_empty() {
+            return Err(Reject::UnknownCluster);
+        }
+        let pod = self
+            .pick(&pods, worker)
+            .ok_or(Reject::UnknownWorker(worker))?;
+        if !is_ready(pod) {
+            return Err(Reject::TargetNotReady);
+        }
+        let ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .ok_or(Reject::TargetNotReady)?;
+        Ok(match ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]:{}", self.port),
+            _ => format!("{ip}:{}", self.port),
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "pods in {} matching {:?}, port {}",
+            self.namespace, self.selector_template, self.port
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The Kubernetes API server cannot run here: these tests script its replies with
+    //! `tower-test` and assert every request the kube-rs client sends (method, path, body).
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::{json, Value};
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn mock() -> (Client, Handle) {
+        let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (Client::new(svc, "default"), handle)
+    }
+
+    /// Answers the next request after checking it; returns its JSON body.
+    async fn answer(
+        handle: &mut Handle,
+        method: &str,
+        path: &str,
+        status: u16,
+        reply: Value,
+    ) -> Value {
+        let (req, send) = handle.next_request().await.expect("a request");
+        assert_eq!(req.method().as_str(), method);
+        assert_eq!(req.uri().path(), path);
+        let query = req.uri().query().map(String::from);
+        let body = req.into_body().collect_bytes().await.unwrap();
+        let sent: Value = if body.is_empty() {
+            json!({"query": query})
+        } else {
+            serde_json::from_slice(&body).unwrap()
+        };
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap(),
+        );
+        sent
+    }
+
+    fn token(t: &str) -> BearerToken {
+        BearerToken::new(t.to_string())
+    }
+
+    #[tokio::test]
+    async fn token_review_accepts_caches_and_checks_audiences() {
+        let (client, mut h) = mock();
+        let tr = TokenReviewer::new(client, vec!["wsgate".into()], Duration::from_secs(60));
+        let server = async {
+            let sent = answer(
+                &mut h,
+                "POST",
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                201,
+                json!({
+                    "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                    "status": {"authenticated": true, "audiences": ["wsgate"],
+                               "user": {"username": "alice", "groups": ["sre"]}}
+                }),
+            )
+            .await;
+            assert_eq!(sent["spec"]["token"], "t1");
+            assert_eq!(sent["spec"]["audiences"], json!(["wsgate"]));
+            // An authenticated token for another audience is refused.
+            answer(&mut h, "POST", "/apis/authentication.k8s.io/v1/tokenreviews", 201, json!({
+                "status": {"authenticated": true, "audiences": ["other"], "user": {"username": "bob"}}
+            })).await;
+            answer(
+                &mut h,
+                "POST",
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                201,
+                json!({
+                    "status": {"authenticated": false, "error": "token expired"}
+                }),
+            )
+            .await;
+        };
+        let client = async {
+            let who = tr.authenticate(Some(&token("t1"))).await.unwrap();
+            assert_eq!(
+                who,
+                Identity {
+                    user: "alice".into(),
+                    groups: vec!["sre".into()]
+                }
+            );
+            // Cached: no second request for t1 (the mock would hang on an unanswered one).
+            assert_eq!(
+                tr.authenticate(Some(&token("t1"))).await.unwrap().user,
+                "alice"
+            );
+            assert_eq!(
+                tr.authenticate(Some(&token("t2"))).await,
+                Err(Reject::InvalidCredentials)
+            );
+            assert_eq!(
+                tr.authenticate(Some(&token("t3"))).await,
+                Err(Reject::InvalidCredentials)
+            );
+            assert_eq!(tr.authenticate(None).await, Err(Reject::MissingCredentials));
+        };
+        tokio::join!(server, client);
+    }
+
+    #[tokio::test]
+    async fn token_review_fails_closed_and_positive_cache_expires() {
+        let (client, mut h) = mock();
+        let tr = TokenReviewer::new(client, vec![], Duration::from_millis(50));
+        let server = async {
+            let ok = json!({"status": {"authenticated": true, "user": {"username": "alice"}}});
+            let sent = answer(
+                &mut h,
+                "POST",
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                201,
+                ok.clone(),
+            )
+            .await;
+            assert!(sent["spec"].get("audiences").is_none());
+            // After expiry the token is reviewed again; this time the API server is failing.
+            answer(&mut h, "POST", "/apis/authentication.k8s.io/v1/tokenreviews", 500, json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "etcd down", "code": 500
+            })).await;
+        };
+        let client = async {
+            assert!(tr.authenticate(Some(&token("t"))).await.is_ok());
+            tokio::time::sleep(Duration::from_millis(80)).await;
+            assert_eq!(
+                tr.authenticate(Some(&token("t"))).await,
+                Err(Reject::AuthUnavailable)
+            );
+        };
+        tokio::join!(server, client);
+    }
+
+    #[tokio::test]
+    async fn subject_access_review_asks_for_the_cluster() {
+        let (client, mut h) = mock();
+        let sar = AccessReviewer {
+            client,
+            verb: "ssh".into(),
+            group: "wsgate.io".into(),
+            resource: "clusters".into(),
+            namespace: None,
+        };
+        let who = Identity {
+            user: "alice".into(),
+            groups: vec!["sre".into()],
+        };
+        let server = async {
+            let sent = answer(
+                &mut h,
+                "POST",
+                "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                201,
+                json!({"status": {"allowed": true}}),
+            )
+            .await;
+            assert_eq!(sent["spec"]["user"], "alice");
+            assert_eq!(sent["spec"]["groups"], json!(["sre"]));
+            assert_eq!(
+                sent["spec"]["resourceAttributes"],
+                json!({
+                    "verb": "ssh", "group": "wsgate.io", "resource": "clusters", "name": "prod"
+                })
+            );
+            answer(
+                &mut h,
+                "POST",
+                "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                201,
+                json!({"status": {"allowed": false, "reason": "no RBAC"}}),
+            )
+            .await;
+            answer(
+                &mut h,
+                "POST",
+                "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                503,
+                json!({"kind": "Status", "status": "Failure", "code": 503}),
+            )
+            .await;
+        };
+        let client = async {
+            assert_eq!(sar.authorize(&who, "prod").await, Ok(()));
+            assert_eq!(sar.authorize(&who, "prod").await, Err(Reject::Forbidden));
+            assert_eq!(
+                sar.authorize(&who, "prod").await,
+                Err(Reject::AuthUnavailable)
+            );
+        };
+        tokio::join!(server, client);
+    }
+
+    fn pod(name: &str, head: bool, ready: bool, ip: &str) -> Value {
+        json!({
+            "metadata": {"name": name, "labels": {
+                "skypilot-cluster-name": "prod",
+                "ray-node-type": if head { "head" } else { "worker" }}},
+            "status": {"phase": "Running", "podIP": ip,
+                       "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+        })
+    }
+
+    #[tokio::test]
+    async fn pods_resolve_head_and_workers_in_natural_order() {
+        let (client, mut h) = mock();
+        let r = PodResolver {
+            client,
+            namespace: "skypilot".into(),
+            selector_template: "skypilot-cluster-name={cluster}".into(),
+            head_label: Some(("ray-node-type".into(), "head".into())),
+            port: 22,
+        };
+        let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+            pod("prod-worker10", false, true, "10.0.0.10"),
+            pod("prod-worker2", false, false, "10.0.0.2"),
+            pod("prod-head", true, true, "10.0.0.1"),
+            pod("prod-worker1", false, true, "fd00::1"),
+        ]});
+        let server = async {
+            for _ in 0..5 {
+                let sent = answer(
+                    &mut h,
+                    "GET",
+                    "/api/v1/namespaces/skypilot/pods",
+                    200,
+                    list.clone(),
+                )
+                .await;
+                let q = sent["query"].as_str().unwrap().to_string();
+                assert!(
+                    q.contains("labelSelector=skypilot-cluster-name%3Dprod"),
+                    "{q}"
+                );
+            }
+            answer(
+                &mut h,
+                "GET",
+                "/api/v1/namespaces/skypilot/pods",
+                200,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+            )
+            .await;
+            answer(
+                &mut h,
+                "GET",
+                "/api/v1/namespaces/skypilot/pods",
+                500,
+                json!({"kind": "Status", "status": "Failure", "code": 500}),
+            )
+            .await;
+        };
+        let client = async {
+            assert_eq!(r.resolve("prod", 0).await.unwrap(), "10.0.0.1:22");
+            assert_eq!(r.resolve("prod", 1).await.unwrap(), "[fd00::1]:22");
+            assert_eq!(r.resolve("prod", 2).await, Err(Reject::TargetNotReady));
+            assert_eq!(r.resolve("prod", 3).await.unwrap(), "10.0.0.10:22");
+            assert_eq!(r.resolve("prod", 4).await, Err(Reject::UnknownWorker(4)));
+            assert_eq!(r.resolve("prod", 0).await, Err(Reject::UnknownCluster));
+            assert_eq!(r.resolve("prod", 0).await, Err(Reject::ResolverUnavailable));
+        };
+        tokio::join!(server, client);
+    }
+
+    #[test]
+    fn natural_order() {
+        let mut v = vec!["w10", "w2", "w1", "a"];
+        v.sort_by_key(|n| natural_key(n));
+        assert_eq!(v, ["a", "w1", "w2", "w10"]);
+    }
+}
