@@ -270,7 +270,11 @@ impl Args {
             AuthMode::None => Arc::new(NoAuth),
             AuthMode::TokenReview => Arc::new(TokenReviewer::new(
                 kube.clone().ok_or_else(|| ConfigError::Kube("not created".into()))?,
-                self.token_review_audience.clone(),
+                self.token_review_audience
+                    .iter()
+                    .filter(|a| !a.is_empty())
+                    .cloned()
+                    .collect(),
                 self.auth_cache_ttl,
             )),
             AuthMode::TokenFile => {

@@ -385,3 +385,54 @@ def test_ssh_through_envoy_filter_and_sidecar(workdir, tls, sshd, sidecar):
         assert ALICE not in gw.log()
     ends = [e for e in sidecar.audit("session_end") if e["user"] == "alice"]
     assert ends
+
+
+# --- Central mode -------------------------------------------------------------------------------
+
+
+def test_central_mode_with_token_review_sar_and_pod_lookup(workdir, sshd):
+    """The real binary in central mode, against a scripted API server (no cluster can run
+    here): TokenReview authenticates, SubjectAccessReview authorizes per cluster, the pod list
+    picks the head for worker 0; real ssh reaches sshd through it. An API outage fails closed."""
+    from testbed.kubeapi import KubeApiStub, pod
+
+    api = KubeApiStub(
+        tokens={"k8s-token-alice": ("alice", ["sre"]), "k8s-token-bob": ("bob", [])},
+        allowed={("alice", "prod")},
+        pods={"skypilot-cluster-name=prod": [pod("prod-worker1", "127.0.0.9", head=False),
+                                            pod("prod-head", "127.0.0.1", head=True)]},
+    )
+    try:
+        kubeconfig = api.write_kubeconfig(workdir / "kubeconfig", "skypilot")
+        args = [
+            "--kube-selector", "skypilot-cluster-name={cluster}",
+            "--kube-port", str(sshd.port),
+            "--auth", "token-review",
+            "--authz-sar",
+            "--log-format", "json",
+        ]
+        sc = Sidecar(workdir / "central", args, env={"KUBECONFIG": str(kubeconfig)})
+        with sc:
+            r = ssh(sshd, proxy(sky_url(sc.port), "--token", "k8s-token-alice", "--typed"), "echo", "central-ok")
+            assert r.returncode == 0, r.stderr.decode() + sc.log()[-3000:]
+            assert r.stdout == b"central-ok\n"
+            posts = {p: b for m, p, b in api.requests if m == "POST"}
+            sar = posts["/apis/authorization.k8s.io/v1/subjectaccessreviews"]["spec"]
+            assert sar["user"] == "alice" and sar["resourceAttributes"]["name"] == "prod"
+            gets = [p for m, p, _ in api.requests if m == "GET"]
+            assert gets and gets[0].startswith("/api/v1/namespaces/skypilot/pods?")
+
+            def refusal(token: str, cluster: str = "prod") -> tuple[int, str]:
+                r = raw_request(sc.port, f"/kubernetes-pod-ssh-proxy?cluster_name={cluster}",
+                                upgrade_headers("x") + [("Authorization", f"Bearer {token}")])
+                return r.status, r.json()["reason"]
+
+            assert refusal("k8s-token-bob") == (403, "forbidden")
+            assert refusal("not-a-token") == (401, "invalid_credentials")
+            api.allowed.add(("alice", "dev"))
+            assert refusal("k8s-token-alice", "dev") == (404, "unknown_cluster")
+            api.failing = True
+            assert refusal("another-token") == (503, "auth_unavailable")
+            assert "k8s-token-alice" not in sc.log()
+    finally:
+        api.close()
