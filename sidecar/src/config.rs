@@ -26,6 +26,11 @@ use wsgate_core::route::is_dns_label;
 #[derive(Debug, Parser)]
 #[command(name = "wsgate-sidecar", version)]
 pub struct Args {
+    /// A file of `WSGATE_*=value` lines (the environment variables below), read before the
+    /// flags; flags and real environment variables win over it.
+    #[arg(long, env = "WSGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Address for WebSocket sessions (also serves /healthz and /readyz).
     #[arg(long, env = "WSGATE_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
@@ -192,6 +197,39 @@ pub enum ConfigError {
 
 fn flag(name: &'static str, why: impl Into<String>) -> ConfigError {
     ConfigError::Flag(name, why.into())
+}
+
+/// Reads a config file of `WSGATE_NAME=value` lines (comments with `#`) into pairs, refusing
+/// names that are not `WSGATE_*` so a typo cannot silently set something else.
+pub fn read_config_file(path: &std::path::Path) -> Result<Vec<(String, String)>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| flag("config", format!("{}: {e}", path.display())))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = line.split_once('=').ok_or_else(|| {
+            flag(
+                "config",
+                format!("{}:{}: want NAME=value", path.display(), i + 1),
+            )
+        })?;
+        let k = k.trim();
+        if !k.starts_with("WSGATE_") || k == "WSGATE_CONFIG" {
+            return Err(flag(
+                "config",
+                format!(
+                    "{}:{}: {k} is not a WSGATE_* setting",
+                    path.display(),
+                    i + 1
+                ),
+            ));
+        }
+        out.push((k.to_string(), v.trim().trim_matches('"').to_string()));
+    }
+    Ok(out)
 }
 
 fn nonzero(d: Duration) -> Option<Duration> {
@@ -452,6 +490,32 @@ mod tests {
                 .unwrap_or_default();
             assert!(e.starts_with(want), "{a:?}: {e}");
         }
+    }
+
+    #[test]
+    fn config_file_lines() {
+        let dir = std::env::temp_dir().join(format!("wsgate-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good");
+        std::fs::write(
+            &good,
+            "# comment\nWSGATE_TARGET=127.0.0.1:2222\nWSGATE_AUTH = \"none\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_config_file(&good).unwrap(),
+            vec![
+                ("WSGATE_TARGET".to_string(), "127.0.0.1:2222".to_string()),
+                ("WSGATE_AUTH".to_string(), "none".to_string())
+            ]
+        );
+        let bad = dir.join("bad");
+        std::fs::write(&bad, "TARGET=x\n").unwrap();
+        assert!(read_config_file(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("bad:1: TARGET is not"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]

@@ -1,14 +1,35 @@
-//! `wsgate-sidecar`: parses flags, sets up logging (stderr), binds, and runs the server until
-//! SIGTERM or Ctrl-C.
+//! `wsgate-sidecar`: reads an optional config file into the environment, parses flags, sets up
+//! logging (stderr), binds, and runs the server until SIGTERM or Ctrl-C.
 
 use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use wsgate_sidecar::config::{Args, AuthMode, LogFormat};
+use wsgate_sidecar::config::{read_config_file, Args, AuthMode, LogFormat};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The config file sets WSGATE_* variables that are not already set, before any thread
+    // exists (so setting the environment is safe) and before clap reads it.
+    let from_flag = std::env::args()
+        .skip_while(|a| a != "--config")
+        .nth(1)
+        .or_else(|| std::env::args().find_map(|a| a.strip_prefix("--config=").map(String::from)))
+        .or_else(|| std::env::var("WSGATE_CONFIG").ok());
+    if let Some(path) = from_flag {
+        for (k, v) in read_config_file(std::path::Path::new(&path))? {
+            if std::env::var_os(&k).is_none() {
+                std::env::set_var(k, v);
+            }
+        }
+    }
     let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_env("WSGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -38,7 +59,6 @@ async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    #[cfg(unix)]
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -47,8 +67,6 @@ async fn shutdown_signal() {
             Err(_) => std::future::pending::<()>().await,
         }
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},

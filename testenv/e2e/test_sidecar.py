@@ -314,7 +314,10 @@ def test_a_client_that_never_reads_cannot_grow_memory(workdir):
 
 
 def test_session_limits_per_user_and_overall(workdir, sshd):
-    args = sidecar_args(workdir, f"127.0.0.1:{sshd.port}", "--max-sessions", "2", "--max-sessions-per-user", "1")
+    # The limits come from a config file (WSGATE_* lines), the rest from flags.
+    cfg = workdir / "limits.env"
+    cfg.write_text("# limits\nWSGATE_MAX_SESSIONS=2\nWSGATE_MAX_SESSIONS_PER_USER=1\n")
+    args = sidecar_args(workdir, f"127.0.0.1:{sshd.port}", "--config", str(cfg))
     with Sidecar(workdir / "limits", args) as sc:
         def open_as(token: str, cluster: str):
             return connect(sky_url(sc.port, cluster), additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=10)
