@@ -211,6 +211,27 @@ def test_target_down_is_502_before_the_upgrade(workdir):
 # --- Sessions, limits, faults -------------------------------------------------------------------
 
 
+def test_oversized_frame_closes_1009(workdir, sshd):
+    """A frame past --max-frame-size ends the session with 1009 and an audit line; nothing of
+    it reaches the target."""
+    args = sidecar_args(workdir, f"127.0.0.1:{sshd.port}", "--max-frame-size", "1024")
+    with Sidecar(workdir / "big", args) as sc:
+        with connect(sky_url(sc.port), additional_headers={"Authorization": f"Bearer {ALICE}"},
+                     open_timeout=10, max_size=None) as ws:
+            ws.recv(timeout=10)
+            ws.send(b"\x00" + b"x" * 5000)
+            with pytest.raises(ConnectionClosed) as e:
+                while True:
+                    ws.recv(timeout=10)
+        assert e.value.rcvd.code == 1009
+        deadline = time.monotonic() + 5
+        while not sc.audit("session_end") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (end,) = sc.audit("session_end")
+        assert end["close_reason"] == "frame_too_big" and end["bytes_up"] == 0
+
+
+
 def test_sessions_listing_and_metrics(sidecar):
     with connect(sky_url(sidecar.port), additional_headers={"Authorization": f"Bearer {ALICE}"}, open_timeout=10) as ws:
         ws.recv(timeout=10)
