@@ -87,6 +87,14 @@ def ssh(sshd: Sshd, proxy_command: str, *remote: str, stdin=None, stdout=subproc
     )
 
 
+def drain_until_closed(ws):
+    """Reads until the server closes; returns the close frame it sent."""
+    with pytest.raises(ConnectionClosed) as e:
+        while True:
+            ws.recv(timeout=10)
+    return e.value.rcvd
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -153,11 +161,8 @@ def test_skypilot_framing_pings_echoed_latency_recorded(sidecar):
         assert ws.recv(timeout=10) == ping
         ws.send(struct.pack("!BQ", 2, 25))
         ws.send(struct.pack("!B", 9))
-        with pytest.raises(ConnectionClosed) as e:
-            while True:
-                ws.recv(timeout=10)
-    assert e.value.rcvd.code == 1008
-    assert e.value.rcvd.reason == "unknown frame type 9"
+        closed = drain_until_closed(ws)
+    assert (closed.code, closed.reason) == (1008, "unknown frame type 9")
     assert sidecar.metric("wsgate_client_latency_seconds_count") == before + 1
 
 
@@ -220,14 +225,8 @@ def test_oversized_frame_closes_1009(workdir, sshd):
                      open_timeout=10, max_size=None) as ws:
             ws.recv(timeout=10)
             ws.send(b"\x00" + b"x" * 5000)
-            with pytest.raises(ConnectionClosed) as e:
-                while True:
-                    ws.recv(timeout=10)
-        assert e.value.rcvd.code == 1009
-        deadline = time.monotonic() + 5
-        while not sc.audit("session_end") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        (end,) = sc.audit("session_end")
+            assert drain_until_closed(ws).code == 1009
+        (end,) = sc.wait_audit("session_end")
         assert end["close_reason"] == "frame_too_big" and end["bytes_up"] == 0
 
 
@@ -292,14 +291,8 @@ def test_target_dying_mid_session_closes_1011_with_an_audit_line(workdir):
             with connect(sky_url(sc.port), additional_headers={"Authorization": f"Bearer {ALICE}"}, open_timeout=10) as ws:
                 assert ws.recv(timeout=10) == b"\x00SSH-2.0-faulty\r\n"
                 ws.send(b"\x00hello")
-                with pytest.raises(ConnectionClosed) as e:
-                    while True:
-                        ws.recv(timeout=10)
-            assert e.value.rcvd.code == 1011
-            deadline = time.monotonic() + 5
-            while not sc.audit("session_end") and time.monotonic() < deadline:
-                time.sleep(0.05)
-            (end,) = sc.audit("session_end")
+                assert drain_until_closed(ws).code == 1011
+            (end,) = sc.wait_audit("session_end")
             assert end["close_code"] == 1011 and end["close_reason"] == "target_error"
             assert end["user"] == "alice" and end["cluster"] == "prod" and end["bytes_up"] == 5
             assert ALICE not in sc.log()
@@ -379,10 +372,7 @@ def test_sigterm_drains_then_closes_with_1001(workdir, sshd):
             ws.send(ping)
             assert ws.recv(timeout=5) == ping
             # ...and is closed with 1001 when it is over.
-            with pytest.raises(ConnectionClosed) as e:
-                while True:
-                    ws.recv(timeout=10)
-            assert e.value.rcvd.code == 1001
+            assert drain_until_closed(ws).code == 1001
         assert sc.proc.wait(10) == 0
         (end,) = sc.audit("session_end")
         assert end["close_reason"] == "shutdown"

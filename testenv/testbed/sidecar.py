@@ -46,6 +46,13 @@ class Sidecar:
     def audit(self, event: str) -> list[dict]:
         return [e for e in self.events() if e.get("target") == "wsgate::audit" and e.get("event") == event]
 
+    def wait_audit(self, event: str, timeout: float = 5.0) -> list[dict]:
+        """The audit lines of `event`, waiting up to `timeout` for the first one."""
+        deadline = time.monotonic() + timeout
+        while not self.audit(event) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.audit(event)
+
     def start(self) -> "Sidecar":
         if not SIDECAR.exists():
             raise RuntimeError(f"{SIDECAR} missing: `make sidecar` (make test does)")
