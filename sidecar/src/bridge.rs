@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::CloseReason;
-use crate::framing::{decode, Framing, Inbound, TYPE_DATA};
+use wsgate_core::framing::{decode, Framing, Inbound, TYPE_DATA};
 
 /// Per-session settings.
 #[derive(Debug, Clone)]
@@ -192,11 +192,11 @@ fn classify_read_error(e: &dyn Display) -> CloseReason {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::framing::FrameError;
     use futures_channel::mpsc;
     use std::pin::Pin;
     use std::sync::Mutex;
     use std::task::{Context, Poll};
+    use wsgate_core::framing::FrameError;
 
     /// A WebSocket made of two channels: what the bridge sends, and what it receives.
     struct ChannelWs {

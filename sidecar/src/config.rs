@@ -12,10 +12,10 @@ use clap::{Parser, ValueEnum};
 use crate::auth::{Authenticator, NoAuth, StaticTokens};
 use crate::authz::{All, AllowAll, Authorizer, StaticPolicy};
 use crate::bridge::BridgeConfig;
-use crate::framing::Framing;
 use crate::kube::{AccessReviewer, PodResolver, TokenReviewer};
 use crate::server::{Settings, Sidecar};
 use crate::target::{FixedTarget, TargetResolver};
+use wsgate_core::framing::Framing;
 use wsgate_core::route::is_dns_label;
 
 /// wsgate-sidecar: a WebSocket ↔ SSH bridge that speaks SkyPilot's framing.

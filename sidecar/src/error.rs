@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use wsgate_core::token::TokenError;
 
-use crate::framing::FrameError;
+use wsgate_core::framing::FrameError;
 
 /// Why a request was refused before the WebSocket upgrade.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -3,7 +3,6 @@
 //! - [`server`]: routes, the handshake (everything is checked and the target connected before
 //!   the upgrade), sessions, graceful shutdown; `run(listener, admin, sidecar, shutdown)`.
 //! - [`bridge`]: one session's byte pump, generic over the WebSocket and the target stream.
-//! - [`framing`]: SkyPilot's type-byte framing.
 //! - [`auth`], [`authz`]: who is asking, and may they reach this cluster.
 //! - [`target`]: cluster + worker → address (never chosen by the client).
 //! - [`kube`]: TokenReview, SubjectAccessReview and pod lookup (central mode) with kube-rs.
@@ -17,7 +16,6 @@ pub mod authz;
 pub mod bridge;
 pub mod config;
 pub mod error;
-pub mod framing;
 pub mod kube;
 pub mod metrics;
 pub mod server;

@@ -27,10 +27,10 @@ use crate::auth::{credential, Authenticator, Identity};
 use crate::authz::Authorizer;
 use crate::bridge::{bridge, BridgeConfig, Observer};
 use crate::error::Reject;
-use crate::framing::Framing;
 use crate::metrics::Metrics;
 use crate::sessions::{Admission, Registry, SessionInfo};
 use crate::target::TargetResolver;
+use wsgate_core::framing::Framing;
 
 /// SkyPilot's endpoint, unchanged, so its client works as is.
 pub const SKYPILOT_PATH: &str = "/kubernetes-pod-ssh-proxy";

@@ -2,7 +2,8 @@
 //!
 //! The proxy-wasm glue (`wsgate-filter`) turns Envoy's headers into a [`RequestView`], calls
 //! [`decide`], and applies the [`Decision`]; the sidecar reuses [`token`] to accept Kubernetes
-//! subprotocol tokens when no gateway is in front. Nothing here performs I/O.
+//! subprotocol tokens when no gateway is in front, and sidecar and client share [`framing`].
+//! Nothing here performs I/O.
 //!
 //! - [`base64`]: Go's `RawURLEncoding` decoder (the apiserver's) and the key encoder.
 //! - [`token`]: the Kubernetes `base64url.bearer.authorization.k8s.io.` subprotocol token.
@@ -12,12 +13,14 @@
 //! - [`config`]: the `pluginConfig` JSON, validated into a [`Policy`].
 //! - [`reply`]: every refusal, mapped in one place to a status and a JSON body.
 //! - [`decide`]: request and response decisions.
+//! - [`framing`]: SkyPilot's SSH-over-WebSocket type-byte framing (sidecar and client).
 //! - [`outcome`]: what happened, one counter each.
 
 pub mod base64;
 pub mod cidr;
 pub mod config;
 pub mod decide;
+pub mod framing;
 pub mod headers;
 pub mod outcome;
 pub mod reply;

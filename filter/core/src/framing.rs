@@ -94,6 +94,47 @@ pub fn decode(framing: Framing, frame: &[u8]) -> Result<Inbound<'_>, FrameError>
     }
 }
 
+/// A frame a client receives from the server (typed framing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FromServer<'a> {
+    /// Session bytes for the client's stdout.
+    Data(&'a [u8]),
+    /// The echo of the client's ping with this id.
+    Pong(u32),
+    /// Reconnect elsewhere: JSON `{"url": ..., "headers": {...}}`.
+    Redirect(&'a [u8]),
+}
+
+/// Parses one binary frame from the server (the client side of [`decode`]).
+pub fn decode_from_server(frame: &[u8]) -> Result<FromServer<'_>, FrameError> {
+    let (&kind, rest) = frame.split_first().ok_or(FrameError::Empty)?;
+    match kind {
+        TYPE_DATA => Ok(FromServer::Data(rest)),
+        TYPE_PING => {
+            let id: [u8; 4] = rest
+                .try_into()
+                .map_err(|_| FrameError::BadPing(frame.len()))?;
+            Ok(FromServer::Pong(u32::from_be_bytes(id)))
+        }
+        TYPE_REDIRECT => Ok(FromServer::Redirect(rest)),
+        other => Err(FrameError::UnknownType(other)),
+    }
+}
+
+/// A client ping (`!BI`).
+pub fn ping_frame(id: u32) -> [u8; 5] {
+    let b = id.to_be_bytes();
+    [TYPE_PING, b[0], b[1], b[2], b[3]]
+}
+
+/// A client latency report (`!BQ`, milliseconds).
+pub fn latency_frame(ms: u64) -> [u8; 9] {
+    let mut f = [0u8; 9];
+    f[0] = TYPE_LATENCY;
+    f[1..].copy_from_slice(&ms.to_be_bytes());
+    f
+}
+
 /// A redirect frame (server → client): type byte + JSON `{"url": ..., "headers": {...}}`.
 pub fn redirect_frame(info: &serde_json::Value) -> Vec<u8> {
     let mut f = vec![TYPE_REDIRECT];
@@ -172,6 +213,27 @@ mod tests {
             let got = decode(framing, &frame);
             assert_eq!(format!("{got:?}"), format!("{want:?}"), "{name}");
         }
+    }
+
+    #[test]
+    fn client_side_frames_round_trip() {
+        // What the client sends is what the server decodes, and back.
+        let ping = ping_frame(0x0102_0304);
+        assert_eq!(ping, [1, 1, 2, 3, 4]);
+        assert_eq!(decode(Framing::Typed, &ping), Ok(Inbound::Ping(&ping)));
+        assert_eq!(decode_from_server(&ping), Ok(FromServer::Pong(0x0102_0304)));
+        assert_eq!(
+            decode(Framing::Typed, &latency_frame(99)),
+            Ok(Inbound::Latency(99))
+        );
+        assert_eq!(decode_from_server(b"\x00abc"), Ok(FromServer::Data(b"abc")));
+        assert_eq!(
+            decode_from_server(b"\x03{}"),
+            Ok(FromServer::Redirect(b"{}"))
+        );
+        assert_eq!(decode_from_server(&[1, 0]), Err(FrameError::BadPing(2)));
+        assert_eq!(decode_from_server(&[2, 0]), Err(FrameError::UnknownType(2)));
+        assert_eq!(decode_from_server(&[]), Err(FrameError::Empty));
     }
 
     #[test]
