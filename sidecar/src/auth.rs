@@ -25,11 +25,12 @@ pub struct Identity {
     pub groups: Vec<String>,
 }
 
-/// The credential a request carries, and the subprotocol to echo when it came from one.
+/// The credential a request carries, and the subprotocol to echo.
 #[derive(Debug)]
 pub struct Credential {
     pub token: BearerToken,
-    /// With a subprotocol token, the server must answer with one of the other entries.
+    /// The first offered subprotocol that is not a token: a client that offers subprotocols
+    /// (a Kubernetes token must come with one) expects one back.
     pub echo_protocol: Option<String>,
 }
 
@@ -54,23 +55,23 @@ pub fn credential(headers: &HeaderMap) -> Result<Option<Credential>, Reject> {
         .filter_map(|v| v.to_str().ok())
         .collect();
     let sub = token::extract(lines.iter().copied()).map_err(Reject::Token)?;
-    match (bearer, sub) {
-        (Some(_), Some(_)) => Err(Reject::AmbiguousCredentials),
-        (Some(token), None) => Ok(Some(Credential {
-            token,
-            echo_protocol: None,
-        })),
-        (None, Some(s)) => Ok(Some(Credential {
-            token: s.token,
-            echo_protocol: s
-                .remaining
-                .split(',')
-                .map(str::trim)
-                .find(|p| !p.is_empty())
-                .map(str::to_string),
-        })),
-        (None, None) => Ok(None),
-    }
+    // A client that offers subprotocols expects one back: the first one that is not a token.
+    let echo_protocol = lines
+        .iter()
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+        .find(|p| !p.is_empty() && !p.starts_with(token::BEARER_PROTOCOL_PREFIX))
+        .map(str::to_string);
+    let token = match (bearer, sub) {
+        (Some(_), Some(_)) => return Err(Reject::AmbiguousCredentials),
+        (Some(token), None) => token,
+        (None, Some(s)) => s.token,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Credential {
+        token,
+        echo_protocol,
+    }))
 }
 
 /// Why a backend did not produce an identity.

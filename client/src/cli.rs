@@ -1,0 +1,347 @@
+//! The command line: `wsgate proxy` and `wsgate ssh-config`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::connect::{self, Request};
+use crate::credentials::{self, Sources};
+use crate::endpoint::{self, Endpoint};
+use crate::error::ClientError;
+use crate::session::{self, End, Options};
+use crate::{stdio, tls};
+
+/// wsgate: SSH over WebSocket through an Istio gateway (or straight to wsgate-sidecar or a
+/// SkyPilot API server).
+#[derive(Debug, Parser)]
+#[command(name = "wsgate", version)]
+pub struct Cli {
+    /// More logs on stderr (-v: latency and progress, -vv: debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Bridge stdin/stdout to a cluster's SSH server: use as ssh's ProxyCommand.
+    ///
+    /// Example: ssh -o ProxyCommand='wsgate proxy https://gw.example.com mycluster' user@x
+    Proxy(ProxyArgs),
+    /// Print a ~/.ssh/config block so that `ssh <cluster>.wsgate` goes through the gateway.
+    SshConfig(SshConfigArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// Trust this CA (PEM) besides the system's roots.
+    #[arg(long, env = "WSGATE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Do not verify the server's certificate. Anyone on the path can read the session and
+    /// steal the token: for throwaway test setups only.
+    #[arg(long)]
+    pub insecure_skip_tls_verify: bool,
+
+    /// Send a token over plaintext ws:// to a non-loopback host anyway (e.g. a private network
+    /// that you trust end to end).
+    #[arg(long)]
+    pub allow_plaintext: bool,
+
+    /// Read the token from this file (after --token and WSGATE_TOKEN).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+
+    /// Use the current kubeconfig context's credentials (token, token file or exec plugin),
+    /// last in the order. Off by default so a Kubernetes token is never sent by surprise.
+    #[arg(long)]
+    pub kubeconfig: bool,
+
+    /// With --kubeconfig: this context instead of the current one.
+    #[arg(long)]
+    pub context: Option<String>,
+
+    /// Send the token as a Kubernetes subprotocol entry
+    /// (`base64url.bearer.authorization.k8s.io.<token>`) instead of `Authorization: Bearer`.
+    #[arg(long)]
+    pub token_in_subprotocol: bool,
+
+    /// An extra request header, `Name: value` (repeatable; e.g. a cookie).
+    #[arg(long = "header", value_name = "NAME:VALUE")]
+    pub headers: Vec<String>,
+
+    /// The endpoint path after the server URL.
+    #[arg(long, default_value = "kubernetes-pod-ssh-proxy")]
+    pub endpoint: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// The server: https://host[:port][/prefix] (wss://), or http:// (ws://, plaintext).
+    pub server: String,
+
+    /// The cluster; a host alias such as `mycluster.wsgate` works too (the first label is used).
+    pub cluster: String,
+
+    /// The worker to reach (0: the head).
+    #[arg(long, default_value_t = 0)]
+    pub worker: u32,
+
+    /// The token (prefer WSGATE_TOKEN or --token-file: flags show up in `ps`).
+    #[arg(long)]
+    pub token: Option<String>,
+
+    #[command(flatten)]
+    pub conn: Connection,
+
+    /// Keepalive: a ping every this long (SkyPilot framing also measures latency with it).
+    #[arg(long, default_value = "10s", value_parser = humantime_duration)]
+    pub ping_interval: Duration,
+
+    /// Give up on the handshake after this long.
+    #[arg(long, default_value = "30s", value_parser = humantime_duration)]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct SshConfigArgs {
+    /// The server URL, as for `wsgate proxy`.
+    pub server: String,
+
+    /// Hosts named `<cluster>.<suffix>` go through the gateway.
+    #[arg(long, default_value = "wsgate")]
+    pub suffix: String,
+
+    /// The remote user name to put in the block.
+    #[arg(long)]
+    pub user: Option<String>,
+
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: want e.g. 10s, 500ms, 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: want e.g. 10s, 500ms, 2m")),
+    }
+    .and_then(|d| {
+        if d.is_zero() {
+            Err("must be more than 0".into())
+        } else {
+            Ok(d)
+        }
+    })
+}
+
+fn parse_headers(raw: &[String]) -> Result<Vec<(String, String)>, ClientError> {
+    raw.iter()
+        .map(|h| {
+            let (k, v) = h
+                .split_once(':')
+                .ok_or_else(|| ClientError::Usage(format!("--header {h:?}: want NAME:VALUE")))?;
+            Ok((k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+/// `wsgate proxy`: connect (following at most one SkyPilot redirect) and pump until done.
+pub async fn proxy(a: ProxyArgs) -> Result<(), ClientError> {
+    let endpoint = endpoint::build(&a.server, &a.cluster, a.worker, &a.conn.endpoint)?;
+    let sources = Sources {
+        flag: a.token.clone(),
+        env: std::env::var("WSGATE_TOKEN").ok().filter(|t| !t.is_empty()),
+        file: a.conn.token_file.clone(),
+        kubeconfig: a.conn.kubeconfig,
+        context: a.conn.context.clone(),
+    };
+    let token = credentials::resolve(&sources).await?;
+    check_plaintext(&endpoint, token.is_some(), a.conn.allow_plaintext)?;
+    if a.conn.insecure_skip_tls_verify {
+        tracing::warn!("--insecure-skip-tls-verify: the server's identity is NOT checked; anyone on the path can read this session and take the token");
+    }
+    let tls = tls::client_config(a.conn.ca_file.as_deref(), a.conn.insecure_skip_tls_verify)?;
+    let headers = parse_headers(&a.conn.headers)?;
+    let opts = Options {
+        ping_interval: a.ping_interval,
+        chunk: 64 * 1024,
+    };
+    let mut current = endpoint;
+    let mut extra: Vec<(String, String)> = Vec::new();
+    for attempt in 0..2 {
+        tracing::info!(url = %current.url, token_source = token.as_ref().map(|t| t.source.as_str()).unwrap_or("none"), "connecting");
+        let req = Request {
+            endpoint: &current,
+            endpoint_path: &a.conn.endpoint,
+            // A redirect target brings its own credentials.
+            token: if attempt == 0 { token.as_ref() } else { None },
+            token_in_subprotocol: a.conn.token_in_subprotocol,
+            headers: &headers,
+            tls: tls.clone(),
+            timeout: a.connect_timeout,
+            extra: &extra,
+        };
+        let mut ws = connect::open(&req).await?;
+        match session::run(&mut ws, stdio::stdin(), stdio::stdout(), &opts).await? {
+            End::Done => return Ok(()),
+            End::Redirect(info) if attempt == 0 => {
+                let url = info["url"]
+                    .as_str()
+                    .ok_or_else(|| ClientError::Protocol("redirect frame without url".into()))?;
+                let parsed = url::Url::parse(url)
+                    .map_err(|e| ClientError::Protocol(format!("redirect url: {e}")))?;
+                tracing::info!(%url, "following the server's redirect");
+                current = Endpoint {
+                    plaintext: parsed.scheme() == "ws",
+                    host: parsed.host_str().unwrap_or_default().to_string(),
+                    loopback: false,
+                    cluster: current.cluster.clone(),
+                    url: parsed,
+                };
+                check_plaintext(&current, true, a.conn.allow_plaintext)?;
+                extra = info["headers"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+            }
+            End::Redirect(_) => return Err(ClientError::Protocol("redirected twice".into())),
+        }
+    }
+    Ok(())
+}
+
+fn check_plaintext(e: &Endpoint, has_token: bool, allowed: bool) -> Result<(), ClientError> {
+    if e.plaintext && has_token && !e.loopback && !allowed {
+        return Err(ClientError::PlaintextToken {
+            host: e.host.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// `wsgate ssh-config`: the block to append to ~/.ssh/config.
+pub fn ssh_config(a: &SshConfigArgs, program: &str) -> Result<String, ClientError> {
+    // Validates the URL the same way `proxy` will.
+    endpoint::build(&a.server, "example", 0, &a.conn.endpoint)?;
+    let q = |s: &str| {
+        if s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/:._-=@%+,".contains(c))
+        {
+            s.to_string()
+        } else {
+            format!("'{}'", s.replace('\'', r"'\''"))
+        }
+    };
+    let mut cmd = vec![q(program), "proxy".into(), q(&a.server), "%h".into()];
+    let c = &a.conn;
+    if let Some(f) = &c.ca_file {
+        cmd.extend(["--ca-file".into(), q(&f.display().to_string())]);
+    }
+    if let Some(f) = &c.token_file {
+        cmd.extend(["--token-file".into(), q(&f.display().to_string())]);
+    }
+    if c.kubeconfig {
+        cmd.push("--kubeconfig".into());
+    }
+    if let Some(ctx) = &c.context {
+        cmd.extend(["--context".into(), q(ctx)]);
+    }
+    if c.token_in_subprotocol {
+        cmd.push("--token-in-subprotocol".into());
+    }
+    if c.endpoint != "kubernetes-pod-ssh-proxy" {
+        cmd.extend(["--endpoint".into(), q(&c.endpoint)]);
+    }
+    for h in &c.headers {
+        cmd.extend(["--header".into(), q(h)]);
+    }
+    let mut out = format!(
+        "# wsgate: `ssh <cluster>.{s}` reaches that cluster through {server}\nHost *.{s}\n    ProxyCommand {cmd}\n    ServerAliveInterval 30\n    ServerAliveCountMax 3\n",
+        s = a.suffix,
+        server = a.server,
+        cmd = cmd.join(" ")
+    );
+    if let Some(u) = &a.user {
+        out.push_str(&format!("    User {u}\n"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_rule() {
+        let remote = endpoint::build("http://gw.example.com", "a", 0, "x").unwrap();
+        let local = endpoint::build("http://127.0.0.1:8080", "a", 0, "x").unwrap();
+        let tls = endpoint::build("https://gw.example.com", "a", 0, "x").unwrap();
+        assert_eq!(
+            check_plaintext(&remote, true, false)
+                .unwrap_err()
+                .exit_code(),
+            9
+        );
+        assert!(check_plaintext(&remote, true, true).is_ok());
+        assert!(check_plaintext(&remote, false, false).is_ok());
+        assert!(check_plaintext(&local, true, false).is_ok());
+        assert!(check_plaintext(&tls, true, false).is_ok());
+    }
+
+    #[test]
+    fn ssh_config_block() {
+        let cli = Cli::try_parse_from([
+            "wsgate",
+            "ssh-config",
+            "https://gw.example.com",
+            "--ca-file",
+            "/etc/ca dir/ca.pem",
+            "--token-file",
+            "/t",
+            "--user",
+            "ubuntu",
+        ])
+        .unwrap();
+        let Command::SshConfig(a) = cli.command else {
+            panic!()
+        };
+        let block = ssh_config(&a, "/usr/local/bin/wsgate").unwrap();
+        assert!(block.contains("Host *.wsgate\n"), "{block}");
+        assert!(block.contains(
+            "ProxyCommand /usr/local/bin/wsgate proxy https://gw.example.com %h --ca-file '/etc/ca dir/ca.pem' --token-file /t\n"
+        ), "{block}");
+        assert!(
+            block.contains("ServerAliveInterval 30") && block.contains("User ubuntu"),
+            "{block}"
+        );
+    }
+
+    #[test]
+    fn headers_and_durations() {
+        assert_eq!(
+            parse_headers(&["Cookie: a=b".into()]).unwrap(),
+            vec![("cookie".into(), "a=b".into())]
+        );
+        assert_eq!(
+            parse_headers(&["nocolon".into()]).unwrap_err().exit_code(),
+            2
+        );
+        assert_eq!(humantime_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(humantime_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(humantime_duration("0s").is_err());
+        assert!(humantime_duration("x").is_err());
+    }
+}

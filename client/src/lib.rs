@@ -1,0 +1,21 @@
+//! wsgate-client: `wsgate proxy`, ssh's ProxyCommand over a WebSocket, and `wsgate ssh-config`.
+//!
+//! - [`cli`]: flags (clap derive: the doc comments are `--help`) and the two commands.
+//! - [`endpoint`]: server URL + cluster → `ws(s)://` session URL.
+//! - [`credentials`]: the token and where it came from.
+//! - [`tls`]: rustls with system roots, `--ca-file`, or (loudly) no verification.
+//! - [`connect`]: the handshake, and its failures as actionable errors.
+//! - [`session`]: the stdio ↔ WebSocket pump with SkyPilot's framing.
+//! - [`stdio`]: stdin/stdout registered with the reactor.
+//! - [`error`]: messages and exit codes.
+//!
+//! Logs go to stderr only: stdout carries the SSH session.
+
+pub mod cli;
+pub mod connect;
+pub mod credentials;
+pub mod endpoint;
+pub mod error;
+pub mod session;
+pub mod stdio;
+pub mod tls;
