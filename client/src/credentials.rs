@@ -237,7 +237,7 @@ users:
       args: ["-c", "echo '{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\"status\":{\"token\":\"'$TOKEN_VALUE'\"}}'"]
       env: [{name: TOKEN_VALUE, value: from-exec}]
 "#;
-        let kc = Kubeconfig::from_yaml(&yaml).unwrap();
+        let kc = Kubeconfig::from_yaml(yaml).unwrap();
         let auth = kc.auth_infos[0].auth_info.as_ref().unwrap();
         let t = token_from_auth_info(auth, "ctx", "hint").await.unwrap();
         assert_eq!(t.value.expose(), "from-exec");
