@@ -11,7 +11,7 @@ WASM_OPT_FLAGS := -Oz --strip-debug --strip-target-features \
 	--enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 	--enable-mutable-globals --enable-multivalue --enable-reference-types
 
-.PHONY: setup filter sidecar test unit e2e lint fmt clean
+.PHONY: setup filter sidecar client demo test unit e2e lint fmt clean
 
 ## setup: install what a fresh machine lacks (idempotent)
 setup:
@@ -31,12 +31,16 @@ filter: setup
 sidecar:
 	cargo build --release --locked -p wsgate-sidecar
 
+## client: build the release wsgate binary
+client:
+	cargo build --release --locked -p wsgate-client
+
 ## unit: the crates' own tests (no Envoy)
 unit:
 	cargo test --workspace --locked
 
 ## e2e: the real-Envoy suite
-e2e: filter sidecar
+e2e: filter sidecar client
 	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) -m pytest -q testenv/e2e
 
 ## test: every test

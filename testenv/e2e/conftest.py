@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from testbed.backend import RecordingBackend  # noqa: E402
 from testbed.certs import make_tls  # noqa: E402
 from testbed.envoy import Gateway, free_port  # noqa: E402
+from testbed.sshd import Sshd  # noqa: E402
 
 # The configuration the main gateway runs: the routing rules a SkyPilot + multi-cluster UI
 # deployment uses, and a plaintext allowance narrow enough to test both sides of (only
@@ -70,3 +71,11 @@ def gateway(workdir, backend, tls, request):
     gw.stop()
     if request.session.testsfailed:
         sys.stderr.write(f"\n===== envoy log ({gw.log_path}) =====\n{gw.log()[-20000:]}\n")
+
+
+@pytest.fixture(scope="session")
+def sshd(workdir):
+    """A throwaway OpenSSH server on loopback, shared by the sidecar and client suites."""
+    s = Sshd(workdir / "sshd").start()
+    yield s
+    s.stop()

@@ -14,7 +14,6 @@ import os
 import shlex
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -26,42 +25,14 @@ from websockets.sync.client import connect
 
 from clients import bearer_entry, raw_request, upgrade_headers
 from testbed.envoy import Gateway
-from testbed.sidecar import Sidecar
+from testbed.sidecar import ALICE, BOB, Sidecar, standard_args
 from testbed.sshd import Sshd, free_port
 
 WS_STDIO = Path(__file__).resolve().parents[1] / "tools" / "ws_stdio.py"
 
-TOKENS = "sky_alice_0123456789 alice admins\nsky_bob_0123456789 bob dev\n"
-POLICY = {"rules": [{"groups": ["admins"], "clusters": ["*"]}, {"users": ["bob"], "clusters": ["dev"]}]}
-ALICE, BOB = "sky_alice_0123456789", "sky_bob_0123456789"
-
-
-@pytest.fixture(scope="module")
-def sshd(workdir):
-    s = Sshd(workdir / "sshd").start()
-    yield s
-    s.stop()
-
-
-def sidecar_args(workdir: Path, target: str, *extra: str) -> list[str]:
-    tokens = workdir / "tokens"
-    tokens.write_text(TOKENS)
-    policy = workdir / "policy.json"
-    policy.write_text(json.dumps(POLICY))
-    return [
-        "--target", target,
-        "--auth", "token-file", "--token-file", str(tokens),
-        "--authz-policy", str(policy),
-        "--allowed-clusters", "prod,dev",
-        "--path", "/ssh/{cluster}",
-        "--log-format", "json",
-        *extra,
-    ]
-
-
 @pytest.fixture(scope="module")
 def sidecar(workdir, sshd, request):
-    sc = Sidecar(workdir / "sidecar", sidecar_args(workdir, f"127.0.0.1:{sshd.port}")).start()
+    sc = Sidecar(workdir / "sidecar", standard_args(workdir, f"127.0.0.1:{sshd.port}")).start()
     yield sc
     sc.stop()
     if request.session.testsfailed:
@@ -77,14 +48,8 @@ def sky_url(port: int, cluster: str = "prod", version: int | None = 62, scheme: 
     return url + (f"&client_version={version}" if version is not None else "")
 
 
-def ssh(sshd: Sshd, proxy_command: str, *remote: str, stdin=None, stdout=subprocess.PIPE, timeout=120):
-    return subprocess.run(
-        sshd.ssh_command(proxy_command, *remote),
-        stdin=stdin if stdin is not None else subprocess.DEVNULL,
-        stdout=stdout,
-        stderr=subprocess.PIPE,
-        timeout=timeout,
-    )
+def ssh(sshd: Sshd, proxy_command: str, *remote: str, **kw):
+    return sshd.run(proxy_command, *remote, **kw)
 
 
 def drain_until_closed(ws):
@@ -207,7 +172,7 @@ def test_refusals_are_plain_http_with_a_json_reason(sidecar, path, token, status
 
 def test_target_down_is_502_before_the_upgrade(workdir):
     closed = free_port()
-    with Sidecar(workdir / "down", sidecar_args(workdir, f"127.0.0.1:{closed}")) as sc:
+    with Sidecar(workdir / "down", standard_args(workdir, f"127.0.0.1:{closed}")) as sc:
         r = raw_request(sc.port, "/kubernetes-pod-ssh-proxy?cluster_name=prod",
                         upgrade_headers("x") + [("Authorization", f"Bearer {ALICE}")])
         assert (r.status, r.json()["reason"]) == (502, "target_unreachable")
@@ -219,7 +184,7 @@ def test_target_down_is_502_before_the_upgrade(workdir):
 def test_oversized_frame_closes_1009(workdir, sshd):
     """A frame past --max-frame-size ends the session with 1009 and an audit line; nothing of
     it reaches the target."""
-    args = sidecar_args(workdir, f"127.0.0.1:{sshd.port}", "--max-frame-size", "1024")
+    args = standard_args(workdir, f"127.0.0.1:{sshd.port}", "--max-frame-size", "1024")
     with Sidecar(workdir / "big", args) as sc:
         with connect(sky_url(sc.port), additional_headers={"Authorization": f"Bearer {ALICE}"},
                      open_timeout=10, max_size=None) as ws:
@@ -287,7 +252,7 @@ class FaultyTarget:
 def test_target_dying_mid_session_closes_1011_with_an_audit_line(workdir):
     target = FaultyTarget("reset")
     try:
-        with Sidecar(workdir / "reset", sidecar_args(workdir, f"127.0.0.1:{target.port}")) as sc:
+        with Sidecar(workdir / "reset", standard_args(workdir, f"127.0.0.1:{target.port}")) as sc:
             with connect(sky_url(sc.port), additional_headers={"Authorization": f"Bearer {ALICE}"}, open_timeout=10) as ws:
                 assert ws.recv(timeout=10) == b"\x00SSH-2.0-faulty\r\n"
                 ws.send(b"\x00hello")
@@ -305,7 +270,7 @@ def test_a_client_that_never_reads_cannot_grow_memory(workdir):
     client's socket is full, so the sidecar's RSS stays flat."""
     target = FaultyTarget("flood")
     try:
-        with Sidecar(workdir / "flood", sidecar_args(workdir, f"127.0.0.1:{target.port}")) as sc:
+        with Sidecar(workdir / "flood", standard_args(workdir, f"127.0.0.1:{target.port}")) as sc:
             base = sc.rss_kib()
             s = socket.create_connection(("127.0.0.1", sc.port))
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -331,7 +296,7 @@ def test_session_limits_per_user_and_overall(workdir, sshd):
     # The limits come from a config file (WSGATE_* lines), the rest from flags.
     cfg = workdir / "limits.env"
     cfg.write_text("# limits\nWSGATE_MAX_SESSIONS=2\nWSGATE_MAX_SESSIONS_PER_USER=1\n")
-    args = sidecar_args(workdir, f"127.0.0.1:{sshd.port}", "--config", str(cfg))
+    args = standard_args(workdir, f"127.0.0.1:{sshd.port}", "--config", str(cfg))
     with Sidecar(workdir / "limits", args) as sc:
         def open_as(token: str, cluster: str):
             return connect(sky_url(sc.port, cluster), additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=10)
@@ -357,7 +322,7 @@ def test_session_limits_per_user_and_overall(workdir, sshd):
 
 
 def test_sigterm_drains_then_closes_with_1001(workdir, sshd):
-    args = sidecar_args(workdir, f"127.0.0.1:{sshd.port}", "--shutdown-grace", "2s")
+    args = standard_args(workdir, f"127.0.0.1:{sshd.port}", "--shutdown-grace", "2s")
     sc = Sidecar(workdir / "drain", args).start()
     try:
         with connect(sky_url(sc.port), additional_headers={"Authorization": f"Bearer {ALICE}"}, open_timeout=10) as ws:

@@ -17,6 +17,30 @@ ROOT = Path(__file__).resolve().parents[2]
 SIDECAR = Path(os.environ.get("WSGATE_SIDECAR", ROOT / "target" / "release" / "wsgate-sidecar"))
 
 
+# The test bed's standard identities: a token file with two users, and a policy that lets
+# admins reach every cluster and bob only `dev`.
+ALICE, BOB = "sky_alice_0123456789", "sky_bob_0123456789"
+TOKENS = f"{ALICE} alice admins\n{BOB} bob dev\n"
+POLICY = {"rules": [{"groups": ["admins"], "clusters": ["*"]}, {"users": ["bob"], "clusters": ["dev"]}]}
+
+
+def standard_args(workdir: Path, target: str, *extra: str) -> list[str]:
+    """Flags for a pod-side sidecar in front of `target` with the standard identities."""
+    tokens = workdir / "tokens"
+    tokens.write_text(TOKENS)
+    policy = workdir / "policy.json"
+    policy.write_text(json.dumps(POLICY))
+    return [
+        "--target", target,
+        "--auth", "token-file", "--token-file", str(tokens),
+        "--authz-policy", str(policy),
+        "--allowed-clusters", "prod,dev",
+        "--path", "/ssh/{cluster}",
+        "--log-format", "json",
+        *extra,
+    ]
+
+
 @dataclass
 class Sidecar:
     workdir: Path

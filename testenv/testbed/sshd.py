@@ -111,6 +111,18 @@ class Sshd:
             *remote,
         ]
 
+    def run(self, proxy_command: str, *remote: str, stdin=None, stdout=subprocess.PIPE,
+            env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Runs the real `ssh` through `proxy_command`; stdout and stderr captured."""
+        return subprocess.run(
+            self.ssh_command(proxy_command, *remote),
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+            timeout=timeout,
+        )
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, 15)
