@@ -1,6 +1,6 @@
 # wsgate — the two commands are `make demo` and `make test`; everything else is a building block.
 SHELL := /bin/bash
-.DEFAULT_GOAL := test
+.DEFAULT_GOAL := demo
 
 VENV   := $(CURDIR)/.venv
 PY     := $(VENV)/bin/python
@@ -34,6 +34,10 @@ sidecar:
 ## client: build the release wsgate binary
 client:
 	cargo build --release --locked -p wsgate-client
+
+## demo: ssh through the whole path on loopback, and a report of what it proved
+demo: filter sidecar client
+	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) testenv/demo.py
 
 ## unit: the crates' own tests (no Envoy)
 unit:

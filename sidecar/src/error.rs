@@ -143,7 +143,10 @@ impl CloseReason {
     pub fn code(&self) -> u16 {
         use CloseReason::*;
         match self {
-            TargetClosed | ClientClosed | ClientGone => 1000,
+            TargetClosed | ClientClosed => 1000,
+            // Never sent (the client is gone); RFC 6455's code for "closed without a close
+            // frame", for the audit trail and metrics.
+            ClientGone => 1006,
             Shutdown => 1001,
             Frame(_) | TextFrame | IdleTimeout | MaxAge => 1008,
             TooBig => 1009,

@@ -162,3 +162,27 @@ def test_ssh_config_block(gw, tls):
     assert "Host *.wsgate" in out
     assert f"ProxyCommand {WSGATE} proxy {https(gw)} %h --ca-file {tls.ca_pem} --token-file /tmp/t" in out
     assert "ServerAliveInterval 30" in out
+
+
+SKY_VENV = Path(os.environ.get("WSGATE_SKY_VENV", Path(__file__).resolve().parents[2] / ".venv-skypilot"))
+
+
+def test_the_real_skypilot_client_through_envoy_and_the_sidecar(sshd, gw, tls, side, tmp_path):
+    """SkyPilot's own ProxyCommand (`sky/templates/websocket_proxy.py` from PyPI `skypilot`,
+    unpatched) through Envoy with the filter into wsgate-sidecar: its service-account token
+    (`sky_...` in SKYPILOT_SERVICE_ACCOUNT_TOKEN) goes in `Authorization: Bearer`, it sends
+    `client_version=62` and speaks the typed framing. It needs a HOME (cookie jar) and trusts
+    the test CA through SSL_CERT_FILE."""
+    python = SKY_VENV / "bin" / "python"
+    script = next(SKY_VENV.glob("lib/python*/site-packages/sky/templates/websocket_proxy.py"), None)
+    assert python.exists() and script, "skypilot missing: run testenv/setup.sh (make test does)"
+    home = tmp_path / "home"
+    home.mkdir()
+    px = " ".join([str(python), str(script), https(gw), "prod"])
+    r = sshd.run(px, "echo", "skypilot-client-ok", env={
+        "SKYPILOT_SERVICE_ACCOUNT_TOKEN": ALICE, "SSL_CERT_FILE": str(tls.ca_pem), "HOME": str(home),
+    }, timeout=180)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == b"skypilot-client-ok\n"
+    started = [e for e in side.events() if e.get("message") == "session started" and e.get("user") == "alice"]
+    assert started and started[-1]["framing"] == "Typed"
