@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 VENV   := $(CURDIR)/.venv
 PY     := $(VENV)/bin/python
-WASM_RAW := target/wasm32-wasip1/release/wsgate_filter.wasm
+WASM_RAW := target/wasm32-wasip1/wasm-release/wsgate_filter.wasm
 WASM   := target/wsgate-filter.wasm
 # Rust 1.95 enables these wasm features by default; binaryen 108 must be told (BRIEF).
 WASM_OPT_FLAGS := -Oz --strip-debug --strip-target-features \
@@ -19,7 +19,7 @@ setup:
 
 ## filter: build the proxy-wasm module (optimised with wasm-opt when available)
 filter: setup
-	cargo build --release --locked --target wasm32-wasip1 -p wsgate-filter
+	cargo build --profile wasm-release --locked --target wasm32-wasip1 -p wsgate-filter
 	@if command -v wasm-opt >/dev/null; then \
 		wasm-opt $(WASM_OPT_FLAGS) $(WASM_RAW) -o $(WASM); \
 	else \
