@@ -17,6 +17,7 @@ PY_REQS=(
   "h2==4.*"
   "pytest==8.*"
   "trustme==1.2.1"
+  "PyYAML==6.*"
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -75,6 +76,14 @@ fi
 if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then
   log "installing openssh-server (a throwaway sshd on loopback for the bridge tests)"
   apt_install openssh-server || log "openssh-server unavailable; the ssh tests will fail"
+fi
+if ! command -v kubectl >/dev/null 2>&1; then
+  log "installing kubernetes-client (kubectl kustomize renders the istio/ overlays)"
+  apt_install kubernetes-client || log "kubectl unavailable; the manifest rendering test will fail"
+fi
+if ! command -v shellcheck >/dev/null 2>&1; then
+  log "installing shellcheck (make lint checks the scripts)"
+  apt_install shellcheck || log "shellcheck unavailable; make lint will fail"
 fi
 if ! command -v ssh >/dev/null 2>&1; then
   log "installing openssh-client"
