@@ -11,7 +11,7 @@ WASM_OPT_FLAGS := -Oz --strip-debug --strip-target-features \
 	--enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 	--enable-mutable-globals --enable-multivalue --enable-reference-types
 
-.PHONY: setup filter sidecar client demo test unit e2e lint fmt clean
+.PHONY: setup filter sidecar client demo images e2e-kind kind-down test unit e2e lint fmt clean
 
 ## setup: install what a fresh machine lacks (idempotent)
 setup:
@@ -50,14 +50,30 @@ e2e: filter sidecar client
 ## test: every test
 test: setup unit e2e
 
-## lint: formatting and clippy, host and wasm32-wasip1
+## lint: formatting, clippy (host and wasm32-wasip1), shellcheck
 lint: setup
+	shellcheck -x testenv/setup.sh testenv/kind/*.sh
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	cargo clippy -p wsgate-filter --target wasm32-wasip1 --locked -- -D warnings
 
 fmt:
 	cargo fmt --all
+
+## images: the filter's OCI image and the sidecar image (needs a Docker engine)
+images: filter
+	@docker info >/dev/null 2>&1 || { echo "make images needs a running Docker engine"; exit 2; }
+	docker build -f images/filter.Dockerfile -t ghcr.io/wsgate/wsgate-filter:0.1.0 .
+	docker build -f images/sidecar.Dockerfile -t ghcr.io/wsgate/wsgate-sidecar:0.1.0 .
+
+## e2e-kind: kind + istioctl end-to-end (needs Docker, kind, istioctl; not on the dev machines)
+e2e-kind:
+	bash testenv/kind/up.sh
+	bash testenv/kind/e2e.sh
+
+## kind-down: delete the kind cluster and its registry
+kind-down:
+	bash testenv/kind/down.sh
 
 clean:
 	cargo clean

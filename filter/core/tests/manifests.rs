@@ -26,7 +26,10 @@ fn documents() -> Vec<(PathBuf, serde_json::Value)> {
     let mut files = Vec::new();
     yaml_files(&istio_dir(), &mut files);
     files.sort();
-    assert!(files.len() >= 10, "expected the istio/ manifests, found {files:?}");
+    assert!(
+        files.len() >= 10,
+        "expected the istio/ manifests, found {files:?}"
+    );
     let mut docs = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f).expect("readable");
@@ -44,7 +47,11 @@ fn documents() -> Vec<(PathBuf, serde_json::Value)> {
 #[test]
 fn every_manifest_parses_and_has_kind_and_name() {
     for (f, doc) in documents() {
-        assert!(doc["kind"].is_string(), "{}: a document without kind", f.display());
+        assert!(
+            doc["kind"].is_string(),
+            "{}: a document without kind",
+            f.display()
+        );
         let is_kustomization = doc["kind"] == "Kustomization";
         assert!(
             is_kustomization || doc["metadata"]["name"].is_string(),
@@ -62,15 +69,19 @@ fn wasmplugin_and_envoyfilter_configs_compile_and_agree() {
         match doc["kind"].as_str() {
             Some("WasmPlugin") if doc["spec"]["pluginConfig"].is_object() => {
                 let json = serde_json::to_vec(&doc["spec"]["pluginConfig"]).expect("json");
-                let policy = Policy::from_json(&json)
-                    .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+                let policy =
+                    Policy::from_json(&json).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
                 assert!(!policy.routes.is_empty(), "{}: no routes", f.display());
                 plugin_configs.push(doc["spec"]["pluginConfig"].clone());
             }
             Some("EnvoyFilter") => {
-                let patches = doc["spec"]["configPatches"].as_array().cloned().unwrap_or_default();
+                let patches = doc["spec"]["configPatches"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 for p in patches {
-                    let cfg = &p["patch"]["value"]["typed_config"]["config"]["configuration"]["value"];
+                    let cfg =
+                        &p["patch"]["value"]["typed_config"]["config"]["configuration"]["value"];
                     if let Some(text) = cfg.as_str() {
                         let policy = Policy::from_json(text.as_bytes())
                             .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
@@ -83,7 +94,11 @@ fn wasmplugin_and_envoyfilter_configs_compile_and_agree() {
             _ => {}
         }
     }
-    assert_eq!(plugin_configs.len(), 2, "one WasmPlugin and one EnvoyFilter config");
+    assert_eq!(
+        plugin_configs.len(),
+        2,
+        "one WasmPlugin and one EnvoyFilter config"
+    );
     assert_eq!(
         plugin_configs[0], plugin_configs[1],
         "the EnvoyFilter variant must carry the WasmPlugin's pluginConfig"
