@@ -191,7 +191,7 @@ pub async fn proxy(a: ProxyArgs) -> Result<(), ClientError> {
             extra: &extra,
         };
         let mut ws = connect::open(&req).await?;
-        match session::run(&mut ws, stdio::stdin(), stdio::stdout(), &opts).await? {
+        match session::run(&mut ws, stdio::stdin(), stdio::stdout(), &opts, hangup()).await? {
             End::Done => return Ok(()),
             End::Redirect(info) if attempt == 0 => {
                 let url = info["url"]
@@ -221,6 +221,24 @@ pub async fn proxy(a: ProxyArgs) -> Result<(), ClientError> {
         }
     }
     Ok(())
+}
+
+/// Resolves on SIGHUP or SIGTERM (ssh hangs up its ProxyCommand when it exits); never if the
+/// signals cannot be watched.
+async fn hangup() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut hup), Ok(mut term)) => {
+            tokio::select! {
+                _ = hup.recv() => {},
+                _ = term.recv() => {},
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }
 
 fn check_plaintext(e: &Endpoint, has_token: bool, allowed: bool) -> Result<(), ClientError> {

@@ -40,17 +40,22 @@ pub struct Options {
 /// Unanswered pings remembered at most (SkyPilot's client uses the same bound).
 const MAX_PENDING_PINGS: usize = 100;
 
-pub async fn run<W, I, O>(
+/// Runs until the session ends. `hangup` resolving (ssh sends SIGHUP to its ProxyCommand when
+/// it exits) ends the session like stdin EOF: with a close frame, not a vanished connection.
+pub async fn run<W, I, O, H>(
     ws: &mut W,
     mut stdin: I,
     mut stdout: O,
     opts: &Options,
+    hangup: H,
 ) -> Result<End, ClientError>
 where
     W: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
     I: AsyncRead + Unpin,
     O: AsyncWrite + Unpin,
+    H: std::future::Future<Output = ()>,
 {
+    let mut hangup = std::pin::pin!(hangup);
     // The first frame: framing (or a redirect), and the server's first bytes.
     let framing = loop {
         match ws.next().await {
@@ -173,6 +178,11 @@ where
                 }
             },
             _ = &mut linger, if stdin_done => return Ok(End::Done),
+            _ = &mut hangup, if !stdin_done => {
+                let _ = ws.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "client done".into() }))).await;
+                let _ = ws.flush().await;
+                return Ok(End::Done);
+            },
         }
     }
 }
@@ -266,7 +276,7 @@ mod tests {
         let (stdin, mut feed) = tokio::io::duplex(1024);
         let (mut read_out, stdout) = tokio::io::duplex(1024);
         let o = opts();
-        let session = run(&mut ws, stdin, stdout, &o);
+        let session = run(&mut ws, stdin, stdout, &o, std::future::pending());
         let peer = async {
             feed.write_all(b"SSH-2.0-client\r\n").await.unwrap();
             assert_eq!(
@@ -295,7 +305,7 @@ mod tests {
         let (stdin, mut feed) = tokio::io::duplex(1024);
         let (_read_out, stdout) = tokio::io::duplex(1024);
         let o = opts();
-        let session = run(&mut ws, stdin, stdout, &o);
+        let session = run(&mut ws, stdin, stdout, &o, std::future::pending());
         let peer = async {
             feed.write_all(b"hello").await.unwrap();
             assert_eq!(
@@ -315,7 +325,7 @@ mod tests {
         let (stdin, _feed) = tokio::io::duplex(1024);
         let (_read_out, stdout) = tokio::io::duplex(1024);
         let o = opts();
-        let session = run(&mut ws, stdin, stdout, &o);
+        let session = run(&mut ws, stdin, stdout, &o, std::future::pending());
         let peer = async {
             let ping = from_client.next().await.unwrap();
             assert_eq!(
@@ -335,6 +345,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn hangup_sends_a_close_frame() {
+        let (mut ws, to_client, mut from_client) = pair();
+        to_client.unbounded_send(bin(b"\x00SSH-2.0-x\r\n")).unwrap();
+        let (stdin, _feed) = tokio::io::duplex(64);
+        let (_o, stdout) = tokio::io::duplex(64);
+        let end = run(&mut ws, stdin, stdout, &opts(), async {})
+            .await
+            .unwrap();
+        assert_eq!(end, End::Done);
+        match from_client.next().await.unwrap() {
+            Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::Normal),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
     async fn redirect_frame_and_error_closes() {
         let (mut ws, to_client, _from) = pair();
         to_client
@@ -342,7 +368,9 @@ mod tests {
             .unwrap();
         let (stdin, _f) = tokio::io::duplex(64);
         let (_o, stdout) = tokio::io::duplex(64);
-        let end = run(&mut ws, stdin, stdout, &opts()).await.unwrap();
+        let end = run(&mut ws, stdin, stdout, &opts(), std::future::pending())
+            .await
+            .unwrap();
         assert_eq!(end, End::Redirect(serde_json::json!({"url": "wss://x/y"})));
 
         let (mut ws, to_client, _from) = pair();
@@ -355,7 +383,9 @@ mod tests {
             .unwrap();
         let (stdin, _f) = tokio::io::duplex(64);
         let (_o, stdout) = tokio::io::duplex(64);
-        let e = run(&mut ws, stdin, stdout, &opts()).await.unwrap_err();
+        let e = run(&mut ws, stdin, stdout, &opts(), std::future::pending())
+            .await
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             "the server closed the session: 1011 target connection failed"

@@ -50,11 +50,15 @@ def run_wsgate(*args: str, env: dict | None = None, timeout: float = 30) -> subp
                           env={**os.environ, **(env or {})}, timeout=timeout)
 
 
-def test_ssh_over_wss_with_the_token_in_authorization(sshd, gw, tls):
+def test_ssh_over_wss_with_the_token_in_authorization(sshd, gw, tls, side):
     px = proxy_command(https(gw), "prod", "--ca-file", str(tls.ca_pem))
     r = sshd.run(px, "echo", "via-wsgate", env={"WSGATE_TOKEN": ALICE})
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout == b"via-wsgate\n"
+    # ssh hangs up its ProxyCommand when done: wsgate still closes the session cleanly.
+    ends = side.wait_audit("session_end")
+    assert ends and ends[-1]["close_code"] == 1000, ends[-1:]
+    assert ends[-1]["close_reason"] in ("client_closed", "target_closed")
 
 
 def test_ssh_with_the_token_in_the_subprotocol(sshd, gw, tls, tmp_path):
