@@ -11,7 +11,7 @@ WASM_OPT_FLAGS := -Oz --strip-debug --strip-target-features \
 	--enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 	--enable-mutable-globals --enable-multivalue --enable-reference-types
 
-.PHONY: setup filter sidecar client demo images e2e-kind kind-down test unit e2e lint fmt clean
+.PHONY: setup filter sidecar client demo bench images e2e-kind kind-down test unit e2e lint fmt clean
 
 ## setup: install what a fresh machine lacks (idempotent)
 setup:
@@ -38,6 +38,10 @@ client:
 ## demo: ssh through the whole path on loopback, and a report of what it proved
 demo: filter sidecar client
 	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) testenv/demo.py
+
+## bench: benchmarks that print figures and ratios (BENCH_MIB, BENCH_ROUNDS)
+bench: filter sidecar client
+	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) bench/ssh_bench.py
 
 ## unit: the crates' own tests (no Envoy)
 unit:
