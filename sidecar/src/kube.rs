@@ -31,6 +31,25 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(2);
 /// Cache entries at most; past it expired entries go, then everything (never unbounded).
 const CACHE_MAX: usize = 10_000;
 
+/// Creates a (cluster-scoped) review object; an API failure is a 503, never a pass.
+async fn create_review<K>(client: &Client, review: &K, what: &str) -> Result<K, Reject>
+where
+    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    Api::<K>::all(client.clone())
+        .create(&PostParams::default(), review)
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "{what} failed");
+            Reject::AuthUnavailable
+        })
+}
+
 /// sha256(token) → (identity, or `None` for a rejected token; when it was cached).
 type ReviewCache = HashMap<[u8; 32], (Option<Identity>, Instant)>;
 
@@ -86,14 +105,7 @@ impl TokenReviewer {
             },
             ..TokenReview::default()
         };
-        let api: Api<TokenReview> = Api::all(self.client.clone());
-        let reply = api
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| {
-                warn!(error = %e, "TokenReview failed");
-                Reject::AuthUnavailable
-            })?;
+        let reply = create_review(&self.client, &review, "TokenReview").await?;
         let Some(status) = reply.status else {
             return Ok(None);
         };
@@ -167,14 +179,7 @@ impl Authorizer for AccessReviewer {
             },
             ..SubjectAccessReview::default()
         };
-        let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
-        let reply = api
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| {
-                warn!(error = %e, "SubjectAccessReview failed");
-                Reject::AuthUnavailable
-            })?;
+        let reply = create_review(&self.client, &review, "SubjectAccessReview").await?;
         match reply.status {
             Some(s) if s.allowed && s.denied != Some(true) => Ok(()),
             _ => Err(Reject::Forbidden),
