@@ -116,7 +116,7 @@ where
             r = stdin.read(&mut buf[hdr..]), if !stdin_done => match r {
                 Ok(0) | Err(_) => {
                     stdin_done = true;
-                    let _ = ws.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "client done".into() }))).await;
+                    let _ = ws.send(done_frame()).await;
                     linger.as_mut().reset(Instant::now() + Duration::from_secs(2));
                 }
                 Ok(n) => {
@@ -179,12 +179,19 @@ where
             },
             _ = &mut linger, if stdin_done => return Ok(End::Done),
             _ = &mut hangup, if !stdin_done => {
-                let _ = ws.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "client done".into() }))).await;
-                let _ = ws.flush().await;
+                let _ = ws.send(done_frame()).await;
                 return Ok(End::Done);
             },
         }
     }
+}
+
+/// The close frame the client sends when it is done (stdin ended or ssh hung up).
+fn done_frame() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "client done".into(),
+    }))
 }
 
 async fn write_out<O: AsyncWrite + Unpin>(out: &mut O, data: &[u8]) -> Result<(), ClientError> {

@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
-use wsgate_core::route::{is_dns_label, percent_decode};
+use wsgate_core::route::{is_dns_label, percent_decode, query_pairs};
 
 use crate::auth::{credential, Authenticator, Identity};
 use crate::authz::Authorizer;
@@ -194,11 +194,10 @@ struct Ask {
 }
 
 fn parse_query(query: Option<&str>, path_cluster: Option<String>) -> Result<Ask, Reject> {
-    let mut cluster = path_cluster.map(Some).unwrap_or(None);
-    let from_path = cluster.is_some();
+    let from_path = path_cluster.is_some();
+    let mut cluster = path_cluster;
     let (mut worker, mut client_version) = (None, None);
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+    for (k, v) in query_pairs(query) {
         let (Some(k), Some(v)) = (percent_decode(k), percent_decode(v)) else {
             return Err(Reject::BadRequest("malformed query string"));
         };

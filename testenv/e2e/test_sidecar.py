@@ -26,7 +26,7 @@ from websockets.sync.client import connect
 from clients import bearer_entry, raw_request, upgrade_headers
 from testbed.envoy import Gateway
 from testbed.sidecar import ALICE, BOB, Sidecar, standard_args
-from testbed.sshd import Sshd, free_port
+from testbed.sshd import free_port
 
 WS_STDIO = Path(__file__).resolve().parents[1] / "tools" / "ws_stdio.py"
 
@@ -46,10 +46,6 @@ def proxy(url: str, *extra: str) -> str:
 def sky_url(port: int, cluster: str = "prod", version: int | None = 62, scheme: str = "ws") -> str:
     url = f"{scheme}://127.0.0.1:{port}/kubernetes-pod-ssh-proxy?cluster_name={cluster}&worker=0"
     return url + (f"&client_version={version}" if version is not None else "")
-
-
-def ssh(sshd: Sshd, proxy_command: str, *remote: str, **kw):
-    return sshd.run(proxy_command, *remote, **kw)
 
 
 def drain_until_closed(ws):
@@ -73,7 +69,7 @@ def sha256_file(path: Path) -> str:
 
 def test_ssh_runs_a_command_through_the_sidecar(sshd, sidecar):
     """The real ssh, SkyPilot framing (client_version 62), token in Authorization."""
-    r = ssh(sshd, proxy(sky_url(sidecar.port), "--token", ALICE, "--typed"), "echo", "wsgate-ok")
+    r = sshd.run(proxy(sky_url(sidecar.port), "--token", ALICE, "--typed"), "echo", "wsgate-ok")
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout == b"wsgate-ok\n"
 
@@ -81,14 +77,14 @@ def test_ssh_runs_a_command_through_the_sidecar(sshd, sidecar):
 def test_old_clients_use_raw_frames(sshd, sidecar):
     """No client_version (or ≤ 21): raw binary frames, no type byte."""
     for version in (None, 21):
-        r = ssh(sshd, proxy(sky_url(sidecar.port, version=version), "--token", ALICE), "echo", "raw-ok")
+        r = sshd.run(proxy(sky_url(sidecar.port, version=version), "--token", ALICE), "echo", "raw-ok")
         assert r.returncode == 0, r.stderr.decode()
         assert r.stdout == b"raw-ok\n"
 
 
 def test_generic_path_endpoint(sshd, sidecar):
     url = f"ws://127.0.0.1:{sidecar.port}/ssh/dev?client_version=62"
-    r = ssh(sshd, proxy(url, "--token", BOB, "--typed"), "echo", "path-ok")
+    r = sshd.run(proxy(url, "--token", BOB, "--typed"), "echo", "path-ok")
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout == b"path-ok\n"
 
@@ -103,12 +99,12 @@ def test_100_mib_each_way_keeps_its_sha256(tmp_path, sshd, sidecar):
     remote = tmp_path / "remote.bin"
     px = proxy(sky_url(sidecar.port), "--token", ALICE, "--typed")
     with open(src, "rb") as f:
-        r = ssh(sshd, px, f"cat > {remote} && sha256sum {remote}", stdin=f)
+        r = sshd.run(px, f"cat > {remote} && sha256sum {remote}", stdin=f)
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.split()[0].decode() == want
     back = tmp_path / "back.bin"
     with open(back, "wb") as out:
-        r = ssh(sshd, px, f"cat {src}", stdout=out)
+        r = sshd.run(px, f"cat {src}", stdout=out)
     assert r.returncode == 0, r.stderr.decode()
     assert sha256_file(back) == want
 
@@ -358,7 +354,7 @@ def test_ssh_through_envoy_filter_and_sidecar(workdir, tls, sshd, sidecar):
     with Gateway(workdir / "gw-sidecar", json.dumps(config), sidecar.port, tls) as gw:
         url = sky_url(gw.ports["tls"], scheme="wss").replace("127.0.0.1", "localhost")
         px = proxy(url, "--subprotocol-token", ALICE, "--cafile", str(tls.ca_pem), "--typed")
-        r = ssh(sshd, px, "echo", "through-envoy")
+        r = sshd.run(px, "echo", "through-envoy")
         assert r.returncode == 0, r.stderr.decode() + gw.log()[-3000:]
         assert r.stdout == b"through-envoy\n"
         assert ALICE not in gw.log()
@@ -392,7 +388,7 @@ def test_central_mode_with_token_review_sar_and_pod_lookup(workdir, sshd):
         ]
         sc = Sidecar(workdir / "central", args, env={"KUBECONFIG": str(kubeconfig)})
         with sc:
-            r = ssh(sshd, proxy(sky_url(sc.port), "--token", "k8s-token-alice", "--typed"), "echo", "central-ok")
+            r = sshd.run(proxy(sky_url(sc.port), "--token", "k8s-token-alice", "--typed"), "echo", "central-ok")
             assert r.returncode == 0, r.stderr.decode() + sc.log()[-3000:]
             assert r.stdout == b"central-ok\n"
             posts = {p: b for m, p, b in api.requests if m == "POST"}

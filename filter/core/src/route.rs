@@ -159,10 +159,19 @@ pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
     }
 }
 
+/// The raw `name=value` pairs of a query string (not yet percent-decoded); a pair without `=`
+/// has an empty value.
+pub fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
 fn query_cluster(query: Option<&str>, param: &str) -> Result<String, RouteError> {
     let mut found: Option<String> = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+    for (k, v) in query_pairs(query) {
         // A name that does not decode cannot be ours; a value that does not decode is invalid.
         if percent_decode(k).as_deref() != Some(param) {
             continue;
