@@ -1,9 +1,14 @@
 //! stdin/stdout registered with the reactor (not `tokio::io::stdin()`, which hands every read to
-//! a blocking thread: the slowest stdio client measured used it). Pipes, sockets and ttys are
-//! made non-blocking and polled by epoll; what epoll refuses (regular files, /dev/null) falls
-//! back to tokio's blocking-thread stdio.
+//! a blocking thread: the slowest stdio client measured used it). Pipes and sockets (what ssh
+//! gives its ProxyCommand) are switched to non-blocking mode and polled by epoll; anything else
+//! (ttys, regular files, /dev/null) falls back to tokio's blocking-thread stdio.
+//!
+//! Non-blocking mode is what makes the reactor work: a blocking fd that epoll reports readable
+//! can still block in `read`, and on the client's single thread a blocked stdin read stops the
+//! server's bytes from reaching stdout, so a peer waiting for them waits forever.
 
-use std::os::fd::AsFd;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::unix::pipe;
@@ -11,30 +16,99 @@ use tokio::net::unix::pipe;
 pub type Input = Box<dyn AsyncRead + Unpin + Send>;
 pub type Output = Box<dyn AsyncWrite + Unpin + Send>;
 
-pub fn stdin() -> Input {
-    let file = std::io::stdin()
-        .as_fd()
-        .try_clone_to_owned()
-        .map(std::fs::File::from);
-    match file.map(pipe::Receiver::from_file_unchecked) {
-        Ok(Ok(rx)) => Box::new(rx),
-        _ => {
-            tracing::debug!("stdin is not pollable; using a blocking reader");
-            Box::new(tokio::io::stdin())
-        }
+/// A copy of `fd` that epoll can poll, in non-blocking mode, if it is a pipe or a socket.
+enum Pollable {
+    Pipe(File),
+    Socket(tokio::net::UnixStream),
+}
+
+fn pollable(fd: BorrowedFd<'_>) -> Option<Pollable> {
+    let file = File::from(fd.try_clone_to_owned().ok()?);
+    let kind = file.metadata().ok()?.file_type();
+    if std::os::unix::fs::FileTypeExt::is_fifo(&kind) {
+        // `pipe::{Receiver, Sender}::from_file` set O_NONBLOCK themselves.
+        return Some(Pollable::Pipe(file));
+    }
+    if std::os::unix::fs::FileTypeExt::is_socket(&kind) {
+        let sock = std::os::unix::net::UnixStream::from(OwnedFd::from(file));
+        sock.set_nonblocking(true).ok()?;
+        return tokio::net::UnixStream::from_std(sock).ok().map(Pollable::Socket);
+    }
+    None
+}
+
+fn input(fd: BorrowedFd<'_>) -> Option<Input> {
+    match pollable(fd)? {
+        Pollable::Pipe(f) => pipe::Receiver::from_file(f).ok().map(|r| Box::new(r) as Input),
+        Pollable::Socket(s) => Some(Box::new(s)),
     }
 }
 
+fn output(fd: BorrowedFd<'_>) -> Option<Output> {
+    match pollable(fd)? {
+        Pollable::Pipe(f) => pipe::Sender::from_file(f).ok().map(|s| Box::new(s) as Output),
+        Pollable::Socket(s) => Some(Box::new(s)),
+    }
+}
+
+pub fn stdin() -> Input {
+    input(std::io::stdin().as_fd()).unwrap_or_else(|| {
+        tracing::debug!("stdin is not a pipe or socket; using a blocking reader");
+        Box::new(tokio::io::stdin())
+    })
+}
+
 pub fn stdout() -> Output {
-    let file = std::io::stdout()
-        .as_fd()
-        .try_clone_to_owned()
-        .map(std::fs::File::from);
-    match file.map(pipe::Sender::from_file_unchecked) {
-        Ok(Ok(tx)) => Box::new(tx),
-        _ => {
-            tracing::debug!("stdout is not pollable; using a blocking writer");
-            Box::new(tokio::io::stdout())
-        }
+    output(std::io::stdout().as_fd()).unwrap_or_else(|| {
+        tracing::debug!("stdout is not a pipe or socket; using a blocking writer");
+        Box::new(tokio::io::stdout())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncReadExt;
+
+    /// With nothing left to read, a read must leave the thread free (here: for a timer), not
+    /// block it until a byte comes. The first read fills the buffer exactly, which is when
+    /// tokio keeps the fd marked readable and reads again without asking epoll: on a blocking
+    /// fd that second read blocks. Pipes and socketpairs both start out blocking.
+    async fn read_does_not_block(fd: BorrowedFd<'_>, mut writer: impl Write + Send + 'static) {
+        let mut rx = input(fd).unwrap();
+        let mut buf = [0u8; 8];
+        writer.write_all(&buf).unwrap();
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            writer.write_all(b"x").unwrap();
+            writer
+        });
+        assert_eq!(rx.read(&mut buf).await.unwrap(), 8);
+        let t = Instant::now();
+        let r = tokio::time::timeout(Duration::from_millis(50), rx.read(&mut buf)).await;
+        assert!(r.is_err(), "the read returned instead of timing out: {r:?}");
+        assert!(t.elapsed() < Duration::from_millis(400), "the thread was blocked for {:?}", t.elapsed());
+        let _writer = late.join().unwrap();
+        assert_eq!(rx.read(&mut buf).await.unwrap(), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn blocking_pipe_becomes_pollable() {
+        let (r, w) = std::io::pipe().unwrap();
+        read_does_not_block(r.as_fd(), w).await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn blocking_socketpair_becomes_pollable() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        read_does_not_block(a.as_fd(), b).await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn regular_files_are_not_pollable() {
+        let f = File::open("/proc/self/stat").unwrap();
+        assert!(input(f.as_fd()).is_none());
     }
 }
