@@ -169,7 +169,8 @@ pub async fn proxy(a: ProxyArgs) -> Result<(), ClientError> {
     if a.conn.insecure_skip_tls_verify {
         tracing::warn!("--insecure-skip-tls-verify: the server's identity is NOT checked; anyone on the path can read this session and take the token");
     }
-    let tls = tls::client_config(a.conn.ca_file.as_deref(), a.conn.insecure_skip_tls_verify)?;
+    // Built when a `wss://` URL first needs it (possibly only after a redirect).
+    let mut tls = None;
     let headers = parse_headers(&a.conn.headers)?;
     let opts = Options {
         ping_interval: a.ping_interval,
@@ -178,6 +179,12 @@ pub async fn proxy(a: ProxyArgs) -> Result<(), ClientError> {
     let mut current = endpoint;
     let mut extra: Vec<(String, String)> = Vec::new();
     for attempt in 0..2 {
+        if !current.plaintext && tls.is_none() {
+            tls = Some(tls::client_config(
+                a.conn.ca_file.as_deref(),
+                a.conn.insecure_skip_tls_verify,
+            )?);
+        }
         tracing::info!(url = %current.url, token_source = token.as_ref().map(|t| t.source.as_str()).unwrap_or("none"), "connecting");
         let req = Request {
             endpoint: &current,
@@ -186,7 +193,7 @@ pub async fn proxy(a: ProxyArgs) -> Result<(), ClientError> {
             token: if attempt == 0 { token.as_ref() } else { None },
             token_in_subprotocol: a.conn.token_in_subprotocol,
             headers: &headers,
-            tls: tls.clone(),
+            tls: if current.plaintext { None } else { tls.clone() },
             timeout: a.connect_timeout,
             extra: &extra,
         };

@@ -30,7 +30,9 @@ pub struct Request<'a> {
     pub token: Option<&'a Token>,
     pub token_in_subprotocol: bool,
     pub headers: &'a [(String, String)],
-    pub tls: Arc<rustls::ClientConfig>,
+    /// `None` for `ws://`: no TLS, and no reading of the system's CA store (milliseconds of
+    /// start-up a plaintext loopback session does not need).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub timeout: Duration,
     /// Headers from a redirect frame (SkyPilot's redirect protocol), used as given.
     pub extra: &'a [(String, String)],
@@ -66,7 +68,10 @@ pub async fn open(r: &Request<'_>) -> Result<Ws, ClientError> {
     let mut config = WebSocketConfig::default();
     config.max_message_size = Some(16 << 20);
     config.max_frame_size = Some(16 << 20);
-    let connector = Connector::Rustls(Arc::clone(&r.tls));
+    let connector = match &r.tls {
+        Some(tls) => Connector::Rustls(Arc::clone(tls)),
+        None => Connector::Plain,
+    };
     let fut =
         tokio_tungstenite::connect_async_tls_with_config(req, Some(config), true, Some(connector));
     match tokio::time::timeout(r.timeout, fut).await {

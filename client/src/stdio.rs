@@ -32,21 +32,27 @@ fn pollable(fd: BorrowedFd<'_>) -> Option<Pollable> {
     if std::os::unix::fs::FileTypeExt::is_socket(&kind) {
         let sock = std::os::unix::net::UnixStream::from(OwnedFd::from(file));
         sock.set_nonblocking(true).ok()?;
-        return tokio::net::UnixStream::from_std(sock).ok().map(Pollable::Socket);
+        return tokio::net::UnixStream::from_std(sock)
+            .ok()
+            .map(Pollable::Socket);
     }
     None
 }
 
 fn input(fd: BorrowedFd<'_>) -> Option<Input> {
     match pollable(fd)? {
-        Pollable::Pipe(f) => pipe::Receiver::from_file(f).ok().map(|r| Box::new(r) as Input),
+        Pollable::Pipe(f) => pipe::Receiver::from_file(f)
+            .ok()
+            .map(|r| Box::new(r) as Input),
         Pollable::Socket(s) => Some(Box::new(s)),
     }
 }
 
 fn output(fd: BorrowedFd<'_>) -> Option<Output> {
     match pollable(fd)? {
-        Pollable::Pipe(f) => pipe::Sender::from_file(f).ok().map(|s| Box::new(s) as Output),
+        Pollable::Pipe(f) => pipe::Sender::from_file(f)
+            .ok()
+            .map(|s| Box::new(s) as Output),
         Pollable::Socket(s) => Some(Box::new(s)),
     }
 }
@@ -89,7 +95,11 @@ mod tests {
         let t = Instant::now();
         let r = tokio::time::timeout(Duration::from_millis(50), rx.read(&mut buf)).await;
         assert!(r.is_err(), "the read returned instead of timing out: {r:?}");
-        assert!(t.elapsed() < Duration::from_millis(400), "the thread was blocked for {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(400),
+            "the thread was blocked for {:?}",
+            t.elapsed()
+        );
         let _writer = late.join().unwrap();
         assert_eq!(rx.read(&mut buf).await.unwrap(), 1);
     }

@@ -86,7 +86,8 @@ def _routes(require_tls: bool) -> dict:
     return {"name": "gateway", "virtual_hosts": [vhost]}
 
 
-def _listener(name: str, plugin_config: str, tls: Tls | None, port: int = 0) -> dict:
+def _listener(name: str, filters: list[dict], tls: Tls | None, port: int = 0, require_tls: bool = True,
+              access_log: bool = True) -> dict:
     hcm = {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -108,9 +109,9 @@ def _listener(name: str, plugin_config: str, tls: Tls | None, port: int = 0) -> 
                         "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
                     },
                 }
-            ],
+            ] if access_log else [],
             "http_filters": [
-                _wasm_filter(plugin_config),
+                *filters,
                 {
                     "name": "envoy.filters.http.router",
                     "typed_config": {
@@ -118,7 +119,7 @@ def _listener(name: str, plugin_config: str, tls: Tls | None, port: int = 0) -> 
                     },
                 },
             ],
-            "route_config": _routes(require_tls=tls is None),
+            "route_config": _routes(require_tls=require_tls and tls is None),
         },
     }
     listener = {
@@ -145,13 +146,18 @@ def _listener(name: str, plugin_config: str, tls: Tls | None, port: int = 0) -> 
     return listener
 
 
-def bootstrap(plugin_config: str, backend_port: int, tls: Tls, tls_port: int = 0) -> dict:
+def bootstrap(plugin_config: str, backend_port: int, tls: Tls, tls_port: int = 0,
+              http_filters: list[dict] | None = None, require_tls: bool = True, quiet: bool = False) -> dict:
+    """`http_filters` replaces the wsgate filter (the benchmarks compare none and Lua);
+    `require_tls=False` drops the plaintext port's 301 so plain requests reach the backend;
+    `quiet` drops the access log (benchmarks)."""
+    filters = [_wasm_filter(plugin_config)] if http_filters is None else http_filters
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
             "listeners": [
-                _listener("plaintext", plugin_config, None),
-                _listener("tls", plugin_config, tls, tls_port),
+                _listener("plaintext", filters, None, require_tls=require_tls, access_log=not quiet),
+                _listener("tls", filters, tls, tls_port, access_log=not quiet),
             ],
             "clusters": [
                 {
@@ -209,6 +215,12 @@ class Gateway:
     tls: Tls
     # 0: the kernel picks. Set when the filter config must name the TLS port (`httpsPort`).
     tls_port: int = 0
+    # None: the wsgate filter with `plugin_config`; otherwise these HTTP filters instead.
+    http_filters: list[dict] | None = None
+    # False: no `require_tls` on the plaintext port (benchmarks of plain requests).
+    require_tls: bool = True
+    # True: no access log, warnings only (benchmarks: logging every request is not what is measured).
+    quiet: bool = False
     proc: subprocess.Popen | None = None
     admin: str = ""
     ports: dict[str, int] = field(default_factory=dict)
@@ -223,11 +235,12 @@ class Gateway:
     def start(self, timeout: float = 60.0) -> "Gateway":
         if not ENVOY.exists():
             raise RuntimeError(f"{ENVOY} missing: run testenv/setup.sh (make test does)")
-        if not WASM.exists():
+        if self.http_filters is None and not WASM.exists():
             raise RuntimeError(f"{WASM} missing: run `make filter` (make test does)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         cfg = self.workdir / "bootstrap.json"
-        cfg.write_text(json.dumps(bootstrap(self.plugin_config, self.backend_port, self.tls, self.tls_port), indent=1))
+        cfg.write_text(json.dumps(bootstrap(self.plugin_config, self.backend_port, self.tls, self.tls_port,
+                                             self.http_filters, self.require_tls, self.quiet), indent=1))
         admin_file = self.workdir / "admin-address"
         admin_file.unlink(missing_ok=True)
         log = open(self.log_path, "wb")
@@ -239,8 +252,7 @@ class Gateway:
                 "--concurrency", "2",
                 "--base-id", str(secrets.randbelow(1 << 30)),
                 "--admin-address-path", str(admin_file),
-                "-l", "info",
-                "--component-log-level", "wasm:debug",
+                *(["-l", "warning"] if self.quiet else ["-l", "info", "--component-log-level", "wasm:debug"]),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -281,6 +293,12 @@ class Gateway:
             if name.startswith("wasmcustom."):
                 out[name.removeprefix("wasmcustom.")] = int(value)
         return out
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -1,0 +1,517 @@
+#!/usr/bin/env python3
+"""`make bench`: wsgate side by side with the alternatives, on this machine, in one run.
+
+Four parts, each printed as a Markdown table of medians, min–max and ratios, all written to
+bench/results.md (or --out):
+1. Bridge (no Envoy): 1 GiB of random bytes pushed and 64-byte ping-pong through raw TCP,
+   `wsgate proxy` → `wsgate-sidecar`, websocat 1.x and 4.x as the same bridge, and a Python
+   `websockets` bridge with a SkyPilot-style client. CPU seconds per GiB and peak RSS each side.
+2. SSH end to end: `ssh host true` and 1 GiB through `ssh host 'cat >/dev/null'`, direct and
+   through each wsgate path, and with SkyPilot's own client as the ProxyCommand.
+3. Filter overhead in Envoy: plain requests and WebSocket handshakes through Envoy with no
+   filter, the wsgate filter (token rewrite + routing) and a Lua filter doing the token rewrite.
+4. Sidecar scale: RSS at rest and per idle session, and a burst of handshakes.
+Then the goals from issue 6, each with the figure measured and whether it is met.
+
+These machines are noisy (a figure can move 2× between rounds): every path runs in each round,
+interleaved, and comparisons are ratios within this run. The load side is `wsgate-bench` (Rust),
+so the load generator is never the bottleneck. `--smoke` runs everything tiny (for `make test`).
+Sizes: BENCH_MIB, BENCH_SSH_MIB, BENCH_ROUNDS, BENCH_PINGS, BENCH_LOAD_SECS, BENCH_SESSIONS.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "testenv"))
+
+from testbed.certs import make_tls  # noqa: E402
+from testbed.envoy import WASM, Gateway, free_port  # noqa: E402
+from testbed.sidecar import ALICE, Sidecar, standard_args  # noqa: E402
+from testbed.sshd import Sshd  # noqa: E402
+from testbed.wsgate import WSGATE, proxy_command  # noqa: E402
+
+BENCH = Path(os.environ.get("WSGATE_BENCH", ROOT / "target" / "release" / "wsgate-bench"))
+TOOLS = ROOT / "bench" / ".tools"
+WEBSOCAT = {"1": TOOLS / "websocat-1" / "bin" / "websocat", "4": TOOLS / "websocat-4" / "bin" / "websocat"}
+PY = sys.executable
+TICK = os.sysconf("SC_CLK_TCK")
+TOKEN_PREFIX = "base64url.bearer.authorization.k8s.io."
+
+
+@dataclass
+class Sizes:
+    mib: int
+    ssh_mib: int
+    rounds: int
+    pings: int
+    load_secs: float
+    sessions: list[int]
+
+    @classmethod
+    def from_env(cls, smoke: bool) -> "Sizes":
+        e = os.environ.get
+        if smoke:
+            return cls(16, 8, 1, 200, 0.5, [50])
+        # Per process this machine allows `ulimit -n` fds; the sidecar holds two per session.
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        big = min(10_000, (limit - 256) // 2)
+        sessions = [int(x) for x in e("BENCH_SESSIONS", f"1000,{big}").split(",")]
+        return cls(int(e("BENCH_MIB", "1024")), int(e("BENCH_SSH_MIB", "1024")), int(e("BENCH_ROUNDS", "3")),
+                   int(e("BENCH_PINGS", "10000")), float(e("BENCH_LOAD_SECS", "3")), sessions)
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def proc_status(pid: int, key: str) -> int:
+    """A `/proc/<pid>/status` field in KiB (VmRSS, VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def start_announcing(cmd: list[str], log: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """Starts a server that prints one line (its address, or `ready`) when it is listening."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "ab"), text=True,
+                         env={**os.environ, **(env or {})})
+    line = p.stdout.readline().strip()
+    if not line:
+        raise SystemExit(f"bench: {cmd[0]} did not start: {log.read_text()[-2000:]}")
+    return p, line
+
+
+def bench_tool(*args: str, env: dict | None = None, timeout: float = 900) -> dict:
+    r = subprocess.run([str(BENCH), *args], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, **(env or {})})
+    if r.returncode != 0:
+        raise SystemExit(f"bench: wsgate-bench {args[0]} failed: {r.stderr.strip()[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# --- formatting ------------------------------------------------------------------------------
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def spread(xs: list[float], fmt: str = ".0f") -> str:
+    if len(xs) < 2:
+        return f"{med(xs):{fmt}}"
+    return f"{med(xs):{fmt}} ({min(xs):{fmt}}–{max(xs):{fmt}})"
+
+
+def table(title: str, head: list[str], rows: list[list[str]]) -> str:
+    out = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+# --- 1. bridge -------------------------------------------------------------------------------
+
+
+@dataclass
+class BridgeRun:
+    mbps: list[float] = field(default_factory=list)
+    server_cpu: list[float] = field(default_factory=list)
+    client_cpu: list[float] = field(default_factory=list)
+    client_hwm: list[int] = field(default_factory=list)
+    p50: list[float] = field(default_factory=list)
+    p99: list[float] = field(default_factory=list)
+    first_ms: list[float] = field(default_factory=list)
+    server_hwm: int = 0
+
+
+def bridge(work: Path, s: Sizes, res: dict) -> str:
+    target, taddr = start_announcing([str(BENCH), "target"], work / "target.log")
+    servers: dict[str, subprocess.Popen | None] = {"raw TCP (no bridge)": None}
+    clients: dict[str, list[str]] = {"raw TCP (no bridge)": ["--connect", taddr]}
+    side = Sidecar(work / "sidecar", standard_args(work, taddr)).start()
+    servers["wsgate proxy → wsgate-sidecar"] = side.proc
+    clients["wsgate proxy → wsgate-sidecar"] = ["--", str(WSGATE), "proxy", f"http://127.0.0.1:{side.port}", "prod"]
+    for v, exe in WEBSOCAT.items():
+        if not exe.exists():
+            print(f"bench: {exe} missing (bench/setup.sh installs it); skipping websocat {v}.x", file=sys.stderr)
+            continue
+        port = free_port()
+        if v == "1":
+            srv = [str(exe), "-b", "-E", f"ws-l:127.0.0.1:{port}", f"tcp:{taddr}"]
+            cli = [str(exe), "-b", f"ws://127.0.0.1:{port}/"]
+        else:
+            srv = [str(exe), "-b", "-s", f"127.0.0.1:{port}", f"tcp:{taddr}"]
+            cli = [str(exe), "-b", f"ws://127.0.0.1:{port}/"]
+        name = f"websocat {v}.x → websocat {v}.x"
+        servers[name] = subprocess.Popen(srv, stdout=subprocess.DEVNULL, stderr=open(work / f"websocat{v}.log", "ab"))
+        clients[name] = ["--", *cli]
+        wait_port(port)
+    port = free_port()
+    name = "python websockets client → python bridge"
+    servers[name], _ = start_announcing([PY, str(ROOT / "bench" / "py_bridge.py"), str(port), taddr], work / "py.log")
+    clients[name] = ["--", PY, str(ROOT / "testenv" / "tools" / "ws_stdio.py"), f"ws://127.0.0.1:{port}/"]
+
+    env = {"WSGATE_TOKEN": ALICE}
+    runs = {name: BridgeRun() for name in clients}
+    nbytes = s.mib << 20
+    for rnd in range(s.rounds):
+        for name, via in clients.items():
+            srv, r = servers[name], runs[name]
+            cpu0 = cpu_seconds(srv.pid) if srv else 0.0
+            push = bench_tool("push", "--bytes", str(nbytes), *via, env=env)
+            gib = nbytes / (1 << 30)
+            r.mbps.append(push["mb_per_s"])
+            r.server_cpu.append((cpu_seconds(srv.pid) - cpu0) / gib if srv else 0.0)
+            r.client_cpu.append(push["client_cpu_s"] / gib)
+            r.client_hwm.append(push["client_peak_rss_kib"])
+            pp = bench_tool("pingpong", "--count", str(s.pings), *via, env=env)
+            r.p50.append(pp["p50_us"])
+            r.p99.append(pp["p99_us"])
+            r.first_ms.append(pp["first_echo_ms"])
+            if srv:
+                r.server_hwm = proc_status(srv.pid, "VmHWM")
+            print(f"bridge round {rnd + 1}/{s.rounds} {name}: {push['mb_per_s']:.0f} MB/s, "
+                  f"p50 {pp['p50_us']:.0f} µs", file=sys.stderr, flush=True)
+    for p in [*servers.values(), target]:
+        if p and p is not side.proc:
+            p.kill()
+    side.stop()
+
+    raw = med(runs["raw TCP (no bridge)"].mbps)
+    rows = []
+    for name, r in runs.items():
+        bridged = name != "raw TCP (no bridge)"
+        rows.append([
+            name, spread(r.mbps), f"{med(r.mbps) / raw:.0%}",
+            f"{med(r.server_cpu):.2f}" if bridged else "–", f"{med(r.client_cpu):.2f}" if bridged else "–",
+            f"{r.server_hwm / 1024:.1f}" if bridged else "–", f"{med(r.client_hwm) / 1024:.1f}" if bridged else "–",
+            spread(r.p50), f"{med(r.p99):.0f}", f"{med(r.first_ms):.1f}",
+        ])
+    res["bridge"] = runs
+    return table(
+        f"1. Bridge: {s.mib} MiB random bytes pushed, {s.pings} × 64-byte ping-pong ({s.rounds} rounds, no Envoy)",
+        ["path", "MB/s median (min–max)", "vs raw TCP", "server CPU-s/GiB", "client CPU-s/GiB",
+         "server peak RSS MB", "client peak RSS MB", "ping-pong p50 µs", "p99 µs", "start → first echo ms"],
+        rows,
+    )
+
+
+def wait_port(port: int, timeout: float = 10) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"bench: nothing listening on {port}")
+
+
+# --- 2. ssh ----------------------------------------------------------------------------------
+
+
+def ssh(work: Path, s: Sizes, res: dict) -> str:
+    tls = make_tls(work)
+    sshd = Sshd(work / "sshd").start()
+    side = Sidecar(work / "sidecar-ssh", standard_args(work, f"127.0.0.1:{sshd.port}")).start()
+    tls_port = free_port()
+    config = {"redirectGuard": {"httpsPort": tls_port},
+              "routes": [{"name": "skypilot-ssh", "prefix": "/kubernetes-pod-ssh-proxy",
+                          "clusterQueryParam": "cluster_name"}]}
+    gw = Gateway(work / "envoy-ssh", json.dumps(config), side.port, tls, tls_port, quiet=True).start()
+    sky_python = ROOT / ".venv-skypilot" / "bin" / "python"
+    sky_script = next((ROOT / ".venv-skypilot").glob("lib/python*/site-packages/sky/templates/websocket_proxy.py"), None)
+    env = {**os.environ, "WSGATE_TOKEN": ALICE, "SKYPILOT_SERVICE_ACCOUNT_TOKEN": ALICE,
+           "SSL_CERT_FILE": str(tls.ca_pem), "HOME": str(work)}
+    paths: dict[str, str | None] = {
+        "direct ssh": None,
+        "wsgate proxy → sidecar": proxy_command(f"http://127.0.0.1:{side.port}", "prod"),
+        "wsgate proxy → Envoy+filter → sidecar": proxy_command(f"https://localhost:{gw.ports['tls']}", "prod",
+                                                               "--ca-file", str(tls.ca_pem)),
+    }
+    if sky_script:
+        paths["SkyPilot client → Envoy+filter → sidecar"] = (
+            f"{sky_python} {sky_script} https://localhost:{gw.ports['tls']} prod")
+
+    def run_ssh(px: str | None, *remote: str, stdin=subprocess.DEVNULL) -> None:
+        if px is None:
+            cmd = sshd.ssh_command("none", *remote)
+            i = cmd.index("ProxyCommand=none")
+            cmd = cmd[: i - 1] + ["-p", str(sshd.port)] + cmd[i + 1:]
+            cmd[-1 - len(remote)] = f"{sshd.user}@127.0.0.1"
+        else:
+            cmd = sshd.ssh_command(px, *remote)
+        r = subprocess.run(cmd, stdin=stdin, capture_output=True, env=env, timeout=900)
+        if r.returncode != 0:
+            raise SystemExit(f"bench: ssh failed: {r.stderr.decode()}")
+
+    runs = {name: {"mbps": [], "setup_ms": [], "side_cpu": [], "client_cpu": []} for name in paths}
+    gib = s.ssh_mib / 1024
+    for rnd in range(s.rounds):
+        for name, px in paths.items():
+            t = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                run_ssh(px, "true")
+                t.append((time.perf_counter() - t0) * 1000)
+            runs[name]["setup_ms"].append(med(t))
+            side0, cli0 = cpu_seconds(side.proc.pid), children_cpu()
+            t0 = time.perf_counter()
+            src = subprocess.Popen([str(BENCH), "random", "--bytes", str(s.ssh_mib << 20)], stdout=subprocess.PIPE)
+            run_ssh(px, "cat > /dev/null", stdin=src.stdout)
+            src.wait()
+            secs = time.perf_counter() - t0
+            runs[name]["mbps"].append(s.ssh_mib * 1.048576 / secs)
+            runs[name]["side_cpu"].append((cpu_seconds(side.proc.pid) - side0) / gib)
+            runs[name]["client_cpu"].append((children_cpu() - cli0) / gib)
+            print(f"ssh round {rnd + 1}/{s.rounds} {name}: {runs[name]['mbps'][-1]:.0f} MB/s", file=sys.stderr, flush=True)
+    gw.stop()
+    side.stop()
+    sshd.stop()
+
+    direct = med(runs["direct ssh"]["mbps"])
+    rows = []
+    for name, r in runs.items():
+        rows.append([name, spread(r["mbps"]), f"{med(r['mbps']) / direct:.0%}", f"{med(r['setup_ms']):.0f}",
+                     f"{med(r['side_cpu']):.2f}" if name != "direct ssh" else "–", f"{med(r['client_cpu']):.2f}"])
+    res["ssh"] = runs
+    return table(
+        f"2. SSH end to end: {s.ssh_mib} MiB random bytes through `ssh host 'cat >/dev/null'` ({s.rounds} rounds)",
+        ["path", "MB/s median (min–max)", "vs direct", "`ssh host true` ms", "sidecar CPU-s/GiB",
+         "ssh + ProxyCommand CPU-s/GiB"],
+        rows,
+    )
+
+
+# --- 3. filter in Envoy ----------------------------------------------------------------------
+
+
+def lua_filter() -> dict:
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": (ROOT / "bench" / "lua" / "token_rewrite.lua").read_text()},
+        },
+    }
+
+
+def envoy_filter(work: Path, s: Sizes, res: dict) -> str:
+    backend, baddr = start_announcing([str(BENCH), "http-backend"], work / "backend.log")
+    bport = int(baddr.rsplit(":", 1)[1])
+    tls = make_tls(work)
+    config = json.dumps({"routes": [{"name": "skypilot-ssh", "prefix": "/kubernetes-pod-ssh-proxy",
+                                     "clusterQueryParam": "cluster_name"}]})
+    variants = {"no filter": [], "wsgate filter (Wasm)": None, "Lua filter (token rewrite only)": [lua_filter()]}
+    gws = {name: Gateway(work / f"envoy-{i}", config, bport, tls, http_filters=f, require_tls=False, quiet=True).start()
+           for i, (name, f) in enumerate(variants.items())}
+    token = base64.urlsafe_b64encode(ALICE.encode()).decode().rstrip("=")
+    upgrade = ["--path", "/kubernetes-pod-ssh-proxy?cluster_name=prod",
+               "--header", f"sec-websocket-protocol: {TOKEN_PREFIX}{token}, v4.channel.k8s.io"]
+    loads = {
+        "plain c=1": ["--mode", "plain", "--concurrency", "1"],
+        "plain c=16": ["--mode", "plain", "--concurrency", "16"],
+        "upgrade c=1": ["--mode", "upgrade", "--concurrency", "1", *upgrade],
+        "upgrade c=16": ["--mode", "upgrade", "--concurrency", "16", *upgrade],
+    }
+    runs = {name: {k: {"rps": [], "p50": []} for k in loads} for name in variants}
+    for rnd in range(s.rounds):
+        for name, gw in gws.items():
+            for k, args in loads.items():
+                r = bench_tool("load", "--addr", f"127.0.0.1:{gw.ports['plaintext']}", "--seconds", str(s.load_secs), *args)
+                if k.startswith("upgrade") and (r["auth_seen"] == r["requests"]) != (name != "no filter"):
+                    raise SystemExit(f"bench: {name}: backend saw Authorization on {r['auth_seen']} of "
+                                     f"{r['requests']} handshakes: the token rewrite is not what it should be")
+                runs[name][k]["rps"].append(r["rps"])
+                runs[name][k]["p50"].append(r["p50_us"])
+            print(f"filter round {rnd + 1}/{s.rounds} {name}: "
+                  f"{runs[name]['upgrade c=16']['rps'][-1]:.0f} handshakes/s", file=sys.stderr, flush=True)
+    rss = {name: gw.rss_kib() for name, gw in gws.items()}
+    for gw in gws.values():
+        gw.stop()
+    backend.kill()
+
+    base = runs["no filter"]
+    rows = []
+    for name, r in runs.items():
+        def added(k: str) -> str:
+            return "–" if name == "no filter" else f"{med(r[k]['p50']) - med(base[k]['p50']):+.0f}"
+
+        rows.append([
+            name,
+            spread(r["plain c=16"]["rps"]), f"{med(r['plain c=1']['p50']):.0f}", added("plain c=1"),
+            spread(r["upgrade c=16"]["rps"]), f"{med(r['upgrade c=1']['p50']):.0f}", added("upgrade c=1"),
+            f"{rss[name] / 1024:.1f}",
+        ])
+    res["filter"] = {"runs": runs, "rss": rss, "wasm_kib": WASM.stat().st_size / 1024}
+    return table(
+        f"3. Filter overhead in Envoy (2 workers, plaintext listener, {s.load_secs:g} s per load, {s.rounds} rounds)",
+        ["Envoy with", "plain req/s (16 conc.)", "plain p50 µs (1 conc.)", "added µs", "handshakes/s (16 conc.)",
+         "handshake p50 µs (1 conc.)", "added µs", "Envoy RSS MB"],
+        rows,
+    ) + f"\n`.wasm` size: {WASM.stat().st_size / 1024:.0f} KiB ({WASM.name}).\n"
+
+
+# --- 4. sidecar scale ------------------------------------------------------------------------
+
+
+def scale(work: Path, s: Sizes, res: dict) -> str:
+    target, taddr = start_announcing([str(BENCH), "target"], work / "target-scale.log")
+    top = max(s.sessions)
+    side = Sidecar(work / "sidecar-scale", standard_args(
+        work, taddr, "--max-sessions", str(top), "--max-sessions-per-user", str(top))).start()
+    time.sleep(1)
+    rest = side.rss_kib()
+    rows = []
+    out = {"rest_kib": rest, "per_session_kib": {}, "burst_secs": {}}
+    for n in s.sessions:
+        p = subprocess.Popen([str(BENCH), "sessions", "--url", f"ws://127.0.0.1:{side.port}/ssh/prod",
+                              "--token", ALICE, "--count", str(n), "--parallel", str(min(n, 1000))],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(work / "sessions.log", "ab"),
+                             text=True)
+        first = p.stdout.readline()
+        if not first:
+            raise SystemExit(f"bench: sessions tool failed: {(work / 'sessions.log').read_text()[-2000:]}")
+        up = json.loads(first)
+        if up["failed"]:
+            raise SystemExit(f"bench: {up['failed']} of {n} sessions failed: {up['first_error']}")
+        time.sleep(1)
+        held = side.rss_kib()
+        p.stdin.close()
+        p.wait(120)
+        deadline = time.monotonic() + 30
+        while side.metric("wsgate_sessions_open") > 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        per = (held - rest) / n
+        out["per_session_kib"][n] = per
+        out["burst_secs"][n] = up["secs"]
+        rows.append([f"{n}", f"{held / 1024:.1f}", f"{per:.1f}", f"{per * 10_000 / 1024 / 1024 + rest / 1024 / 1024:.2f}",
+                     f"{up['secs'] * 1000:.0f}", f"{up['handshake_p50_ms']:.1f}", f"{up['handshake_p99_ms']:.1f}"])
+        print(f"scale: {n} sessions, {per:.1f} KiB each", file=sys.stderr, flush=True)
+    side.stop()
+    target.kill()
+    res["scale"] = out
+    return table(
+        f"4. Sidecar scale (idle sessions, each bridged to the target and checked with one echoed byte; "
+        f"RSS at rest {rest / 1024:.1f} MB)",
+        ["sessions", "sidecar RSS MB", "KiB per session", "10k sessions GiB (projected)",
+         "all handshakes ms", "handshake p50 ms", "p99 ms"],
+        rows,
+    )
+
+
+# --- goals -----------------------------------------------------------------------------------
+
+
+def goals(res: dict) -> str:
+    rows = []
+
+    def goal(what: str, want: str, got: str, ok: bool) -> None:
+        rows.append([what, want, got, "✅" if ok else "❌"])
+
+    if "ssh" in res:
+        ssh = {k: med(v["mbps"]) for k, v in res["ssh"].items()}
+        d = ssh["direct ssh"]
+        goal("SSH via wsgate proxy → sidecar", "≥ 90 % of direct", f"{ssh['wsgate proxy → sidecar'] / d:.0%}",
+             ssh["wsgate proxy → sidecar"] / d >= 0.9)
+        e = ssh["wsgate proxy → Envoy+filter → sidecar"] / d
+        goal("SSH via Envoy + filter too", "≥ 75 % of direct", f"{e:.0%}", e >= 0.75)
+        sd = {k: med(v["setup_ms"]) for k, v in res["ssh"].items()}
+        added = sd["wsgate proxy → sidecar"] - sd["direct ssh"]
+        goal("ssh setup time added", "none (≤ 10 % of direct)", f"{added:+.0f} ms", added <= 0.1 * sd["direct ssh"])
+    if "bridge" in res:
+        b = res["bridge"]
+        w = b["wsgate proxy → wsgate-sidecar"]
+        raw = med(b["raw TCP (no bridge)"].mbps)
+        goal("Bridge throughput", "≥ 45 % of raw TCP", f"{med(w.mbps) / raw:.0%}", med(w.mbps) / raw >= 0.45)
+        goal("Sidecar CPU per GiB", "≤ 0.3 CPU-s", f"{med(w.server_cpu):.2f}", med(w.server_cpu) <= 0.3)
+        ws1 = b.get("websocat 1.x → websocat 1.x")
+        if ws1:
+            goal("Bridge vs websocat 1.x", "≥ 2×", f"{med(w.mbps) / med(ws1.mbps):.1f}×", med(w.mbps) >= 2 * med(ws1.mbps))
+        peers = [r for n, r in b.items() if n.startswith("websocat")]
+        if peers:
+            best = min(med(r.p50) for r in peers)
+            goal("Ping-pong p50", "≤ websocat's", f"{med(w.p50):.0f} µs vs {best:.0f} µs", med(w.p50) <= best)
+        goal("Client start → first byte echoed", "≤ 10 ms", f"{med(w.first_ms):.1f} ms", med(w.first_ms) <= 10)
+    if "scale" in res:
+        sc = res["scale"]
+        goal("Sidecar RSS at rest", "≤ 15 MB", f"{sc['rest_kib'] / 1024:.1f} MB", sc["rest_kib"] <= 15 * 1024)
+        n = max(sc["per_session_kib"])
+        per = sc["per_session_kib"][n]
+        goal(f"Sidecar memory per idle session (at {n})", "≤ 64 KiB", f"{per:.1f} KiB", per <= 64)
+        total = (sc["rest_kib"] + per * 10_000) / 1024 / 1024
+        goal("10k idle sessions" + (" (projected)" if n < 10_000 else ""), "< 1 GiB", f"{total:.2f} GiB", total < 1)
+    if "filter" in res:
+        f = res["filter"]["runs"]
+        for k, label in (("upgrade c=1", "handshake"), ("plain c=1", "plain request")):
+            add = med(f["wsgate filter (Wasm)"][k]["p50"]) - med(f["no filter"][k]["p50"])
+            goal(f"Filter latency added per {label} (p50)", "≤ 20 µs", f"{add:+.0f} µs", add <= 20)
+        wasm = med(f["wsgate filter (Wasm)"]["upgrade c=16"]["rps"])
+        lua = med(f["Lua filter (token rewrite only)"]["upgrade c=16"]["rps"])
+        goal("Filter vs Lua equivalent (handshakes/s)", "faster", f"{wasm / lua:.2f}×", wasm > lua)
+        kib = res["filter"]["wasm_kib"]
+        goal("`.wasm` size", "≤ 250 KiB", f"{kib:.0f} KiB", kib <= 250)
+    return table("Goals (issue 6)", ["goal", "target", "measured", "met"], rows)
+
+
+def machine() -> str:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    return f"{os.cpu_count()} vCPU ({cpu}), Linux {platform.release()}, loopback"
+
+
+PARTS = {"bridge": bridge, "ssh": ssh, "filter": envoy_filter, "scale": scale}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, one round (what make test runs)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results.md")
+    ap.add_argument("--only", choices=list(PARTS), action="append", help="run only these parts")
+    a = ap.parse_args()
+    s = Sizes.from_env(a.smoke)
+    res: dict = {}
+    sections = []
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    with tempfile.TemporaryDirectory(prefix="wsgate-bench-") as d:
+        for name, part in PARTS.items():
+            if a.only and name not in a.only:
+                continue
+            work = Path(d) / name
+            work.mkdir()
+            sections.append(part(work, s, res))
+            print(sections[-1], flush=True)
+    sections.append(goals(res))
+    print(sections[-1])
+    head = (f"<!-- written by `make bench` ({'--smoke' if a.smoke else 'full run'}) -->\n"
+            f"# wsgate benchmarks\n\n{started} on {machine()}. Reproduce: `make bench`.\n\n")
+    a.out.write_text(head + "\n".join(sections))
+    print(f"written to {a.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
