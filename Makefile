@@ -7,11 +7,11 @@ PY     := $(VENV)/bin/python
 WASM_RAW := target/wasm32-wasip1/wasm-release/wsgate_filter.wasm
 WASM   := target/wsgate-filter.wasm
 # Rust 1.95 enables these wasm features by default; binaryen 108 must be told (BRIEF).
-WASM_OPT_FLAGS := -Oz --strip-debug --strip-target-features \
+WASM_OPT_FLAGS := -Oz --converge --strip-debug --strip-producers --strip-target-features \
 	--enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 	--enable-mutable-globals --enable-multivalue --enable-reference-types
 
-.PHONY: setup filter sidecar client demo bench images e2e-kind kind-down test unit e2e lint fmt clean
+.PHONY: setup filter sidecar client bench-tool demo bench images e2e-kind kind-down test unit e2e lint fmt clean
 
 ## setup: install what a fresh machine lacks (idempotent)
 setup:
@@ -35,20 +35,26 @@ sidecar:
 client:
 	cargo build --release --locked -p wsgate-client
 
+## bench-tool: the load side of the benchmarks (also used by the e2e suite's bench smoke test)
+bench-tool:
+	cargo build --release --locked -p wsgate-bench
+
 ## demo: ssh through the whole path on loopback, and a report of what it proved
 demo: filter sidecar client
 	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) testenv/demo.py
 
-## bench: benchmarks that print figures and ratios (BENCH_MIB, BENCH_ROUNDS)
-bench: filter sidecar client
-	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) bench/ssh_bench.py
+## bench: wsgate vs raw TCP, websocat 1.x/4.x, Python, Lua: tables of figures and ratios,
+## written to bench/results.md (~15 min; sizes: see bench/bench.py)
+bench: filter sidecar client bench-tool
+	@bash bench/setup.sh
+	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) bench/bench.py
 
 ## unit: the crates' own tests (no Envoy)
 unit:
 	cargo test --workspace --locked
 
 ## e2e: the real-Envoy suite
-e2e: filter sidecar client
+e2e: filter sidecar client bench-tool
 	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) -m pytest -q testenv/e2e
 
 ## test: every test
@@ -56,7 +62,7 @@ test: setup unit e2e
 
 ## lint: formatting, clippy (host and wasm32-wasip1), shellcheck
 lint: setup
-	shellcheck -x testenv/setup.sh testenv/kind/*.sh
+	shellcheck -x testenv/setup.sh testenv/kind/*.sh bench/setup.sh
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	cargo clippy -p wsgate-filter --target wasm32-wasip1 --locked -- -D warnings

@@ -16,14 +16,16 @@ use crate::token;
 use crate::upgrade::{classify, is_multiplexed, UpgradeKind};
 
 /// What the glue reads from Envoy for one request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct RequestView<'a> {
     /// Request headers including pseudo-headers (`:path`, `:authority`), every line.
     pub headers: Headers<'a>,
-    /// Envoy's `request.protocol` property (`HTTP/1.1`, `HTTP/2`, ...).
-    pub protocol: &'a str,
-    /// The downstream peer (Envoy's `source.address`), for the plaintext allowance.
-    pub source: Option<IpAddr>,
+    /// Envoy's `request.protocol` property (`HTTP/1.1`, `HTTP/2`, ...). Asked for only when
+    /// needed (requests with `upgrade`): in the filter each property is a host call.
+    pub protocol: &'a dyn Fn() -> String,
+    /// The downstream peer (Envoy's `source.address`), for the plaintext allowance; asked for
+    /// only when that allowance could apply.
+    pub source: &'a dyn Fn() -> Option<IpAddr>,
 }
 
 /// One change to the request headers. `Set` replaces every line of that name.
@@ -101,7 +103,7 @@ pub fn decide(
     random_key: &mut dyn FnMut() -> [u8; 16],
 ) -> Decision {
     let h = view.headers;
-    let kind = classify(h, is_multiplexed(view.protocol));
+    let kind = classify(h, || is_multiplexed(&(view.protocol)()));
     let path = h.first(":path").unwrap_or("/");
     let (path_only, _) = split_query(path);
     let authority = h
@@ -191,13 +193,12 @@ pub fn decide(
 
     let mut still_plaintext = plaintext;
     if let (Some(_), true, Some(p)) = (kind, plaintext, &policy.guard.allow_plaintext) {
-        let trusted = view
-            .source
-            .is_some_and(|ip| p.trusted_cidrs.iter().any(|c| c.contains(ip)));
         let on_path = p
             .path_prefixes
             .iter()
             .any(|pre| path_has_prefix(path_only, pre));
+        let trusted = on_path
+            && (view.source)().is_some_and(|ip| p.trusted_cidrs.iter().any(|c| c.contains(ip)));
         if trusted && on_path {
             d.ops.push(set("x-forwarded-proto", "https"));
             d.outcomes.push(Outcome::PlaintextAllowed);
@@ -325,10 +326,12 @@ mod tests {
     }
 
     fn run(headers: &[(String, String)], protocol: &str, source: &str, p: &Policy) -> Decision {
+        let protocol = || protocol.to_string();
+        let source = || source.parse().ok();
         let view = RequestView {
             headers: Headers(headers),
-            protocol,
-            source: source.parse().ok(),
+            protocol: &protocol,
+            source: &source,
         };
         decide(&view, p, &mut || [7u8; 16])
     }

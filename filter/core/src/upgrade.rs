@@ -30,8 +30,12 @@ pub fn is_multiplexed(protocol: &str) -> bool {
 }
 
 /// Classifies a request; `None` for plain requests and other upgrades (e.g. `h2c`).
-pub fn classify(headers: Headers<'_>, multiplexed: bool) -> Option<UpgradeKind> {
+///
+/// `multiplexed` is asked only for requests that carry `upgrade` (in the filter it is a host
+/// call, which ordinary requests should not pay for).
+pub fn classify(headers: Headers<'_>, multiplexed: impl FnOnce() -> bool) -> Option<UpgradeKind> {
     let upgrade = headers.first("upgrade")?;
+    let multiplexed = multiplexed();
     let connection_upgrade = headers
         .all("connection")
         .any(|v| v.to_ascii_lowercase().contains("upgrade"));
@@ -145,7 +149,7 @@ mod tests {
             ),
         ];
         for (name, headers, mux, want) in cases {
-            assert_eq!(classify(Headers(headers), *mux), *want, "{name}");
+            assert_eq!(classify(Headers(headers), || *mux), *want, "{name}");
         }
     }
 

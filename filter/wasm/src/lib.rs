@@ -20,7 +20,7 @@ use wsgate_core::{
 const GIT_HASH: &str = env!("WSGATE_GIT_HASH");
 
 proxy_wasm::main! {{
-    // Pass everything to the host: Envoy's own `wasm` log level decides what is printed.
+    // Until the host tells us its level (at VM start): everything, so nothing is lost.
     proxy_wasm::set_log_level(LogLevel::Trace);
     std::panic::set_hook(Box::new(|info| {
         let _ = hostcalls::log(LogLevel::Critical, &format!("wsgate-filter panicked: {info}"));
@@ -41,6 +41,7 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        follow_host_log_level();
         info!(
             "wsgate-filter {} ({GIT_HASH}) starting",
             wsgate_core::VERSION
@@ -49,6 +50,7 @@ impl RootContext for Root {
     }
 
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        follow_host_log_level();
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         let policy = match Policy::from_json(&bytes) {
             Ok(p) => p,
@@ -79,6 +81,15 @@ impl RootContext for Root {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// Envoy's `wasm` log level, read at VM start and on every configuration: below it, a per-request
+/// debug line costs nothing (not even formatting). A level changed at runtime through Envoy's
+/// admin `/logging` applies from the next configuration push.
+fn follow_host_log_level() {
+    if let Ok(level) = hostcalls::get_log_level() {
+        proxy_wasm::set_log_level(level);
     }
 }
 
@@ -127,32 +138,37 @@ impl Context for Request {}
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> WasmAction {
         let headers = self.get_http_request_headers();
-        let protocol = self.property(&["request", "protocol"]).unwrap_or_default();
-        let source = self
-            .property(&["source", "address"])
-            .and_then(|s| parse_source_ip(&s));
+        // Properties are host calls: fetched only if the core asks (upgrade requests).
+        let protocol = || self.property(&["request", "protocol"]).unwrap_or_default();
+        let source = || {
+            self.property(&["source", "address"])
+                .and_then(|s| parse_source_ip(&s))
+        };
         let view = RequestView {
             headers: Headers(&headers),
             protocol: &protocol,
-            source,
+            source: &source,
         };
         let decision = decide(&view, &self.policy, &mut random_key);
         for o in &decision.outcomes {
             self.count(*o);
         }
-        // Outcomes and header names only: values (tokens, paths with query strings) stay out.
-        let op_names: Vec<String> = decision
-            .ops
-            .iter()
-            .map(|op| match op {
-                HeaderOp::Set { name, .. } => format!("set {name}"),
-                HeaderOp::Remove { name } => format!("remove {name}"),
-            })
-            .collect();
-        debug!(
-            "wsgate-filter: protocol={protocol} outcomes={:?} ops={op_names:?}",
-            decision.outcomes
-        );
+        if log::log_enabled!(log::Level::Debug) {
+            // Outcomes and header names only: values (tokens, paths with query strings) stay out.
+            let op_names: Vec<String> = decision
+                .ops
+                .iter()
+                .map(|op| match op {
+                    HeaderOp::Set { name, .. } => format!("set {name}"),
+                    HeaderOp::Remove { name } => format!("remove {name}"),
+                })
+                .collect();
+            debug!(
+                "wsgate-filter: protocol={} outcomes={:?} ops={op_names:?}",
+                protocol(),
+                decision.outcomes
+            );
+        }
         match decision.action {
             Action::Reply(r) => {
                 self.reply(&r);

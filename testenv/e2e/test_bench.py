@@ -1,0 +1,26 @@
+"""A small run of `make bench`'s harness (bench/bench.py --smoke): every part runs against the
+real components and the report has every table and goal, so the benchmark cannot rot between
+full runs. Figures from a smoke run mean nothing; they are not asserted."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_smoke_run_writes_every_table(tmp_path):
+    out = tmp_path / "results.md"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "--smoke", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = out.read_text()
+    for title in ("## 1. Bridge", "## 2. SSH end to end", "## 3. Filter overhead in Envoy",
+                  "## 4. Sidecar scale", "## Goals (issue 6)"):
+        assert title in report
+    for row in ("| raw TCP (no bridge) |", "| wsgate proxy → wsgate-sidecar |",
+                "| python websockets client → python bridge |", "| direct ssh |",
+                "| wsgate proxy → Envoy+filter → sidecar |", "| no filter |", "| wsgate filter (Wasm) |",
+                "| Lua filter (token rewrite only) |", "| Sidecar CPU per GiB |"):
+        assert row in report, row
