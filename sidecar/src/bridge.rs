@@ -2,8 +2,8 @@
 //!
 //! Generic over the WebSocket (`Sink` + `Stream` of axum messages) and the target (`AsyncRead`
 //! and `AsyncWrite`), so it is tested with channels and `tokio::io::duplex` as well as end to end.
-//! Memory is bounded: one read buffer of `max_frame` bytes towards the client, and one frame at
-//! a time towards the target (the next frame is not read until the last is written), so a slow
+//! Memory is bounded: one read buffer of at most `max_frame` bytes towards the client (touched
+//! only as far as data arrives), and one frame at a time towards the target (the next frame is not read until the last is written), so a slow
 //! peer slows the other side down instead of growing a queue.
 
 use std::fmt::Display;
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message};
+use bytes::{BufMut, BytesMut};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -110,13 +111,19 @@ where
 
     let down = async {
         let hdr = cfg.framing.header_len();
-        let mut buf = vec![0u8; hdr + cfg.max_frame];
-        if hdr == 1 {
-            buf[0] = TYPE_DATA;
-        }
+        // Filled by the kernel without zeroing first, and handed to the WebSocket layer
+        // without copying: an idle session costs one touched page here, not `max_frame` bytes,
+        // and the allocation comes back to `buf` once the frame has been written out.
+        let mut buf = BytesMut::new();
         let mut tick = tokio::time::interval_at(start + TICK, TICK);
         let mut next_ping = cfg.ping_interval.map(|p| start + p);
         loop {
+            if buf.is_empty() {
+                buf.reserve(hdr + cfg.max_frame);
+                if hdr == 1 {
+                    buf.put_u8(TYPE_DATA);
+                }
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return CloseReason::Shutdown,
@@ -125,11 +132,10 @@ where
                         return CloseReason::ClientGone;
                     }
                 }
-                r = rd.read(&mut buf[hdr..]) => match r {
+                r = read_chunk(&mut rd, &mut buf, cfg.max_frame) => match r {
                     Ok(0) => return CloseReason::TargetClosed,
                     Ok(n) => {
-                        let frame = Message::Binary(Bytes::copy_from_slice(&buf[..hdr + n]));
-                        if tx.send(frame).await.is_err() {
+                        if tx.send(Message::Binary(buf.split().freeze())).await.is_err() {
                             return CloseReason::ClientGone;
                         }
                         obs.down(n as u64);
@@ -176,6 +182,15 @@ where
     let _ = tx.close().await;
     let _ = wr.shutdown().await;
     reason
+}
+
+/// Appends at most `max` bytes from `rd` to `buf` (cancel-safe: nothing is read if dropped).
+async fn read_chunk<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> std::io::Result<usize> {
+    rd.read_buf(&mut buf.limit(max)).await
 }
 
 /// A read error from the WebSocket layer. Oversized frames are the one case worth telling apart;
