@@ -36,8 +36,9 @@ client:
 	cargo build --release --locked -p wsgate-client
 
 ## bench-tool: the load side of the benchmarks (also used by the e2e suite's bench smoke test)
-bench-tool:
+bench-tool: setup
 	cargo build --release --locked -p wsgate-bench
+	cargo build --profile wasm-release --locked --target wasm32-wasip1 -p wsgate-noop-filter
 
 ## demo: ssh through the whole path on loopback, and a report of what it proved
 demo: filter sidecar client
