@@ -11,7 +11,7 @@ WASM_OPT_FLAGS := -Oz --converge --strip-debug --strip-producers --strip-target-
 	--enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 	--enable-mutable-globals --enable-multivalue --enable-reference-types
 
-.PHONY: setup filter sidecar client bench-tool demo bench images e2e-kind kind-down test unit e2e lint fmt clean
+.PHONY: setup filter sidecar client bench-tool demo bench fuzz images e2e-kind kind-down test unit e2e lint fmt clean
 
 ## setup: install what a fresh machine lacks (idempotent)
 setup:
@@ -49,6 +49,16 @@ demo: filter sidecar client
 bench: filter sidecar client bench-tool
 	@bash bench/setup.sh
 	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) bench/bench.py
+
+## fuzz: each fuzz target of the filter core and the framing for FUZZ_SECS (default 60) on the
+## nightly toolchain; new corpus entries land in filter/core/fuzz/corpus (commit them)
+FUZZ_SECS ?= 60
+FUZZ_TARGETS := token decide config framing
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd filter/core && for t in $(FUZZ_TARGETS); do \
+		cargo +nightly fuzz run $$t fuzz/corpus/$$t -- -max_total_time=$(FUZZ_SECS) -max_len=4096 || exit 1; \
+	done
 
 ## unit: the crates' own tests (no Envoy)
 unit:
