@@ -23,6 +23,8 @@ pub mod decide;
 pub mod framing;
 pub mod headers;
 pub mod outcome;
+#[doc(hidden)]
+pub mod props;
 pub mod reply;
 pub mod route;
 pub mod token;

@@ -1,0 +1,294 @@
+//! Properties the fuzz targets check on arbitrary input (`make fuzz`), and that `cargo test`
+//! checks again on every committed corpus and crash file (`tests/fuzz_replay.rs`).
+//!
+//! Each `check_*` takes raw fuzzer bytes and returns `Err` with a description when a property
+//! fails; they never panic themselves, so a panic found by the fuzzer is one in the code under
+//! test. The token check compares [`token::extract`] with a reference model written separately
+//! from it, declaratively, straight from the apiserver's rules.
+
+use std::net::IpAddr;
+
+use crate::config::Policy;
+use crate::decide::{decide, Action, HeaderOp, RequestView};
+use crate::framing::{
+    decode, decode_from_server, latency_frame, ping_frame, Framing, FromServer, Inbound,
+};
+use crate::headers::{is_header_name, is_header_value, Headers};
+use crate::token::{self, TokenError, BEARER_PROTOCOL_PREFIX};
+
+/// Fuzzer bytes as text lines (lossy UTF-8: header values reach the filter as Rust strings).
+fn lines(data: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(data)
+        .split('\n')
+        .map(str::to_string)
+        .collect()
+}
+
+/// `Sec-WebSocket-Protocol` lines (one per input line): the token rewrite agrees with the
+/// reference model; a token never carries a control character; no other entry is dropped.
+pub fn check_token(data: &[u8]) -> Result<(), String> {
+    let lines = lines(data);
+    let got = token::extract(lines.iter().map(String::as_str));
+    let want = reference_extract(&lines);
+    let got_plain = got
+        .clone()
+        .map(|o| o.map(|t| (t.token.expose().to_string(), t.remaining)));
+    if got_plain != want {
+        // Token lengths only: even fuzzer tokens stay out of messages.
+        let shape = |r: Result<Option<(String, String)>, TokenError>| {
+            r.map(|o| o.map(|(t, rest)| (t.len(), rest)))
+        };
+        return Err(format!(
+            "extract disagrees with the reference model: {:?} vs {:?}",
+            shape(got_plain),
+            shape(want)
+        ));
+    }
+    if let Ok(Some(t)) = &got {
+        if !is_header_value(t.token.expose()) || t.token.expose().is_empty() {
+            return Err("a token that is empty or has control characters was accepted".into());
+        }
+        if t.remaining
+            .split(',')
+            .any(|e| e.starts_with(BEARER_PROTOCOL_PREFIX))
+        {
+            return Err("a bearer entry was left in the remaining subprotocols".into());
+        }
+    }
+    Ok(())
+}
+
+/// The apiserver's rules, stated directly: entries are the comma-separated pieces of every line,
+/// trimmed; the first bearer entry is decoded (its errors win); a second one is an error; an
+/// empty token changes nothing; otherwise another subprotocol must remain.
+fn reference_extract(lines: &[String]) -> Result<Option<(String, String)>, TokenError> {
+    let entries: Vec<&str> = lines
+        .iter()
+        .flat_map(|l| l.split(','))
+        .map(|e| e.trim_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']))
+        .collect();
+    let (bearers, others): (Vec<&str>, Vec<&str>) = entries
+        .iter()
+        .partition(|e| e.starts_with(BEARER_PROTOCOL_PREFIX));
+    let Some(first) = bearers.first() else {
+        return Ok(None);
+    };
+    let bytes = reference_base64(&first[BEARER_PROTOCOL_PREFIX.len()..])
+        .ok_or(TokenError::InvalidEncoding)?;
+    let text = String::from_utf8(bytes).map_err(|_| TokenError::InvalidUtf8)?;
+    if text.chars().any(|c| c.is_ascii_control()) {
+        return Err(TokenError::ControlCharacters);
+    }
+    if bearers.len() > 1 {
+        return Err(TokenError::MultipleTokens);
+    }
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if others.is_empty() {
+        return Err(TokenError::MissingSubprotocol);
+    }
+    Ok(Some((text, others.join(","))))
+}
+
+/// Go's `RawURLEncoding`, group by group: CR/LF ignored, 4 symbols → 3 bytes, a tail of 2 or 3
+/// symbols → 1 or 2 bytes, a tail of 1 symbol is corrupt.
+fn reference_base64(s: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let values: Vec<u32> = s
+        .chars()
+        .filter(|c| *c != '\r' && *c != '\n')
+        .map(|c| ALPHABET.find(c).map(|i| i as u32))
+        .collect::<Option<_>>()?;
+    let mut out = Vec::new();
+    for group in values.chunks(4) {
+        let n = group.iter().fold(0u32, |acc, v| acc << 6 | v) << (6 * (4 - group.len()));
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        match group.len() {
+            4 => out.extend_from_slice(&bytes),
+            3 => out.extend_from_slice(&bytes[..2]),
+            2 => out.push(bytes[0]),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// The policy the decision check runs with: every feature on (token rewrite, both kinds of
+/// routing with an allow-list, the plaintext allowance).
+const DECIDE_POLICY: &str = r#"{
+  "redirectGuard": {"httpsPort": 443, "allowPlaintext": {"trustedCidrs": ["10.0.0.0/8"], "pathPrefixes": ["/plain"]}},
+  "routes": [
+    {"name": "q", "prefix": "/kubernetes-pod-ssh-proxy", "clusterQueryParam": "cluster_name", "allowedClusters": ["prod", "dev"]},
+    {"name": "p", "pattern": "/c/{cluster}", "stripPrefix": true, "removeHeaders": ["origin"]}
+  ]
+}"#;
+
+/// A request as `name: value` lines (the first line is the peer address): whatever the
+/// headers, every header the filter sets is a valid name with a value Envoy accepts (no control
+/// characters but HTAB; `authorization` none at all), a routed cluster is a DNS label, and no
+/// reply carries a subprotocol token. Requests Envoy could not deliver (header values with other
+/// control characters: its codecs refuse them) are skipped.
+pub fn check_decide(data: &[u8]) -> Result<(), String> {
+    let policy =
+        Policy::from_json(DECIDE_POLICY.as_bytes()).map_err(|e| format!("test policy: {e}"))?;
+    let mut lines = lines(data).into_iter();
+    let peer = lines.next().unwrap_or_default();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':').or_else(|| {
+                l.strip_prefix(':')
+                    .and_then(|r| r.split_once(':'))
+                    .map(|(n, v)| (n, v))
+            })?;
+            let name = if l.starts_with(':') {
+                format!(":{n}")
+            } else {
+                n.to_ascii_lowercase()
+            };
+            Some((name, v.trim_start().to_string()))
+        })
+        .collect();
+    if headers.iter().any(|(_, v)| !field_value(v)) {
+        return Ok(());
+    }
+    let protocol = || {
+        if peer.contains("h2") {
+            "HTTP/2".to_string()
+        } else {
+            "HTTP/1.1".to_string()
+        }
+    };
+    let source = || {
+        peer.split_whitespace()
+            .next()
+            .and_then(|p| p.parse::<IpAddr>().ok())
+    };
+    let view = RequestView {
+        headers: Headers(&headers),
+        protocol: &protocol,
+        source: &source,
+    };
+    let d = decide(&view, &policy, &mut || [1u8; 16]);
+    for op in &d.ops {
+        if let HeaderOp::Set { name, value } = op {
+            let strict = name == "authorization";
+            if !(is_header_name(name) || name.starts_with(':'))
+                || !field_value(value)
+                || (strict && !is_header_value(value))
+            {
+                return Err(format!(
+                    "set a bad header {name:?} (value of {} bytes)",
+                    value.len()
+                ));
+            }
+            if name == "x-wsgate-cluster" && !crate::route::is_dns_label(value) {
+                return Err(format!(
+                    "routed to a cluster that is not a DNS label: {value:?}"
+                ));
+            }
+        }
+    }
+    if let Action::Reply(r) = &d.action {
+        let tokens = headers
+            .iter()
+            .filter(|(n, _)| n == "sec-websocket-protocol")
+            .flat_map(|(_, v)| v.split(','))
+            .filter_map(|e| e.trim().strip_prefix(BEARER_PROTOCOL_PREFIX))
+            .filter(|t| t.len() >= 4);
+        for t in tokens {
+            if r.body.contains(t) || r.headers.iter().any(|(_, v)| v.contains(t)) {
+                return Err("a reply echoes a subprotocol token".into());
+            }
+        }
+        if !(400..=599).contains(&r.status) {
+            return Err(format!("a local reply with status {}", r.status));
+        }
+    }
+    Ok(())
+}
+
+/// An RFC 9110 field value as Envoy's codecs accept it: no control characters except HTAB.
+fn field_value(v: &str) -> bool {
+    !v.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
+}
+
+/// Any bytes as a `pluginConfig`: parsing either fails with a message or yields a policy whose
+/// summary can be printed; it never panics.
+pub fn check_config(data: &[u8]) -> Result<(), String> {
+    match Policy::from_json(data) {
+        Ok(p) => {
+            let _ = p.summary();
+            Ok(())
+        }
+        Err(e) if e.to_string().is_empty() => Err("a config error without a message".into()),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Any bytes as a WebSocket frame from a client (typed framing) and from a server: data is the
+/// frame minus its type byte, pings and latency reports have their exact sizes, and the frames
+/// the client and server build decode back to what was put in.
+pub fn check_framing(data: &[u8]) -> Result<(), String> {
+    match decode(Framing::Typed, data) {
+        Ok(Inbound::Data(d)) if data.first() != Some(&0) || d != &data[1..] => {
+            return Err("data frame misread".into())
+        }
+        Ok(Inbound::Ping(p)) if p.len() != 5 || p != data => {
+            return Err("ping frame misread".into())
+        }
+        Ok(Inbound::Latency(_)) if data.len() != 9 => return Err("latency frame misread".into()),
+        _ => {}
+    }
+    if decode(Framing::Raw, data) != Ok(Inbound::Data(data)) {
+        return Err("raw framing changed the bytes".into());
+    }
+    let _ = decode_from_server(data);
+    let id = data
+        .iter()
+        .take(4)
+        .fold(0u32, |a, b| a << 8 | u32::from(*b));
+    if decode_from_server(&ping_frame(id)) != Ok(FromServer::Pong(id)) {
+        return Err("ping frame does not round-trip".into());
+    }
+    let ms = data
+        .iter()
+        .take(8)
+        .fold(0u64, |a, b| a << 8 | u64::from(*b));
+    if decode(Framing::Typed, &latency_frame(ms)) != Ok(Inbound::Latency(ms)) {
+        return Err("latency frame does not round-trip".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base64::{decode_raw_url, encode_raw_url};
+
+    #[test]
+    fn reference_base64_agrees_on_known_inputs() {
+        for s in [
+            "", "YQ", "YWI", "YWJj", "Y", "YW=", "a+b", "YW\r\nJj", "_-_-", "AAAAA",
+        ] {
+            assert_eq!(reference_base64(s), decode_raw_url(s), "{s:?}");
+        }
+        assert_eq!(
+            reference_base64(&encode_raw_url(b"token\x01")).unwrap(),
+            b"token\x01"
+        );
+    }
+
+    #[test]
+    fn checks_pass_on_ordinary_inputs() {
+        let entry = format!("{BEARER_PROTOCOL_PREFIX}{}", encode_raw_url(b"abc"));
+        check_token(format!("{entry}, v4.channel.k8s.io").as_bytes()).unwrap();
+        check_token(format!("{entry}\n{entry}").as_bytes()).unwrap();
+        let req = format!("127.0.0.1\n:method: GET\n:path: /kubernetes-pod-ssh-proxy?cluster_name=prod\nupgrade: websocket\nconnection: upgrade\nsec-websocket-protocol: {entry}, x");
+        check_decide(req.as_bytes()).unwrap();
+        check_config(DECIDE_POLICY.as_bytes()).unwrap();
+        check_config(b"{\"routes\": 7}").unwrap();
+        check_framing(&[1, 0, 0, 0, 9]).unwrap();
+        check_framing(&[]).unwrap();
+    }
+}
