@@ -175,6 +175,7 @@ pub async fn proxy(a: ProxyArgs) -> Result<(), ClientError> {
     let opts = Options {
         ping_interval: a.ping_interval,
         chunk: 64 * 1024,
+        read_size: 256 * 1024,
     };
     let mut current = endpoint;
     let mut extra: Vec<(String, String)> = Vec::new();

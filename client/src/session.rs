@@ -33,8 +33,11 @@ pub enum End {
 pub struct Options {
     /// SkyPilot pings (typed) or WebSocket pings (raw), for keepalive and latency.
     pub ping_interval: Duration,
-    /// Read size from stdin, i.e. the largest frame we send.
+    /// The largest frame we send (servers limit frame sizes; the sidecar's default is 64 KiB).
     pub chunk: usize,
+    /// Read size from stdin: what one read returns is sent as frames of `chunk` bytes with one
+    /// flush, so a busy stream costs fewer syscalls and wake-ups on both sides.
+    pub read_size: usize,
 }
 
 /// Unanswered pings remembered at most (SkyPilot's client uses the same bound).
@@ -99,10 +102,7 @@ where
     tracing::debug!(?framing, "framing chosen from the server's first frame");
 
     let hdr = framing.header_len();
-    let mut buf = vec![0u8; hdr + opts.chunk];
-    if hdr == 1 {
-        buf[0] = TYPE_DATA;
-    }
+    let mut buf = vec![0u8; opts.read_size.max(1)];
     let start = Instant::now();
     let mut ticker = tokio::time::interval_at(start + opts.ping_interval, opts.ping_interval);
     let mut next_id: u32 = 0;
@@ -113,15 +113,24 @@ where
 
     loop {
         tokio::select! {
-            r = stdin.read(&mut buf[hdr..]), if !stdin_done => match r {
+            r = stdin.read(&mut buf), if !stdin_done => match r {
                 Ok(0) | Err(_) => {
                     stdin_done = true;
                     let _ = ws.send(done_frame()).await;
                     linger.as_mut().reset(Instant::now() + Duration::from_secs(2));
                 }
                 Ok(n) => {
-                    let frame = Message::Binary(Bytes::copy_from_slice(&buf[..hdr + n]));
-                    if let Err(e) = ws.send(frame).await {
+                    for piece in buf[..n].chunks(opts.chunk.max(1)) {
+                        let mut frame = Vec::with_capacity(hdr + piece.len());
+                        if hdr == 1 {
+                            frame.push(TYPE_DATA);
+                        }
+                        frame.extend_from_slice(piece);
+                        if let Err(e) = ws.feed(Message::Binary(Bytes::from(frame))).await {
+                            return Err(ClientError::Protocol(format!("sending to the server failed: {e}")));
+                        }
+                    }
+                    if let Err(e) = ws.flush().await {
                         return Err(ClientError::Protocol(format!("sending to the server failed: {e}")));
                     }
                 }
@@ -273,6 +282,7 @@ mod tests {
         Options {
             ping_interval: Duration::from_secs(10),
             chunk: 1024,
+            read_size: 4096,
         }
     }
 

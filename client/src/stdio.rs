@@ -27,6 +27,7 @@ fn pollable(fd: BorrowedFd<'_>) -> Option<Pollable> {
     let kind = file.metadata().ok()?.file_type();
     if std::os::unix::fs::FileTypeExt::is_fifo(&kind) {
         // `pipe::{Receiver, Sender}::from_file` set O_NONBLOCK themselves.
+        grow_pipe(&file);
         return Some(Pollable::Pipe(file));
     }
     if std::os::unix::fs::FileTypeExt::is_socket(&kind) {
@@ -37,6 +38,15 @@ fn pollable(fd: BorrowedFd<'_>) -> Option<Pollable> {
             .map(Pollable::Socket);
     }
     None
+}
+
+/// Asks for a 1 MiB pipe buffer (Linux's default is 64 KiB): ssh can then hand over more per
+/// write and we take more per read, so a bulk transfer wakes both processes less often. Best
+/// effort: the kernel may refuse (`/proc/sys/fs/pipe-max-size`), and the pipe works either way.
+fn grow_pipe(f: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_SETPIPE_SZ on a descriptor we own; no memory is passed to the kernel.
+    let _ = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
 }
 
 fn input(fd: BorrowedFd<'_>) -> Option<Input> {
