@@ -138,6 +138,11 @@ pub struct Args {
     #[arg(long, env = "WSGATE_MAX_FRAME_SIZE", default_value_t = 65536)]
     pub max_frame_size: usize,
 
+    /// Per-session WebSocket read buffer (bytes): what an idle session costs in memory, against
+    /// how many reads a busy one needs (a larger frame still arrives whole, in several reads).
+    #[arg(long, env = "WSGATE_WS_READ_BUFFER", default_value_t = 32 * 1024)]
+    pub ws_read_buffer: usize,
+
     /// Server WebSocket pings every this long (0 disables).
     #[arg(long, env = "WSGATE_PING_INTERVAL", default_value = "20s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
@@ -264,6 +269,9 @@ impl Args {
         if self.max_frame_size < 1024 || self.max_frame_size > 16 << 20 {
             return Err(flag("max-frame-size", "must be between 1024 and 16777216"));
         }
+        if self.ws_read_buffer < 4096 || self.ws_read_buffer > 16 << 20 {
+            return Err(flag("ws-read-buffer", "must be between 4096 and 16777216"));
+        }
         if self.max_sessions == 0 || self.max_sessions_per_user == 0 {
             return Err(flag("max-sessions", "must be at least 1"));
         }
@@ -378,6 +386,7 @@ impl Args {
                     idle_timeout: nonzero(self.idle_timeout),
                     max_age: nonzero(self.max_session_age),
                 },
+                ws_read_buffer: self.ws_read_buffer,
                 handshake_timeout: self.handshake_timeout,
                 connect_timeout: self.connect_timeout,
                 shutdown_grace: self.shutdown_grace,

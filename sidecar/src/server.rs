@@ -46,6 +46,10 @@ pub struct Settings {
     pub max_sessions_per_user: usize,
     /// Framing is decided per session; the rest applies to all.
     pub bridge: BridgeConfig,
+    /// The WebSocket layer's read buffer per session. tungstenite zero-fills it on the first
+    /// read, so it is what every idle session costs; its own default (128 KiB) made an idle
+    /// session cost ~150 KiB, 32 KiB ~50 KiB (`make bench`).
+    pub ws_read_buffer: usize,
     /// From request to upgrade (authentication, lookup, connect).
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
@@ -362,19 +366,12 @@ impl Observer for SessionObserver {
     }
 }
 
-/// The WebSocket layer's read buffer. tungstenite zero-fills it up to this size on the first
-/// read, so it is what every idle session costs; its default (128 KiB) made an idle session
-/// cost ~150 KiB. 32 KiB still takes an SSH packet (≤ 32 KiB) in one read; larger frames get
-/// their full length reserved and arrive in a few reads (`make bench`: ~50 KiB per idle
-/// session, bulk throughput unchanged within the noise).
-const WS_READ_BUFFER: usize = 32 * 1024;
-
 fn start_session(st: Arc<AppState>, ready: Ready, ws: WebSocketUpgrade) -> Response {
     let max = st.sidecar.settings.bridge.max_frame + 16;
     let mut ws = ws
         .max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(WS_READ_BUFFER);
+        .read_buffer_size(st.sidecar.settings.ws_read_buffer);
     if let Some(p) = ready.echo_protocol.clone() {
         ws = ws.protocols([p]);
     }
