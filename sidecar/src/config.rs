@@ -151,6 +151,10 @@ pub struct Args {
     #[arg(long, env = "WSGATE_MAX_MISSED_PONGS", default_value_t = 3)]
     pub max_missed_pongs: u32,
 
+    /// From connection to a complete request head; slower clients are disconnected (slowloris).
+    #[arg(long, env = "WSGATE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
     /// From request to upgrade: authentication, target lookup and connect.
     #[arg(long, env = "WSGATE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
@@ -387,6 +391,7 @@ impl Args {
                     max_age: nonzero(self.max_session_age),
                 },
                 ws_read_buffer: self.ws_read_buffer,
+                header_read_timeout: self.header_read_timeout,
                 handshake_timeout: self.handshake_timeout,
                 connect_timeout: self.connect_timeout,
                 shutdown_grace: self.shutdown_grace,

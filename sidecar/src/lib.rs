@@ -16,6 +16,7 @@ pub mod authz;
 pub mod bridge;
 pub mod config;
 pub mod error;
+pub mod headtimeout;
 pub mod kube;
 pub mod metrics;
 pub mod server;

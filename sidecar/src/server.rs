@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::headtimeout::HeadTimeoutListener;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -50,6 +50,8 @@ pub struct Settings {
     /// read, so it is what every idle session costs; its own default (128 KiB) made an idle
     /// session cost ~150 KiB, 32 KiB ~50 KiB (`make bench`).
     pub ws_read_buffer: usize,
+    /// From connection to a complete request head (`crate::headtimeout`).
+    pub header_read_timeout: Duration,
     /// From request to upgrade (authentication, lookup, connect).
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
@@ -112,9 +114,7 @@ pub async fn run(
         .with_graceful_shutdown(admin_stop.clone().cancelled_owned());
     let admin_task = tokio::spawn(async move { admin_serve.await });
     let drain_state = Arc::clone(&st);
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let listener = HeadTimeoutListener::new(listener, st.sidecar.settings.header_read_timeout);
     axum::serve(listener, router(Arc::clone(&st)))
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -192,6 +192,45 @@ def test_oversized_frame_closes_1009(workdir, sshd):
 
 
 
+def test_slowloris_heads_are_cut_and_their_fds_freed(workdir, sshd):
+    """Connections that trickle a request head (or send nothing) are closed after
+    --header-read-timeout, and the sidecar's open fds return to where they were; a real session
+    opened meanwhile is unaffected, also past the timeout."""
+    args = standard_args(workdir, f"127.0.0.1:{sshd.port}", "--header-read-timeout", "1s")
+    with Sidecar(workdir / "slowloris", args) as sc:
+        fds = lambda: len(os.listdir(f"/proc/{sc.proc.pid}/fd"))  # noqa: E731
+        before = fds()
+        with connect(sky_url(sc.port), additional_headers={"Authorization": f"Bearer {ALICE}"},
+                     open_timeout=10) as ws:
+            ws.recv(timeout=10)  # sshd's banner
+            slow = []
+            for i in range(20):
+                s = socket.create_connection(("127.0.0.1", sc.port))
+                if i % 2:
+                    s.sendall(b"GET /ssh/prod HTTP/1.1\r\nHost: x\r\n")  # never the blank line
+                slow.append(s)
+            time.sleep(0.3)
+            assert fds() >= before + 20
+            t0 = time.monotonic()
+            for s in slow:
+                s.settimeout(5)
+                try:
+                    while s.recv(1024):
+                        pass
+                except ConnectionResetError:
+                    pass
+                s.close()
+            assert time.monotonic() - t0 < 4
+            time.sleep(0.2)
+            # The session, older than the head timeout by now, still carries bytes.
+            ws.send(b"\x00SSH-2.0-bench\r\n")
+            ws.recv(timeout=10)
+        deadline = time.monotonic() + 5
+        while fds() > before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert fds() <= before
+
+
 def test_sessions_listing_and_metrics(sidecar):
     with connect(sky_url(sidecar.port), additional_headers={"Authorization": f"Bearer {ALICE}"}, open_timeout=10) as ws:
         ws.recv(timeout=10)
