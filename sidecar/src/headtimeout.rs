@@ -163,9 +163,9 @@ mod tests {
             .await
             .unwrap();
         let mut buf = [0u8; 64];
-        conn.read(&mut buf).await.unwrap();
+        assert_eq!(conn.read(&mut buf).await.unwrap(), 27);
         client.write_all(b"\n").await.unwrap();
-        conn.read(&mut buf).await.unwrap();
+        assert_eq!(conn.read(&mut buf).await.unwrap(), 1);
         // A WebSocket session idle for an hour afterwards is not cut.
         tokio::time::sleep(Duration::from_secs(3600)).await;
         client.write_all(b"frame").await.unwrap();
