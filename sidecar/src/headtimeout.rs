@@ -163,7 +163,7 @@ mod tests {
             .await
             .unwrap();
         let mut buf = [0u8; 64];
-        assert_eq!(conn.read(&mut buf).await.unwrap(), 27);
+        assert_eq!(conn.read(&mut buf).await.unwrap(), 26);
         client.write_all(b"\n").await.unwrap();
         assert_eq!(conn.read(&mut buf).await.unwrap(), 1);
         // A WebSocket session idle for an hour afterwards is not cut.
