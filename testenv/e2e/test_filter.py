@@ -153,6 +153,85 @@ def test_bare_prefix_passes_unchanged(gateway, backend, tls):
     assert header(rec, "authorization") == []
 
 
+# --- Hostile input (issue 7) ------------------------------------------------------------------
+
+
+def test_dozens_of_protocol_lines_and_a_long_entry(gateway, backend, tls):
+    """40 `Sec-WebSocket-Protocol` lines, one of them a 6 KB entry, the token on line 20: every
+    line is scanned, the token is rewritten, nothing else is lost or reordered."""
+    tok, tid = new_token(), new_id()
+    others = [f"p{i}.example" for i in range(40)]
+    others[7] = "x" * 6000
+    lines = others[:20] + [bearer_entry(tok)] + others[20:]
+    r = raw_request(gateway.ports["tls"], "/many", upgrade_headers(tid, *lines), tls_context=tls.client_context())
+    assert r.status == 101
+    rec = backend.find(tid)
+    assert header(rec, "authorization") == [f"Bearer {tok}"]
+    assert header(rec, "sec-websocket-protocol") == [",".join(others)]
+
+
+@pytest.mark.parametrize(
+    "case, make_lines, extra, status, reason",
+    [
+        ("NUL after decoding", lambda t: [f"{bearer_entry(t + chr(0))}, v4.channel.k8s.io"], [], 400, "control_characters"),
+        ("LF after decoding", lambda t: [f"{bearer_entry(chr(10) + t)}, v4.channel.k8s.io"], [], 400, "control_characters"),
+        ("Authorization twice", lambda t: [f"{bearer_entry(t)}, v4.channel.k8s.io"],
+         [("Authorization", "Bearer a"), ("Authorization", "Bearer b")], 400, "authorization_conflict"),
+        ("token in two lines' entries", lambda t: [f"v4.channel.k8s.io, {bearer_entry(t)}", f"{bearer_entry(t)}"], [], 400, "multiple_tokens"),
+    ],
+)
+def test_hostile_token_inputs(gateway, backend, tls, case, make_lines, extra, status, reason):
+    """The documented answer; the request never reaches the backend; the token is not echoed."""
+    tok, tid = new_token(), new_id()
+    r = raw_request(gateway.ports["tls"], "/api/v1/exec", upgrade_headers(tid, *make_lines(tok)) + extra,
+                    tls_context=tls.client_context())
+    assert (r.status, r.json()["reason"]) == (status, reason), case
+    assert tok.encode() not in r.body and not any(tok in v for v in r.headers.values())
+    assert backend.find(tid, timeout=0.5) is None
+
+
+def test_mixed_case_prefix_is_not_a_token(gateway, backend, tls):
+    """The apiserver's prefix match is case-sensitive: `Base64url.Bearer…` is an ordinary
+    subprotocol, forwarded as sent, and no Authorization is made from it."""
+    tok, tid = new_token(), new_id()
+    entry = bearer_entry(tok).replace("base64url.bearer", "Base64url.Bearer")
+    r = raw_request(gateway.ports["tls"], "/x", upgrade_headers(tid, f"{entry}, v4.channel.k8s.io"),
+                    tls_context=tls.client_context())
+    assert r.status == 101
+    rec = backend.find(tid)
+    assert header(rec, "authorization") == []
+    assert header(rec, "sec-websocket-protocol") == [f"{entry}, v4.channel.k8s.io"]
+
+
+@pytest.mark.parametrize(
+    "path, status, reason",
+    [
+        ("/kubernetes-pod-ssh-proxy?cluster_name=a%2Fb", 400, "invalid_cluster"),
+        ("/kubernetes-pod-ssh-proxy?cluster_name=prod%00", 400, "invalid_cluster"),
+        ("/kubernetes-pod-ssh-proxy?cluster_name=PROD", 400, "invalid_cluster"),
+        ("/kubernetes-pod-ssh-proxy?cluster_name=prod&cluster_name=prod", 400, "ambiguous_cluster"),
+    ],
+)
+def test_hostile_cluster_names(gateway, backend, tls, path, status, reason):
+    """Encoded separators, NUL, upper case and repeats: refused by the filter, never forwarded."""
+    tid = new_id()
+    r = raw_request(gateway.ports["tls"], path, upgrade_headers(tid), tls_context=tls.client_context())
+    assert (r.status, r.json()["reason"]) == (status, reason)
+    assert backend.find(tid, timeout=0.5) is None
+
+
+def test_dot_segments_cannot_escape_the_routing_pattern(gateway, backend, tls):
+    """Envoy normalises `..` and `//` before the filter sees the path (Istio's default), so
+    `/c/../c/dev//api` is routed as `/c/dev/api`: the cluster is the validated `dev`, and the
+    backend never sees a client-chosen routing header."""
+    tid = new_id()
+    r = raw_request(gateway.ports["tls"], "/c/../c/dev//api", upgrade_headers(tid) + [("x-wsgate-cluster", "prod")],
+                    tls_context=tls.client_context())
+    assert r.status == 101
+    rec = backend.find(tid)
+    assert header(rec, "x-wsgate-cluster") == ["dev"]
+
+
 # --- Redirect guard --------------------------------------------------------------------------
 
 
