@@ -127,6 +127,25 @@ def test_skypilot_framing_pings_echoed_latency_recorded(sidecar):
     assert sidecar.metric("wsgate_client_latency_seconds_count") == before + 1
 
 
+def test_endless_pings_neither_grow_memory_nor_stall_the_session(sidecar):
+    """20 000 SkyPilot ping frames and 2 000 WebSocket pings as fast as the client can send
+    them: every SkyPilot ping is echoed in order, the sidecar's RSS stays within a few MB, and
+    the session still carries SSH bytes afterwards."""
+    with connect(sky_url(sidecar.port), additional_headers={"Authorization": f"Bearer {ALICE}"},
+                 open_timeout=10, max_queue=None) as ws:
+        assert ws.recv(timeout=10)[:1] == b"\x00"
+        rss0 = sidecar.rss_kib()
+        for i in range(2000):
+            ws.ping(struct.pack("!I", i))
+        for i in range(20000):
+            ws.send(struct.pack("!BI", 1, i))
+        for i in range(20000):
+            assert ws.recv(timeout=10) == struct.pack("!BI", 1, i)
+        assert sidecar.rss_kib() - rss0 < 8 * 1024
+        ws.send(b"\x00SSH-2.0-e2e\r\n")
+        assert ws.recv(timeout=10)[:1] == b"\x00"
+
+
 def test_subprotocol_token_works_without_a_gateway(sidecar):
     """No gateway in front: the Kubernetes subprotocol token is accepted (the core's parser)
     and another offered subprotocol is echoed."""
