@@ -185,6 +185,41 @@ def test_refusals_are_plain_http_with_a_json_reason(sidecar, path, token, status
     assert sidecar.metric(f'wsgate_handshake_failures_total{{reason="{reason}"}}') == before + 1
 
 
+def test_unauthenticated_flood_is_refused_and_leaves_nothing_behind(sidecar, sshd):
+    """400 handshakes with wrong tokens from 16 threads: every one a 401 and none becomes a
+    session (so none reaches sshd), a real session opened during the flood works, and the
+    sidecar's fds come back."""
+    fds = lambda: len(os.listdir(f"/proc/{sidecar.proc.pid}/fd"))  # noqa: E731
+    before = fds()
+    failures_before = sidecar.metric('wsgate_handshake_failures_total{reason="invalid_credentials"}')
+    sessions_before = sidecar.metric("wsgate_sessions_total")
+    statuses: list[int] = []
+
+    def flood() -> None:
+        for _ in range(25):
+            try:
+                with connect(sky_url(sidecar.port), additional_headers={"Authorization": "Bearer sky_nope"},
+                             open_timeout=10):
+                    statuses.append(101)
+            except InvalidStatus as e:
+                statuses.append(e.response.status_code)
+
+    threads = [threading.Thread(target=flood) for _ in range(16)]
+    for t in threads:
+        t.start()
+    with connect(sky_url(sidecar.port), additional_headers={"Authorization": f"Bearer {ALICE}"}, open_timeout=10) as ws:
+        assert ws.recv(timeout=10).startswith(b"\x00SSH-2.0-")
+    for t in threads:
+        t.join(60)
+    assert statuses == [401] * 400
+    assert sidecar.metric("wsgate_sessions_total") - sessions_before == 1
+    assert sidecar.metric('wsgate_handshake_failures_total{reason="invalid_credentials"}') - failures_before == 400
+    deadline = time.monotonic() + 5
+    while fds() > before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert fds() <= before
+
+
 def test_target_down_is_502_before_the_upgrade(workdir):
     closed = free_port()
     with Sidecar(workdir / "down", standard_args(workdir, f"127.0.0.1:{closed}")) as sc:
