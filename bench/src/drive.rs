@@ -135,16 +135,23 @@ fn random_block(len: usize) -> Vec<u8> {
         .collect()
 }
 
-pub async fn random_to_stdout(bytes: u64) -> anyhow::Result<()> {
-    let block = random_block(1 << 20);
-    let mut out = tokio::io::stdout();
+/// Writes `bytes` bytes taken over and over from `block`, then flushes.
+async fn write_repeated<W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    block: &[u8],
+    bytes: u64,
+) -> std::io::Result<()> {
     let mut left = bytes;
     while left > 0 {
         let n = left.min(block.len() as u64) as usize;
-        out.write_all(&block[..n]).await?;
+        w.write_all(&block[..n]).await?;
         left -= n as u64;
     }
-    out.flush().await?;
+    w.flush().await
+}
+
+pub async fn random_to_stdout(bytes: u64) -> anyhow::Result<()> {
+    write_repeated(&mut tokio::io::stdout(), &random_block(1 << 20), bytes).await?;
     Ok(())
 }
 
@@ -153,15 +160,9 @@ pub async fn push(via: &Via, bytes: u64) -> anyhow::Result<serde_json::Value> {
     let mut p = open(via).await?;
     let start = Instant::now();
     p.io.write_all(&header(PUSH, bytes)).await?;
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(block.len() as u64) as usize;
-        p.io.write_all(&block[..n])
-            .await
-            .context("path closed while pushing")?;
-        left -= n as u64;
-    }
-    p.io.flush().await?;
+    write_repeated(&mut p.io, &block, bytes)
+        .await
+        .context("path closed while pushing")?;
     let mut ack = [0u8; 8];
     p.io.read_exact(&mut ack)
         .await

@@ -199,7 +199,7 @@ pub fn decide(
             .any(|pre| path_has_prefix(path_only, pre));
         let trusted = on_path
             && (view.source)().is_some_and(|ip| p.trusted_cidrs.iter().any(|c| c.contains(ip)));
-        if trusted && on_path {
+        if trusted {
             d.ops.push(set("x-forwarded-proto", "https"));
             d.outcomes.push(Outcome::PlaintextAllowed);
             still_plaintext = false;
