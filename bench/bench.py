@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "testenv"))
 
 from testbed.certs import make_tls  # noqa: E402
-from testbed.envoy import WASM, Gateway, _wasm_filter, free_port  # noqa: E402
+from testbed.envoy import WASM, Gateway, free_port, wasm_filter  # noqa: E402
+from testbed.procfs import cpu_seconds, status_kib  # noqa: E402
 from testbed.sidecar import ALICE, Sidecar, standard_args  # noqa: E402
 from testbed.sshd import Sshd  # noqa: E402
 from testbed.wsgate import WSGATE, proxy_command  # noqa: E402
@@ -47,7 +48,6 @@ BENCH = Path(os.environ.get("WSGATE_BENCH", ROOT / "target" / "release" / "wsgat
 TOOLS = ROOT / "bench" / ".tools"
 WEBSOCAT = {"1": TOOLS / "websocat-1" / "bin" / "websocat", "4": TOOLS / "websocat-4" / "bin" / "websocat"}
 PY = sys.executable
-TICK = os.sysconf("SC_CLK_TCK")
 TOKEN_PREFIX = "base64url.bearer.authorization.k8s.io."
 NOOP_WASM = ROOT / "target" / "wasm32-wasip1" / "wasm-release" / "wsgate_noop_filter.wasm"
 
@@ -75,19 +75,6 @@ class Sizes:
 
 
 # --- processes -------------------------------------------------------------------------------
-
-
-def proc_status(pid: int, key: str) -> int:
-    """A `/proc/<pid>/status` field in KiB (VmRSS, VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
 def children_cpu() -> float:
@@ -159,12 +146,12 @@ def bridge(work: Path, s: Sizes, res: dict) -> str:
             print(f"bench: {exe} missing (bench/setup.sh installs it); skipping websocat {v}.x", file=sys.stderr)
             continue
         port = free_port()
+        # The client is the same in both versions; the server syntax changed in 4.x.
         if v == "1":
             srv = [str(exe), "-b", "-E", f"ws-l:127.0.0.1:{port}", f"tcp:{taddr}"]
-            cli = [str(exe), "-b", f"ws://127.0.0.1:{port}/"]
         else:
             srv = [str(exe), "-b", "-s", f"127.0.0.1:{port}", f"tcp:{taddr}"]
-            cli = [str(exe), "-b", f"ws://127.0.0.1:{port}/"]
+        cli = [str(exe), "-b", f"ws://127.0.0.1:{port}/"]
         name = f"websocat {v}.x → websocat {v}.x"
         servers[name] = subprocess.Popen(srv, stdout=subprocess.DEVNULL, stderr=open(work / f"websocat{v}.log", "ab"))
         clients[name] = ["--", *cli]
@@ -200,7 +187,7 @@ def bridge(work: Path, s: Sizes, res: dict) -> str:
             r.p99.append(pp["p99_us"])
             r.first_ms.append(pp["first_echo_ms"])
             if srv:
-                r.server_hwm = proc_status(srv.pid, "VmHWM")
+                r.server_hwm = status_kib(srv.pid, "VmHWM")
             print(f"bridge round {rnd + 1}/{s.rounds} {name}: {push['mb_per_s']:.0f} MB/s, "
                   f"p50 {pp['p50_us']:.0f} µs", file=sys.stderr, flush=True)
     for p in [*servers.values(), target]:
@@ -334,12 +321,8 @@ def lua_filter() -> dict:
 
 
 def noop_filter() -> dict:
-    """The wsgate filter's Envoy config with the no-op module (bench/noop-filter) instead."""
-    f = _wasm_filter("{}")
-    f["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(NOOP_WASM)
-    f["typed_config"]["config"]["vm_config"]["vm_id"] = "noop"
-    f["typed_config"]["config"]["root_id"] = "noop"
-    return f
+    """The Wasm filter with the no-op module (bench/noop-filter) in place of wsgate's."""
+    return wasm_filter("{}", NOOP_WASM, "noop")
 
 
 def envoy_filter(work: Path, s: Sizes, res: dict) -> str:

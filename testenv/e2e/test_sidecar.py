@@ -189,8 +189,7 @@ def test_unauthenticated_flood_is_refused_and_leaves_nothing_behind(sidecar, ssh
     """400 handshakes with wrong tokens from 16 threads: every one a 401 and none becomes a
     session (so none reaches sshd), a real session opened during the flood works, and the
     sidecar's fds come back."""
-    fds = lambda: len(os.listdir(f"/proc/{sidecar.proc.pid}/fd"))  # noqa: E731
-    before = fds()
+    before = sidecar.open_fds()
     failures_before = sidecar.metric('wsgate_handshake_failures_total{reason="invalid_credentials"}')
     sessions_before = sidecar.metric("wsgate_sessions_total")
     statuses: list[int] = []
@@ -214,10 +213,7 @@ def test_unauthenticated_flood_is_refused_and_leaves_nothing_behind(sidecar, ssh
     assert statuses == [401] * 400
     assert sidecar.metric("wsgate_sessions_total") - sessions_before == 1
     assert sidecar.metric('wsgate_handshake_failures_total{reason="invalid_credentials"}') - failures_before == 400
-    deadline = time.monotonic() + 5
-    while fds() > before and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert fds() <= before
+    assert sidecar.wait_open_fds(before) <= before
 
 
 def test_target_down_is_502_before_the_upgrade(workdir):
@@ -252,8 +248,7 @@ def test_slowloris_heads_are_cut_and_their_fds_freed(workdir, sshd):
     opened meanwhile is unaffected, also past the timeout."""
     args = standard_args(workdir, f"127.0.0.1:{sshd.port}", "--header-read-timeout", "1s")
     with Sidecar(workdir / "slowloris", args) as sc:
-        fds = lambda: len(os.listdir(f"/proc/{sc.proc.pid}/fd"))  # noqa: E731
-        before = fds()
+        before = sc.open_fds()
         with connect(sky_url(sc.port), additional_headers={"Authorization": f"Bearer {ALICE}"},
                      open_timeout=10) as ws:
             ws.recv(timeout=10)  # sshd's banner
@@ -264,7 +259,7 @@ def test_slowloris_heads_are_cut_and_their_fds_freed(workdir, sshd):
                     s.sendall(b"GET /ssh/prod HTTP/1.1\r\nHost: x\r\n")  # never the blank line
                 slow.append(s)
             time.sleep(0.3)
-            assert fds() >= before + 20
+            assert sc.open_fds() >= before + 20
             t0 = time.monotonic()
             for s in slow:
                 s.settimeout(5)
@@ -279,10 +274,7 @@ def test_slowloris_heads_are_cut_and_their_fds_freed(workdir, sshd):
             # The session, older than the head timeout by now, still carries bytes.
             ws.send(b"\x00SSH-2.0-bench\r\n")
             ws.recv(timeout=10)
-        deadline = time.monotonic() + 5
-        while fds() > before and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert fds() <= before
+        assert sc.wait_open_fds(before) <= before
 
 
 def test_sessions_listing_and_metrics(sidecar):

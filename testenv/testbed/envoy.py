@@ -32,28 +32,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .certs import Tls
+from .procfs import status_kib
 
 ROOT = Path(__file__).resolve().parents[2]
 ENVOY = Path(os.environ.get("WSGATE_ENVOY", ROOT / ".venv" / "bin" / "envoy"))
 WASM = Path(os.environ.get("WSGATE_WASM", ROOT / "target" / "wsgate-filter.wasm"))
 
 
-def _wasm_filter(plugin_config: str) -> dict:
+def wasm_filter(plugin_config: str, module: Path | None = None, vm_id: str = "wsgate") -> dict:
+    """The Wasm HTTP filter running `module` (the benchmarks also load a no-op module)."""
     return {
         "name": "envoy.filters.http.wasm",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {
                 "name": "wsgate",
-                "root_id": "wsgate",
+                "root_id": vm_id,
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
                     "value": plugin_config,
                 },
                 "vm_config": {
                     "runtime": "envoy.wasm.runtime.v8",
-                    "vm_id": "wsgate",
-                    "code": {"local": {"filename": str(WASM)}},
+                    "vm_id": vm_id,
+                    "code": {"local": {"filename": str(module or WASM)}},
                 },
                 "failure_policy": "FAIL_CLOSED",
             },
@@ -151,7 +153,7 @@ def bootstrap(plugin_config: str, backend_port: int, tls: Tls, tls_port: int = 0
     """`http_filters` replaces the wsgate filter (the benchmarks compare none and Lua);
     `require_tls=False` drops the plaintext port's 301 so plain requests reach the backend;
     `quiet` drops the access log (benchmarks)."""
-    filters = [_wasm_filter(plugin_config)] if http_filters is None else http_filters
+    filters = [wasm_filter(plugin_config)] if http_filters is None else http_filters
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
@@ -295,10 +297,7 @@ class Gateway:
         return out
 
     def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
+        return status_kib(self.proc.pid, "VmRSS")
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -11,6 +11,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .procfs import open_fds, status_kib
 from .sshd import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,10 +123,17 @@ class Sidecar:
         return 0.0
 
     def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
+        return status_kib(self.proc.pid, "VmRSS")
+
+    def open_fds(self) -> int:
+        return open_fds(self.proc.pid)
+
+    def wait_open_fds(self, at_most: int, timeout: float = 5.0) -> int:
+        """The open fd count once it is at most `at_most`, or after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while self.open_fds() > at_most and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self.open_fds()
 
     def terminate(self) -> None:
         if self.proc and self.proc.poll() is None:
