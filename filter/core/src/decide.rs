@@ -71,8 +71,6 @@ pub struct Decision {
     pub action: Action,
     /// Applied in order when the action is `Continue`.
     pub ops: Vec<HeaderOp>,
-    /// Any header change may change the route: the glue clears the cache explicitly too.
-    pub clear_route_cache: bool,
     /// Kept for the response when the request is an upgrade.
     pub memo: Option<UpgradeMemo>,
     /// One counter increment each.
@@ -80,11 +78,18 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Continue with no header change, no counter and nothing kept for the response.
+    pub fn changes_nothing(&self) -> bool {
+        self.action == Action::Continue
+            && self.ops.is_empty()
+            && self.outcomes.is_empty()
+            && self.memo.is_none()
+    }
+
     fn reply(mut self, r: Rejection, outcome: Outcome) -> Decision {
         self.outcomes.push(outcome);
         self.action = Action::Reply(r.to_reply());
         self.ops.clear();
-        self.clear_route_cache = false;
         self
     }
 }
@@ -116,7 +121,6 @@ pub fn decide(
     let mut d = Decision {
         action: Action::Continue,
         ops: Vec::new(),
-        clear_route_cache: false,
         memo: None,
         outcomes: Vec::new(),
     };
@@ -215,7 +219,6 @@ pub fn decide(
         d.outcomes.push(Outcome::H2KeyAdded);
     }
 
-    d.clear_route_cache = !d.ops.is_empty();
     d.memo = kind.map(|kind| UpgradeMemo {
         kind,
         plaintext: still_plaintext,
@@ -225,18 +228,34 @@ pub fn decide(
     d
 }
 
+/// Whether [`decide`] is certain to leave a request alone (continue, no header change, no
+/// counter, no memo): it has no `upgrade` header, no client-sent routing header, and no route
+/// matches its path. Everything else `decide` does applies to upgrades only.
+///
+/// The glue asks this first, with single-header host calls, because fetching every header is
+/// a host call that copies the whole map into the module: on the ordinary requests a gateway
+/// mostly carries, that copy was most of the filter's cost.
+pub fn leaves_alone(path: &str, has_header: &dyn Fn(&str) -> bool, policy: &Policy) -> bool {
+    !has_header("upgrade")
+        && !policy.routing_headers.iter().any(|n| has_header(n))
+        && route(&policy.routes, path).is_none()
+}
+
 /// The response-side redirect guard: an upgrade answered with a redirect gets a 426 naming the
-/// URL to use. Plain requests never reach here (the glue keeps no memo for them).
+/// URL to use. Plain requests never reach here (the glue keeps no memo for them). `location` is
+/// a host call in the glue, so it is asked for only when the status is a redirect.
 pub fn decide_response(
     memo: &UpgradeMemo,
     status: u32,
-    location: Option<&str>,
+    location: impl FnOnce() -> Option<String>,
     policy: &Policy,
 ) -> Option<LocalReply> {
     if !matches!(status, 301 | 302 | 303 | 307 | 308) {
         return None;
     }
-    let url = upgrade_url(memo, location, policy.guard.https_port).filter(|u| is_header_value(u));
+    let location = location();
+    let url = upgrade_url(memo, location.as_deref(), policy.guard.https_port)
+        .filter(|u| is_header_value(u));
     Some(Rejection::UpgradeRedirected { status, url }.to_reply())
 }
 
@@ -599,7 +618,6 @@ mod tests {
                 allowed,
                 "{name}"
             );
-            assert_eq!(d.clear_route_cache, allowed, "{name}");
         }
         // A plain GET is never let through, whatever its source.
         let get = hdrs(&[(":path", path), ("x-forwarded-proto", "http")]);
@@ -609,6 +627,50 @@ mod tests {
         assert!(run(&headers, "HTTP/1.1", "10.2.3.4", &Policy::default())
             .ops
             .is_empty());
+    }
+
+    #[test]
+    fn requests_left_alone_are_exactly_those_decide_does_not_touch() {
+        let p = policy(
+            r#"{"routes": [
+              {"name": "sky", "prefix": "/kubernetes-pod-ssh-proxy", "clusterQueryParam": "cluster_name"},
+              {"name": "ui", "pattern": "/c/{cluster}"}
+            ]}"#,
+        );
+        let cases: &[(&str, Vec<(String, String)>, bool)] = &[
+            ("plain GET", hdrs(&[(":path", "/api/v1/pods")]), true),
+            ("no path at all", hdrs(&[(":method", "GET")]), true),
+            (
+                "routed prefix",
+                hdrs(&[(":path", "/kubernetes-pod-ssh-proxy?cluster_name=a")]),
+                false,
+            ),
+            ("routed pattern", hdrs(&[(":path", "/c/prod/x")]), false),
+            (
+                "forged routing header",
+                hdrs(&[(":path", "/"), ("x-wsgate-cluster", "prod")]),
+                false,
+            ),
+            ("WebSocket upgrade", ws(&[(":path", "/")]), false),
+            (
+                "empty upgrade header",
+                hdrs(&[(":path", "/"), ("upgrade", "")]),
+                false,
+            ),
+        ];
+        for (name, h, want) in cases {
+            let view = Headers(h);
+            let path = view.first(":path").unwrap_or("/");
+            let alone = leaves_alone(path, &|n| view.has(n), &p);
+            assert_eq!(alone, *want, "{name}");
+            let d = run(h, "HTTP/1.1", "10.0.0.1", &p);
+            if alone {
+                assert!(
+                    d.changes_nothing(),
+                    "{name}: left alone but decide changed it: {d:?}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -631,7 +693,6 @@ mod tests {
             &p,
         );
         assert_eq!(op_value(&d, "x-wsgate-cluster"), Some("prod"));
-        assert!(d.clear_route_cache);
         assert!(d.outcomes.contains(&Outcome::Routed));
 
         let d = run(
@@ -831,7 +892,18 @@ mod tests {
             ),
         ];
         for (name, m, st, loc, pol, want) in cases {
-            let got = decide_response(&m, st, loc, pol);
+            let mut asked = false;
+            let got = decide_response(
+                &m,
+                st,
+                || {
+                    asked = true;
+                    loc.map(String::from)
+                },
+                pol,
+            );
+            // `Location` is a host call: only a redirect may ask for it.
+            assert_eq!(asked, got.is_some(), "{name}: location asked");
             match want {
                 None => assert!(got.is_none(), "{name}"),
                 Some(url) => {

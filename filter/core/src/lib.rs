@@ -31,7 +31,9 @@ pub mod token;
 pub mod upgrade;
 
 pub use config::{ConfigError, Policy};
-pub use decide::{decide, decide_response, Action, Decision, HeaderOp, RequestView, UpgradeMemo};
+pub use decide::{
+    decide, decide_response, leaves_alone, Action, Decision, HeaderOp, RequestView, UpgradeMemo,
+};
 pub use outcome::Outcome;
 pub use reply::{LocalReply, Rejection};
 

@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 
 use crate::config::Policy;
-use crate::decide::{decide, Action, HeaderOp, RequestView};
+use crate::decide::{decide, leaves_alone, Action, HeaderOp, RequestView};
 use crate::framing::{
     decode, decode_from_server, latency_frame, ping_frame, Framing, FromServer, Inbound,
 };
@@ -168,6 +168,13 @@ pub fn check_decide(data: &[u8]) -> Result<(), String> {
         source: &source,
     };
     let d = decide(&view, &policy, &mut || [1u8; 16]);
+    let h = Headers(&headers);
+    if leaves_alone(h.first(":path").unwrap_or("/"), &|n| h.has(n), &policy) && !d.changes_nothing()
+    {
+        return Err(format!(
+            "the glue would skip a request decide changes: {d:?}"
+        ));
+    }
     for op in &d.ops {
         if let HeaderOp::Set { name, value } = op {
             let strict = name == "authorization";

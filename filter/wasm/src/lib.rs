@@ -13,8 +13,8 @@ use proxy_wasm::types::{Action as WasmAction, ContextType, LogLevel, MetricType}
 use wsgate_core::cidr::parse_source_ip;
 use wsgate_core::headers::Headers;
 use wsgate_core::{
-    decide, decide_response, Action, HeaderOp, LocalReply, Outcome, Policy, RequestView,
-    UpgradeMemo,
+    decide, decide_response, leaves_alone, Action, HeaderOp, LocalReply, Outcome, Policy,
+    RequestView, UpgradeMemo,
 };
 
 const GIT_HASH: &str = env!("WSGATE_GIT_HASH");
@@ -137,6 +137,13 @@ impl Context for Request {}
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> WasmAction {
+        // Most requests through a gateway are neither upgrades nor routed: a few single-header
+        // host calls settle that without copying every header into the module.
+        let path = self.get_http_request_header(":path");
+        let has_header = |name: &str| self.get_http_request_header(name).is_some();
+        if leaves_alone(path.as_deref().unwrap_or("/"), &has_header, &self.policy) {
+            return WasmAction::Continue;
+        }
         let headers = self.get_http_request_headers();
         // Properties are host calls: fetched only if the core asks (upgrade requests).
         let protocol = || self.property(&["request", "protocol"]).unwrap_or_default();
@@ -183,11 +190,6 @@ impl HttpContext for Request {
                         HeaderOp::Remove { name } => self.set_http_request_header(name, None),
                     }
                 }
-                if decision.clear_route_cache {
-                    // Header changes already clear it on Envoy; the explicit call covers hosts
-                    // that do not, and is simply absent (an error we ignore) elsewhere.
-                    let _ = self.call_foreign_function("clear_route_cache", None);
-                }
                 self.memo = decision.memo;
                 WasmAction::Continue
             }
@@ -208,8 +210,8 @@ impl HttpContext for Request {
         else {
             return WasmAction::Continue;
         };
-        let location = self.get_http_response_header("location");
-        match decide_response(memo, status, location.as_deref(), &self.policy) {
+        let location = || self.get_http_response_header("location");
+        match decide_response(memo, status, location, &self.policy) {
             Some(reply) => {
                 self.count(Outcome::RedirectGuarded);
                 debug!("wsgate-filter: upgrade answered with {status}; replying 426");
