@@ -637,7 +637,8 @@ mod tests {
               {"name": "ui", "pattern": "/c/{cluster}"}
             ]}"#,
         );
-        let cases: &[(&str, Vec<(String, String)>, bool)] = &[
+        type Case = (&'static str, Vec<(String, String)>, bool);
+        let cases: &[Case] = &[
             ("plain GET", hdrs(&[(":path", "/api/v1/pods")]), true),
             ("no path at all", hdrs(&[(":method", "GET")]), true),
             (
