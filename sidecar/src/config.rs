@@ -12,7 +12,7 @@ use clap::{Parser, ValueEnum};
 use crate::auth::{Authenticator, NoAuth, StaticTokens};
 use crate::authz::{All, AllowAll, Authorizer, StaticPolicy};
 use crate::bridge::BridgeConfig;
-use crate::kube::{AccessReviewer, PodResolver, TokenReviewer};
+use crate::kube::{AccessReviewer, KubeApi, PodResolver, TokenReviewer};
 use crate::server::{Settings, Sidecar};
 use crate::target::{FixedTarget, TargetResolver};
 use wsgate_core::framing::Framing;
@@ -52,6 +52,11 @@ pub struct Args {
     /// Central mode: the namespace of the pods (default: the client's default namespace).
     #[arg(long, env = "WSGATE_KUBE_NAMESPACE")]
     pub kube_namespace: Option<String>,
+
+    /// The longest one Kubernetes API call (TokenReview, SubjectAccessReview, pod list) may
+    /// take; past it the handshake is refused with 503 (fail closed, never a hang).
+    #[arg(long, env = "WSGATE_KUBE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub kube_timeout: Duration,
 
     /// Central mode: the SSH port on the pods.
     #[arg(long, env = "WSGATE_KUBE_PORT", default_value_t = 22)]
@@ -302,11 +307,12 @@ impl Args {
         let needs_kube =
             self.auth == AuthMode::TokenReview || self.authz_sar || self.kube_selector.is_some();
         let kube = if needs_kube {
-            Some(
-                ::kube::Client::try_default()
+            Some(KubeApi {
+                client: ::kube::Client::try_default()
                     .await
                     .map_err(|e| ConfigError::Kube(e.to_string()))?,
-            )
+                timeout: self.kube_timeout,
+            })
         } else {
             None
         };
@@ -343,7 +349,7 @@ impl Args {
         }
         if self.authz_sar {
             authorizers.push(Box::new(AccessReviewer {
-                client: kube
+                api: kube
                     .clone()
                     .ok_or_else(|| ConfigError::Kube("not created".into()))?,
                 verb: self.authz_sar_verb.clone(),
@@ -357,12 +363,12 @@ impl Args {
             _ => Arc::new(All(authorizers)),
         };
         let resolver: Arc<dyn TargetResolver> = match (&self.kube_selector, kube) {
-            (Some(selector), Some(client)) => Arc::new(PodResolver {
+            (Some(selector), Some(api)) => Arc::new(PodResolver {
                 namespace: self
                     .kube_namespace
                     .clone()
-                    .unwrap_or_else(|| client.default_namespace().to_string()),
-                client,
+                    .unwrap_or_else(|| api.client.default_namespace().to_string()),
+                api,
                 selector_template: selector.clone(),
                 head_label,
                 port: self.kube_port,

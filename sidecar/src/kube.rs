@@ -1,10 +1,12 @@
 //! Kubernetes backends (kube-rs): `TokenReview` authentication, `SubjectAccessReview`
 //! authorization, and central mode's pod lookup — implementations of the sidecar's traits.
 //!
-//! All three fail closed: an unreachable API server is a 503, never a pass. Tests script the
-//! API server's replies with `tower-test` (no cluster here) and check each request sent.
+//! All three fail closed: an unreachable, failing or silent API server is a 503, never a pass,
+//! and never a wait longer than `--kube-timeout`. Tests script the API server's replies with
+//! `tower-test` (no cluster here) and check each request sent.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -31,23 +33,58 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(2);
 /// Cache entries at most; past it expired entries go, then everything (never unbounded).
 const CACHE_MAX: usize = 10_000;
 
-/// Creates a (cluster-scoped) review object; an API failure is a 503, never a pass.
-async fn create_review<K>(client: &Client, review: &K, what: &str) -> Result<K, Reject>
-where
-    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::Serialize
-        + serde::de::DeserializeOwned,
-    K::DynamicType: Default,
-{
-    Api::<K>::all(client.clone())
-        .create(&PostParams::default(), review)
+/// The API server's client and how long one call may take. kube-rs sets no response timeout,
+/// and an API server that accepts connections but never answers would otherwise hold every
+/// handshake (and its fds) open for as long as the client cares to wait.
+#[derive(Clone)]
+pub struct KubeApi {
+    pub client: Client,
+    pub timeout: Duration,
+}
+
+impl KubeApi {
+    /// One API call, bounded by `timeout`. A failure is logged (the error never holds a token)
+    /// and becomes `unavailable`: a 503, never a pass.
+    async fn call<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = Result<T, kube::Error>>,
+        unavailable: Reject,
+    ) -> Result<T, Reject> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                warn!(error = %e, "{what} failed");
+                Err(unavailable)
+            }
+            Err(_) => {
+                warn!(
+                    timeout_ms = self.timeout.as_millis() as u64,
+                    "{what} timed out"
+                );
+                Err(unavailable)
+            }
+        }
+    }
+
+    /// Creates a (cluster-scoped) review object.
+    async fn create_review<K>(&self, review: &K, what: &str) -> Result<K, Reject>
+    where
+        K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::Serialize
+            + serde::de::DeserializeOwned,
+        K::DynamicType: Default,
+    {
+        let api = Api::<K>::all(self.client.clone());
+        self.call(
+            what,
+            api.create(&PostParams::default(), review),
+            Reject::AuthUnavailable,
+        )
         .await
-        .map_err(|e| {
-            warn!(error = %e, "{what} failed");
-            Reject::AuthUnavailable
-        })
+    }
 }
 
 /// sha256(token) → (identity, or `None` for a rejected token; when it was cached).
@@ -55,7 +92,7 @@ type ReviewCache = HashMap<[u8; 32], (Option<Identity>, Instant)>;
 
 /// Authenticates bearer tokens with a `TokenReview`, caching results briefly.
 pub struct TokenReviewer {
-    client: Client,
+    api: KubeApi,
     /// When set, the review must say the token was meant for one of these.
     audiences: Vec<String>,
     ttl: Duration,
@@ -64,9 +101,9 @@ pub struct TokenReviewer {
 }
 
 impl TokenReviewer {
-    pub fn new(client: Client, audiences: Vec<String>, ttl: Duration) -> TokenReviewer {
+    pub fn new(api: KubeApi, audiences: Vec<String>, ttl: Duration) -> TokenReviewer {
         TokenReviewer {
-            client,
+            api,
             audiences,
             ttl,
             cache: Mutex::new(HashMap::new()),
@@ -105,7 +142,7 @@ impl TokenReviewer {
             },
             ..TokenReview::default()
         };
-        let reply = create_review(&self.client, &review, "TokenReview").await?;
+        let reply = self.api.create_review(&review, "TokenReview").await?;
         let Some(status) = reply.status else {
             return Ok(None);
         };
@@ -153,7 +190,7 @@ impl Authenticator for TokenReviewer {
 
 /// Asks the API server whether the user may `verb` the cluster (as a resource name).
 pub struct AccessReviewer {
-    pub client: Client,
+    pub api: KubeApi,
     pub verb: String,
     pub group: String,
     pub resource: String,
@@ -179,7 +216,10 @@ impl Authorizer for AccessReviewer {
             },
             ..SubjectAccessReview::default()
         };
-        let reply = create_review(&self.client, &review, "SubjectAccessReview").await?;
+        let reply = self
+            .api
+            .create_review(&review, "SubjectAccessReview")
+            .await?;
         match reply.status {
             Some(s) if s.allowed && s.denied != Some(true) => Ok(()),
             _ => Err(Reject::Forbidden),
@@ -197,7 +237,7 @@ impl Authorizer for AccessReviewer {
 /// Central mode: a cluster is the set of pods matching a label selector template; worker 0 is
 /// the head, worker n the n-th of the others in a stable (natural name) order.
 pub struct PodResolver {
-    pub client: Client,
+    pub api: KubeApi,
     pub namespace: String,
     /// e.g. `skypilot-cluster-name={cluster}`; the cluster is a validated RFC 1123 label, so
     /// it cannot change the selector's meaning.
@@ -252,14 +292,15 @@ impl PodResolver {
 impl TargetResolver for PodResolver {
     async fn resolve(&self, cluster: &str, worker: u32) -> Result<String, Reject> {
         let selector = self.selector_template.replace("{cluster}", cluster);
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
-        let pods = api
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| {
-                warn!(error = %e, selector, "pod lookup failed");
-                Reject::ResolverUnavailable
-            })?
+        let pods: Api<Pod> = Api::namespaced(self.api.client.clone(), &self.namespace);
+        let pods = self
+            .api
+            .call(
+                &format!("pod lookup ({selector})"),
+                pods.list(&ListParams::default().labels(&selector)),
+                Reject::ResolverUnavailable,
+            )
+            .await?
             .items;
         if pods.is_empty() {
             return Err(Reject::UnknownCluster);
@@ -300,9 +341,13 @@ mod tests {
 
     type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
-    fn mock() -> (Client, Handle) {
+    fn mock() -> (KubeApi, Handle) {
         let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        (Client::new(svc, "default"), handle)
+        let api = KubeApi {
+            client: Client::new(svc, "default"),
+            timeout: Duration::from_secs(5),
+        };
+        (api, handle)
     }
 
     /// Answers the next request after checking it; returns its JSON body.
@@ -338,8 +383,8 @@ mod tests {
 
     #[tokio::test]
     async fn token_review_accepts_caches_and_checks_audiences() {
-        let (client, mut h) = mock();
-        let tr = TokenReviewer::new(client, vec!["wsgate".into()], Duration::from_secs(60));
+        let (api, mut h) = mock();
+        let tr = TokenReviewer::new(api, vec!["wsgate".into()], Duration::from_secs(60));
         let server = async {
             let sent = answer(
                 &mut h,
@@ -399,8 +444,8 @@ mod tests {
 
     #[tokio::test]
     async fn token_review_fails_closed_and_positive_cache_expires() {
-        let (client, mut h) = mock();
-        let tr = TokenReviewer::new(client, vec![], Duration::from_millis(50));
+        let (api, mut h) = mock();
+        let tr = TokenReviewer::new(api, vec![], Duration::from_millis(50));
         let server = async {
             let ok = json!({"status": {"authenticated": true, "user": {"username": "alice"}}});
             let sent = answer(
@@ -428,11 +473,44 @@ mod tests {
         tokio::join!(server, client);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_api_server_is_a_503_after_the_timeout_not_a_hang() {
+        let (mut api, mut h) = mock();
+        api.timeout = Duration::from_secs(3);
+        let tr = TokenReviewer::new(api.clone(), vec![], Duration::from_secs(60));
+        let pods = PodResolver {
+            api,
+            namespace: "ns".into(),
+            selector_template: "c={cluster}".into(),
+            head_label: None,
+            port: 22,
+        };
+        // The API server takes each request and never answers (held until the test ends).
+        let server = async {
+            let first = h.next_request().await.expect("a review");
+            let second = h.next_request().await.expect("a pod list");
+            (first, second)
+        };
+        let client = async {
+            let started = tokio::time::Instant::now();
+            assert_eq!(
+                tr.authenticate(Some(&token("t"))).await,
+                Err(Reject::AuthUnavailable)
+            );
+            assert_eq!(
+                pods.resolve("prod", 0).await,
+                Err(Reject::ResolverUnavailable)
+            );
+            assert_eq!(started.elapsed(), Duration::from_secs(6));
+        };
+        let (_held, ()) = tokio::join!(server, client);
+    }
+
     #[tokio::test]
     async fn subject_access_review_asks_for_the_cluster() {
-        let (client, mut h) = mock();
+        let (api, mut h) = mock();
         let sar = AccessReviewer {
-            client,
+            api,
             verb: "ssh".into(),
             group: "wsgate.io".into(),
             resource: "clusters".into(),
@@ -499,9 +577,9 @@ mod tests {
 
     #[tokio::test]
     async fn pods_resolve_head_and_workers_in_natural_order() {
-        let (client, mut h) = mock();
+        let (api, mut h) = mock();
         let r = PodResolver {
-            client,
+            api,
             namespace: "skypilot".into(),
             selector_template: "skypilot-cluster-name={cluster}".into(),
             head_label: Some(("ray-node-type".into(), "head".into())),
