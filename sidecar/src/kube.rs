@@ -33,9 +33,10 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(2);
 /// Cache entries at most; past it expired entries go, then everything (never unbounded).
 const CACHE_MAX: usize = 10_000;
 
-/// The API server's client and how long one call may take. kube-rs sets no response timeout,
-/// and an API server that accepts connections but never answers would otherwise hold every
-/// handshake (and its fds) open for as long as the client cares to wait.
+/// The API server's client and how long one call may take. kube-rs sets no response timeout:
+/// without this, an API server that accepts connections but never answers held each handshake
+/// until `--handshake-timeout` cut it as a 504 that named nothing; now it is the documented 503
+/// (`auth_unavailable` / `resolver_unavailable`) with a log line naming the call.
 #[derive(Clone)]
 pub struct KubeApi {
     pub client: Client,

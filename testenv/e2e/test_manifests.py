@@ -17,7 +17,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from clients import bearer_entry
-from testbed.envoy import Gateway, bootstrap
+from testbed.envoy import Gateway, listeners
 
 ISTIO = Path(__file__).resolve().parents[2] / "istio"
 OVERLAYS = sorted(p.parent.name for p in (ISTIO / "overlays").glob("*/kustomization.yaml"))
@@ -55,10 +55,9 @@ def test_test_bed_envoy_matches_what_istio_generates(tls):
     `if server.Tls != nil && server.Tls.HttpsRedirect { vHost.RequireTls = route.VirtualHost_ALL }`),
     puts `use_remote_address: true` on gateway listeners, allows websocket upgrades, and the
     EnvoyFilter in istio/base adds spdy/3.1. The test bed must look the same."""
-    b = bootstrap("{}", 1, tls)
-    listeners = {l["name"]: l for l in b["static_resources"]["listeners"]}
+    by_name = {l["name"]: l for l in listeners("{}", tls)}
     for name, redirect in (("plaintext", True), ("tls", False)):
-        hcm = listeners[name]["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm = by_name[name]["filter_chains"][0]["filters"][0]["typed_config"]
         vhost = hcm["route_config"]["virtual_hosts"][0]
         assert (vhost.get("require_tls") == "ALL") is redirect
         assert hcm["use_remote_address"] is True

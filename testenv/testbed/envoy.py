@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .certs import Tls
-from .procfs import status_kib
+from .procfs import open_fds, status_kib
 
 ROOT = Path(__file__).resolve().parents[2]
 ENVOY = Path(os.environ.get("WSGATE_ENVOY", ROOT / ".venv" / "bin" / "envoy"))
@@ -148,19 +148,25 @@ def _listener(name: str, filters: list[dict], tls: Tls | None, port: int = 0, re
     return listener
 
 
-def bootstrap(plugin_config: str, backend_port: int, tls: Tls, tls_port: int = 0,
-              http_filters: list[dict] | None = None, require_tls: bool = True, quiet: bool = False) -> dict:
+def listeners(plugin_config: str, tls: Tls, tls_port: int = 0, plaintext_port: int = 0,
+              http_filters: list[dict] | None = None, require_tls: bool = True, quiet: bool = False) -> list[dict]:
     """`http_filters` replaces the wsgate filter (the benchmarks compare none and Lua);
     `require_tls=False` drops the plaintext port's 301 so plain requests reach the backend;
     `quiet` drops the access log (benchmarks)."""
     filters = [wasm_filter(plugin_config)] if http_filters is None else http_filters
-    return {
+    return [
+        _listener("plaintext", filters, None, plaintext_port, require_tls=require_tls, access_log=not quiet),
+        _listener("tls", filters, tls, tls_port, access_log=not quiet),
+    ]
+
+
+def bootstrap(backend_port: int, static_listeners: list[dict] | None, listeners_file: Path | None = None) -> dict:
+    """Listeners either in the bootstrap or, with `listeners_file`, from a file Envoy watches
+    (LDS from a path: what the reload tests use, as istiod's pushes would be)."""
+    out = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
-            "listeners": [
-                _listener("plaintext", filters, None, require_tls=require_tls, access_log=not quiet),
-                _listener("tls", filters, tls, tls_port, access_log=not quiet),
-            ],
+            "listeners": static_listeners or [],
             "clusters": [
                 {
                     "name": "backend",
@@ -189,6 +195,12 @@ def bootstrap(plugin_config: str, backend_port: int, tls: Tls, tls_port: int = 0
             ],
         },
     }
+    if listeners_file is not None:
+        out["node"] = {"id": "wsgate-testbed", "cluster": "wsgate-testbed"}  # xDS requires both
+        out["dynamic_resources"] = {
+            "lds_config": {"path_config_source": {"path": str(listeners_file)}, "resource_api_version": "V3"},
+        }
+    return out
 
 
 def free_port() -> int:
@@ -223,6 +235,15 @@ class Gateway:
     require_tls: bool = True
     # True: no access log, warnings only (benchmarks: logging every request is not what is measured).
     quiet: bool = False
+    # True: listeners come from a watched file, so `reload()` can push a new filter configuration
+    # while Envoy runs (ports are then fixed up front: a reload must not move them).
+    dynamic: bool = False
+    # How long a listener replaced by a reload keeps its connections (dynamic gateways).
+    drain_seconds: int = 2
+    # Fixed by `start()` for dynamic gateways; 0: the kernel picks.
+    plaintext_port: int = 0
+    # The listener file's version_info, raised on every reload.
+    version: int = 0
     proc: subprocess.Popen | None = None
     admin: str = ""
     ports: dict[str, int] = field(default_factory=dict)
@@ -241,8 +262,13 @@ class Gateway:
             raise RuntimeError(f"{WASM} missing: run `make filter` (make test does)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         cfg = self.workdir / "bootstrap.json"
-        cfg.write_text(json.dumps(bootstrap(self.plugin_config, self.backend_port, self.tls, self.tls_port,
-                                             self.http_filters, self.require_tls, self.quiet), indent=1))
+        if self.dynamic:
+            self.tls_port = self.tls_port or free_port()
+            self.plaintext_port = self.plaintext_port or free_port()
+            self._write_listeners()
+            cfg.write_text(json.dumps(bootstrap(self.backend_port, None, self.listeners_file), indent=1))
+        else:
+            cfg.write_text(json.dumps(bootstrap(self.backend_port, self._listeners()), indent=1))
         admin_file = self.workdir / "admin-address"
         admin_file.unlink(missing_ok=True)
         log = open(self.log_path, "wb")
@@ -251,6 +277,8 @@ class Gateway:
                 str(ENVOY),
                 "-c", str(cfg),
                 "--disable-hot-restart",
+                # Listeners replaced by a reload drain this long, then close (Istio: 45 s).
+                *(["--drain-time-s", str(self.drain_seconds)] if self.dynamic else []),
                 "--concurrency", "2",
                 "--base-id", str(secrets.randbelow(1 << 30)),
                 "--admin-address-path", str(admin_file),
@@ -277,6 +305,52 @@ class Gateway:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"envoy not ready after {timeout}s; log:\n{self.log()}")
+
+    @property
+    def listeners_file(self) -> Path:
+        return self.workdir / "listeners.json"
+
+    def _listeners(self) -> list[dict]:
+        return listeners(self.plugin_config, self.tls, self.tls_port, self.plaintext_port,
+                         self.http_filters, self.require_tls, self.quiet)
+
+    def _write_listeners(self) -> None:
+        """Envoy watches the file's directory and reads it when it is moved into place."""
+        self.version += 1
+        typed = [{"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", **l} for l in self._listeners()]
+        tmp = self.workdir / "listeners.json.tmp"
+        tmp.write_text(json.dumps({"version_info": str(self.version), "resources": typed}, indent=1))
+        os.replace(tmp, self.listeners_file)
+
+    def stat(self, name: str) -> int:
+        """One of Envoy's own counters or gauges (0 if absent)."""
+        for line in self.get(f"/stats?filter=^{name}$").splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        return 0
+
+    def reload(self, plugin_config: str, timeout: float = 20.0) -> bool:
+        """Pushes `plugin_config` to the running Envoy (dynamic gateways only) and waits for the
+        verdict: True once the new listeners serve, False when Envoy rejected the update."""
+        if not self.dynamic:
+            raise RuntimeError("reload() needs Gateway(dynamic=True)")
+        ok0 = self.stat("listener_manager.lds.update_success")
+        bad0 = self.stat("listener_manager.lds.update_rejected")
+        self.plugin_config = plugin_config
+        self._write_listeners()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.stat("listener_manager.lds.update_rejected") > bad0:
+                return False
+            if (self.stat("listener_manager.lds.update_success") > ok0
+                    and self.stat("listener_manager.total_listeners_warming") == 0):
+                return True
+            time.sleep(0.1)
+        raise RuntimeError(f"envoy neither accepted nor rejected the listener update in {timeout}s")
+
+    def open_fds(self) -> int:
+        return open_fds(self.proc.pid)
 
     def _read_ports(self) -> None:
         listeners = json.loads(self.get("/listeners?format=json"))

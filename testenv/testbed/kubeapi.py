@@ -65,16 +65,23 @@ class KubeApiStub:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def write_kubeconfig(self, path: Path, namespace: str) -> Path:
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "stub",
-            "clusters": [{"name": "stub", "cluster": {"server": f"http://127.0.0.1:{self.port}"}}],
-            "users": [{"name": "sidecar", "user": {"token": "sidecar-service-account-token"}}],
-            "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": "sidecar", "namespace": namespace}}],
-        }))
-        return path
+        return write_kubeconfig(path, self.port, namespace)
 
     def close(self) -> None:
+        """Stops answering and closes the port: from now on connections are refused."""
         self.server.shutdown()
+        self.server.server_close()
+
+
+def write_kubeconfig(path: Path, port: int, namespace: str) -> Path:
+    """A kubeconfig for the API server at 127.0.0.1:`port` (plain HTTP: kube-rs accepts it)."""
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "stub",
+        "clusters": [{"name": "stub", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "sidecar", "user": {"token": "sidecar-service-account-token"}}],
+        "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": "sidecar", "namespace": namespace}}],
+    }))
+    return path
 
 
 def pod(name: str, ip: str, head: bool, ready: bool = True) -> dict:
