@@ -11,7 +11,7 @@ WASM_OPT_FLAGS := -Oz --converge --strip-debug --strip-producers --strip-target-
 	--enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 	--enable-mutable-globals --enable-multivalue --enable-reference-types
 
-.PHONY: setup filter sidecar client bench-tool demo bench fuzz images e2e-kind kind-down test unit e2e lint fmt clean
+.PHONY: setup filter sidecar client bench-tool demo bench soak fuzz images e2e-kind kind-down test unit e2e lint fmt clean
 
 ## setup: install what a fresh machine lacks (idempotent)
 setup:
@@ -49,6 +49,11 @@ demo: filter sidecar client
 bench: filter sidecar client bench-tool
 	@bash bench/setup.sh
 	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) bench/bench.py
+
+## soak: SOAK_SESSIONS (8) concurrent ssh sessions through Envoy + filter + sidecar for
+## SOAK_SECONDS (180), every byte hashed at both ends, sidecar RSS and fds watched
+soak: filter sidecar client
+	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) testenv/soak.py
 
 ## fuzz: each fuzz target of the filter core and the framing for FUZZ_SECS (default 60) on the
 ## nightly toolchain; new corpus entries land in filter/core/fuzz/corpus (commit them)
