@@ -92,6 +92,11 @@ class H2Result:
     status: int
     headers: dict[str, str]
     echoed: bytes | None
+    # A refusal's body (the JSON reason), read to the end of the stream.
+    body: bytes = b""
+
+    def json(self):
+        return json.loads(self.body)
 
 
 def h2_websocket(
@@ -145,20 +150,21 @@ def h2_websocket(
                 if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
                     headers = dict(ev.headers)
                     status = int(headers[":status"])
-                    if status != 200:
-                        return H2Result(status, headers, None)
-                    conn.send_data(sid, _ws_frame(message))
+                    if status == 200:
+                        conn.send_data(sid, _ws_frame(message))
                 elif isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid:
                     conn.acknowledge_received_data(ev.flow_controlled_length, sid)
                     buf += ev.data
+                    if status != 200:
+                        continue
                     if len(buf) >= 2 and len(buf) >= 2 + (buf[1] & 0x7F):
                         n = buf[1] & 0x7F
                         echoed = buf[2 : 2 + n]
                         return H2Result(status, headers, echoed)
                 elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
-                    return H2Result(status, headers, echoed)
+                    return H2Result(status, headers, echoed, buf if status != 200 else b"")
             s.sendall(conn.data_to_send())
-        return H2Result(status, headers, echoed)
+        return H2Result(status, headers, echoed, buf if status != 200 else b"")
     finally:
         s.close()
 

@@ -430,6 +430,47 @@ def test_h2_websocket_gets_a_key_and_reaches_a_strict_backend(gateway, backend, 
     assert c.delta("wsgate_h2_keys_added_total") == 1
 
 
+H2_PROTOCOL = "sec-websocket-protocol"
+
+
+@pytest.mark.parametrize(
+    "case, path, make_extra, status, reason",
+    [
+        ("NUL after decoding", "/api/v1/exec",
+         lambda t: [(H2_PROTOCOL, f"{bearer_entry(t + chr(0))}, v4.channel.k8s.io")], 400, "control_characters"),
+        ("two tokens", "/api/v1/exec",
+         lambda t: [(H2_PROTOCOL, f"{bearer_entry(t)}, {bearer_entry(t + 'x')}, v4.channel.k8s.io")], 400, "multiple_tokens"),
+        ("Authorization already present", "/api/v1/exec",
+         lambda t: [(H2_PROTOCOL, f"{bearer_entry(t)}, v4.channel.k8s.io"), ("authorization", "Bearer someone-else")],
+         400, "authorization_conflict"),
+        ("encoded dots as the cluster", "/kubernetes-pod-ssh-proxy?cluster_name=%2e%2e", lambda t: [], 400, "invalid_cluster"),
+        ("host:port as the cluster", "/kubernetes-pod-ssh-proxy?cluster_name=10.0.0.1:22", lambda t: [], 400, "invalid_cluster"),
+        ("the cluster twice", "/kubernetes-pod-ssh-proxy?cluster_name=prod&cluster_name=dev", lambda t: [], 400, "ambiguous_cluster"),
+    ],
+)
+def test_hostile_input_over_h2_gets_the_same_answers(gateway, backend, tls, case, path, make_extra, status, reason):
+    """RFC 8441 upgrades carry the same headers in another shape: each hostile case gets the
+    HTTP/1.1 answer, the backend never sees the request, and the token is not echoed."""
+    tok, tid = new_token(), new_id()
+    res = h2_websocket(gateway.ports["tls"], tls.client_context(alpn=["h2"]), path,
+                       [("x-test-id", tid), *make_extra(tok)])
+    assert (res.status, res.json()["reason"]) == (status, reason), case
+    assert tok.encode() not in res.body and not any(tok in v for v in res.headers.values())
+    assert backend.find(tid, timeout=0.5) is None
+
+
+def test_h2_client_cannot_forge_the_routing_header(gateway, backend, tls):
+    """Over HTTP/2 too, the cluster the backend sees is the validated one from the query."""
+    tid = new_id()
+    res = h2_websocket(gateway.ports["tls"], tls.client_context(alpn=["h2"]),
+                       "/kubernetes-pod-ssh-proxy?cluster_name=prod&worker=0",
+                       [("x-test-id", tid), ("x-wsgate-cluster", "dev")])
+    assert res.status == 200, res
+    rec = backend.find(tid)
+    assert header(rec, "x-wsgate-cluster") == ["prod"]
+    assert header(rec, "x-testbed-route") == ["cluster-route"]
+
+
 # --- Configuration ---------------------------------------------------------------------------
 
 

@@ -185,6 +185,51 @@ def test_refusals_are_plain_http_with_a_json_reason(sidecar, path, token, status
     assert sidecar.metric(f'wsgate_handshake_failures_total{{reason="{reason}"}}') == before + 1
 
 
+SKY = "/kubernetes-pod-ssh-proxy?"
+
+
+@pytest.mark.parametrize(
+    "path, status, reason",
+    [
+        (SKY + "cluster_name=%2e%2e", 400, "invalid_cluster"),
+        (SKY + "cluster_name=a.b", 400, "invalid_cluster"),
+        (SKY + "cluster_name=", 400, "invalid_cluster"),
+        (SKY + "cluster_name=prod%00", 400, "invalid_cluster"),
+        (SKY + "cluster_name=prod%0d%0ax-admin:%20yes", 400, "invalid_cluster"),
+        (SKY + "cluster_name=PROD", 400, "invalid_cluster"),
+        (SKY + "cluster_name=" + "a" * 64, 400, "invalid_cluster"),
+        (SKY + "cluster_name=prod&cluster_name=prod", 400, "bad_request"),
+        (SKY + "cluster_name=prod&cluster_name=dev", 400, "bad_request"),
+        (SKY + "cluster_name=%zz", 400, "bad_request"),
+        (SKY + "cluster_name=prod&worker=4294967296", 400, "bad_request"),
+        (SKY + "cluster_name=prod&worker=-1", 400, "bad_request"),
+        (SKY + "cluster_name=prod&worker=0x1", 400, "bad_request"),
+        ("/ssh/..", 400, "invalid_cluster"),
+        ("/ssh/%2e%2e", 400, "invalid_cluster"),
+        ("/ssh/a%2Fb", 400, "invalid_cluster"),
+        ("/ssh/10.0.0.1:22", 400, "invalid_cluster"),
+        ("/ssh/staging?cluster_name=prod", 404, "unknown_cluster"),
+        ("/ssh/%ff", 400, None),
+        ("/ssh//prod", 404, None),
+        ("/ssh/prod/extra", 404, None),
+    ],
+)
+def test_hostile_queries_and_paths_never_become_sessions(sidecar, path, status, reason):
+    """The sidecar's own parsing (reached without a gateway in front): encoded dots and
+    separators, control characters, repeats, numbers out of range, a path cluster with a
+    query cluster beside it (the path's wins). Each: the documented answer with a valid token,
+    no session, no echo of the token. `reason` None: refused by the router before our code
+    (no JSON body)."""
+    sessions = sidecar.metric("wsgate_sessions_total")
+    headers = upgrade_headers("x") + [("Authorization", f"Bearer {ALICE}")]
+    r = raw_request(sidecar.port, path, headers)
+    assert r.status == status, (path, r)
+    if reason:
+        assert r.json()["reason"] == reason
+    assert ALICE.encode() not in r.body
+    assert sidecar.metric("wsgate_sessions_total") == sessions
+
+
 def test_unauthenticated_flood_is_refused_and_leaves_nothing_behind(sidecar, sshd):
     """400 handshakes with wrong tokens from 16 threads: every one a 401 and none becomes a
     session (so none reaches sshd), a real session opened during the flood works, and the
