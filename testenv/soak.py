@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from testbed.certs import make_tls  # noqa: E402
 from testbed.envoy import Gateway  # noqa: E402
-from testbed.sidecar import ALICE, Sidecar, standard_args  # noqa: E402
+from testbed.sidecar import ALICE, NORMAL_ENDS, Sidecar, standard_args  # noqa: E402
 from testbed.sshd import Sshd  # noqa: E402
 from testbed.wsgate import proxy_command  # noqa: E402
 
@@ -133,7 +133,7 @@ def soak(work: Path, sessions: int, seconds: float, mib: int, repeat: int, rss_s
 
         ends = sc.audit("session_end")
         # Either side may hang up first once ssh is done: both are a normal end (1000).
-        odd = [e for e in ends if e.get("close_reason") not in ("client_closed", "target_closed")]
+        odd = [e for e in ends if e.get("close_reason") not in NORMAL_ENDS]
         tally.unexpected += [f"sidecar closed {e.get('close_reason')} ({e.get('close_code')})" for e in odd]
         fds_after = sc.wait_open_fds(fds_before, timeout=10)
         quarter = max(1, len(samples) // 4)

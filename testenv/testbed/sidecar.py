@@ -25,6 +25,11 @@ TOKENS = f"{ALICE} alice admins\n{BOB} bob dev\n"
 POLICY = {"rules": [{"groups": ["admins"], "clusters": ["*"]}, {"users": ["bob"], "clusters": ["dev"]}]}
 
 
+# How a session that ended normally is audited: which side closed first is a race (ssh's exit
+# closing the client's stdin, or sshd closing its connection after the command ends).
+NORMAL_ENDS = ("client_closed", "target_closed")
+
+
 def standard_args(workdir: Path, target: str, *extra: str) -> list[str]:
     """Flags for a pod-side sidecar in front of `target` with the standard identities."""
     tokens = workdir / "tokens"
