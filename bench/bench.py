@@ -130,7 +130,7 @@ class BridgeRun:
     client_hwm: list[int] = field(default_factory=list)
     p50: list[float] = field(default_factory=list)
     p99: list[float] = field(default_factory=list)
-    # The same round trips with every CPU kept busy (see `KeepCpusBusy`).
+    # The same round trips with the CPUs kept busy (see `KeepCpusBusy`).
     p50_busy: list[float] = field(default_factory=list)
     # CPU µs per round trip, both bridge processes together (server + client).
     rt_cpu_us: list[float] = field(default_factory=list)
