@@ -159,6 +159,11 @@ class KeepCpusBusy:
             p.wait()
 
 
+def server_cpu(p: subprocess.Popen | None) -> float:
+    """CPU seconds of a bridge's server so far; 0 for raw TCP, which has none."""
+    return cpu_seconds(p.pid) if p else 0.0
+
+
 def bridge(work: Path, s: Sizes, res: dict) -> str:
     target, taddr = start_announcing([str(BENCH), "target"], work / "target.log")
     servers: dict[str, subprocess.Popen | None] = {"raw TCP (no bridge)": None}
@@ -196,7 +201,7 @@ def bridge(work: Path, s: Sizes, res: dict) -> str:
     for rnd in range(s.rounds):
         for name, via in clients.items():
             srv, r = servers[name], runs[name]
-            cpu0 = cpu_seconds(srv.pid) if srv else 0.0
+            cpu0 = server_cpu(srv)
             target0, pusher0 = cpu_seconds(target.pid), children_cpu()
             push = bench_tool("push", "--bytes", str(nbytes), *via, env=env)
             gib = nbytes / (1 << 30)
@@ -204,7 +209,7 @@ def bridge(work: Path, s: Sizes, res: dict) -> str:
                 floor_recv.append((cpu_seconds(target.pid) - target0) / gib)
                 floor_send.append((children_cpu() - pusher0) / gib)
             r.mbps.append(push["mb_per_s"])
-            r.server_cpu.append((cpu_seconds(srv.pid) - cpu0) / gib if srv else 0.0)
+            r.server_cpu.append((server_cpu(srv) - cpu0) / gib)
             r.client_cpu.append(push["client_cpu_s"] / gib)
             r.client_hwm.append(push["client_peak_rss_kib"])
             if srv:
@@ -227,10 +232,9 @@ def bridge(work: Path, s: Sizes, res: dict) -> str:
         with KeepCpusBusy():
             for name, via in clients.items():
                 r, srv = runs[name], servers[name]
-                cpu0 = cpu_seconds(srv.pid) if srv else 0.0
+                cpu0 = server_cpu(srv)
                 pp = bench_tool("pingpong", "--count", str(count), *via, env=env)
-                server_s = cpu_seconds(srv.pid) - cpu0 if srv else 0.0
-                r.rt_cpu_us.append((server_s + pp["client_cpu_s"]) / count * 1e6)
+                r.rt_cpu_us.append((server_cpu(srv) - cpu0 + pp["client_cpu_s"]) / count * 1e6)
                 r.p50_busy.append(pp["p50_us"])
         print(f"ping-pong round {rnd + 1}/{pp_rounds}: " + ", ".join(
             f"{n} {r.p50[-1]:.0f}/{r.p50_busy[-1]:.0f} µs" for n, r in runs.items()), file=sys.stderr, flush=True)
@@ -256,7 +260,7 @@ def bridge(work: Path, s: Sizes, res: dict) -> str:
              f"sending it cost the pusher {med(floor_send):.2f}; a user-space bridge does both, so no bridge's server "
              f"side can go below ~{res['bridge_floor']:.2f} CPU-s/GiB here.\n")
     return table(
-        f"1. Bridge: {s.mib} MiB random bytes pushed ({s.rounds} rounds), {s.rounds * 3} × {max(1, s.pings // 3)} 64-byte round trips (no Envoy)",
+        f"1. Bridge: {s.mib} MiB random bytes pushed ({s.rounds} rounds), {pp_rounds} × {count} 64-byte round trips (no Envoy)",
         ["path", "MB/s median (min–max)", "vs raw TCP", "server CPU-s/GiB", "client CPU-s/GiB",
          "server peak RSS MB", "client peak RSS MB", "ping-pong p50 µs", "p99 µs",
          "p50 µs, CPUs kept busy", "CPU µs per round trip (busy)", "start → first echo ms"],
@@ -400,19 +404,19 @@ def envoy_filter(work: Path, s: Sizes, res: dict) -> str:
         for k, args in loads.items():
             one = k.endswith("c=1")
             n = slices if one else 1
-            for _ in range(n):
-                for name, gw in gws.items():
-                    cpu0 = cpu_seconds(gw.proc.pid)
-                    with KeepCpusBusy() if one else contextlib.nullcontext():
+            with KeepCpusBusy() if one else contextlib.nullcontext():
+                for _ in range(n):
+                    for name, gw in gws.items():
+                        cpu0 = cpu_seconds(gw.proc.pid)
                         r = bench_tool("load", "--addr", f"127.0.0.1:{gw.ports['plaintext']}",
                                        "--seconds", str(s.load_secs / n), *args)
-                    runs[name][k]["cpu_us"].append((cpu_seconds(gw.proc.pid) - cpu0) / r["requests"] * 1e6)
-                    rewrites = name.startswith(("wsgate", "Lua"))
-                    if k.startswith("upgrade") and (r["auth_seen"] == r["requests"]) != rewrites:
-                        raise SystemExit(f"bench: {name}: backend saw Authorization on {r['auth_seen']} of "
-                                         f"{r['requests']} handshakes: the token rewrite is not what it should be")
-                    runs[name][k]["rps"].append(r["rps"])
-                    runs[name][k]["p50"].append(r["p50_us"])
+                        runs[name][k]["cpu_us"].append((cpu_seconds(gw.proc.pid) - cpu0) / r["requests"] * 1e6)
+                        rewrites = name.startswith(("wsgate", "Lua"))
+                        if k.startswith("upgrade") and (r["auth_seen"] == r["requests"]) != rewrites:
+                            raise SystemExit(f"bench: {name}: backend saw Authorization on {r['auth_seen']} of "
+                                             f"{r['requests']} handshakes: the token rewrite is not what it should be")
+                        runs[name][k]["rps"].append(r["rps"])
+                        runs[name][k]["p50"].append(r["p50_us"])
         print(f"filter round {rnd + 1}/{s.rounds} done", file=sys.stderr, flush=True)
     rss = {name: gw.rss_kib() for name, gw in gws.items()}
     for gw in gws.values():

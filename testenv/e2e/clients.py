@@ -142,6 +142,11 @@ def h2_websocket(
         )
         s.sendall(conn.data_to_send())
         status, headers, echoed, buf = 0, {}, None, b""
+
+        def ended() -> H2Result:
+            # A refusal's bytes are its body; an accepted stream's are WebSocket frames.
+            return H2Result(status, headers, echoed, buf if status != 200 else b"")
+
         while True:
             data = s.recv(65536)
             if not data:
@@ -162,9 +167,9 @@ def h2_websocket(
                         echoed = buf[2 : 2 + n]
                         return H2Result(status, headers, echoed)
                 elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
-                    return H2Result(status, headers, echoed, buf if status != 200 else b"")
+                    return ended()
             s.sendall(conn.data_to_send())
-        return H2Result(status, headers, echoed, buf if status != 200 else b"")
+        return ended()
     finally:
         s.close()
 
