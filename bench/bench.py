@@ -50,6 +50,7 @@ TOOLS = ROOT / "bench" / ".tools"
 WEBSOCAT = {"1": TOOLS / "websocat-1" / "bin" / "websocat", "4": TOOLS / "websocat-4" / "bin" / "websocat"}
 PY = sys.executable
 TOKEN_PREFIX = "base64url.bearer.authorization.k8s.io."
+RELAY = "copy-only relay (no WebSocket: the ceiling)"
 NOOP_WASM = ROOT / "target" / "wasm32-wasip1" / "wasm-release" / "wsgate_noop_filter.wasm"
 
 
@@ -168,6 +169,9 @@ def bridge(work: Path, s: Sizes, res: dict) -> str:
     target, taddr = start_announcing([str(BENCH), "target"], work / "target.log")
     servers: dict[str, subprocess.Popen | None] = {"raw TCP (no bridge)": None}
     clients: dict[str, list[str]] = {"raw TCP (no bridge)": ["--connect", taddr]}
+    # The ceiling: the same four processes and copies with no WebSocket (bench/src/relay.rs).
+    servers[RELAY], raddr = start_announcing([str(BENCH), "relay-server", "--to", taddr], work / "relay.log")
+    clients[RELAY] = ["--", str(BENCH), "relay-client", "--to", raddr]
     side = Sidecar(work / "sidecar", standard_args(work, taddr)).start()
     servers["wsgate proxy → wsgate-sidecar"] = side.proc
     clients["wsgate proxy → wsgate-sidecar"] = ["--", str(WSGATE), "proxy", f"http://127.0.0.1:{side.port}", "prod"]
@@ -193,21 +197,13 @@ def bridge(work: Path, s: Sizes, res: dict) -> str:
 
     env = {"WSGATE_TOKEN": ALICE}
     runs = {name: BridgeRun() for name in clients}
-    # The machine's floor for any user-space bridge: what receiving and sending 1 GiB over
-    # loopback costs by itself (the target and the pusher, raw TCP). A bridge does both.
-    floor_recv: list[float] = []
-    floor_send: list[float] = []
     nbytes = s.mib << 20
     for rnd in range(s.rounds):
         for name, via in clients.items():
             srv, r = servers[name], runs[name]
             cpu0 = server_cpu(srv)
-            target0, pusher0 = cpu_seconds(target.pid), children_cpu()
             push = bench_tool("push", "--bytes", str(nbytes), *via, env=env)
             gib = nbytes / (1 << 30)
-            if not srv:
-                floor_recv.append((cpu_seconds(target.pid) - target0) / gib)
-                floor_send.append((children_cpu() - pusher0) / gib)
             r.mbps.append(push["mb_per_s"])
             r.server_cpu.append((server_cpu(srv) - cpu0) / gib)
             r.client_cpu.append(push["client_cpu_s"] / gib)
@@ -255,10 +251,11 @@ def bridge(work: Path, s: Sizes, res: dict) -> str:
             f"{med(r.rt_cpu_us):.0f}" if bridged else "–", f"{med(r.first_ms):.1f}",
         ])
     res["bridge"] = runs
-    res["bridge_floor"] = med(floor_recv) + med(floor_send)
-    floor = (f"\nThe machine's floor: over raw TCP, receiving 1 GiB cost the target {med(floor_recv):.2f} CPU-s and "
-             f"sending it cost the pusher {med(floor_send):.2f}; a user-space bridge does both, so no bridge's server "
-             f"side can go below ~{res['bridge_floor']:.2f} CPU-s/GiB here.\n")
+    relay = runs[RELAY]
+    floor = (f"\nThe ceiling: a relay that only copies (pipe → TCP → TCP, {med(relay.mbps):.0f} MB/s, "
+             f"{med(relay.mbps) / raw:.0%} of raw TCP, server {med(relay.server_cpu):.2f} CPU-s/GiB) is what any "
+             f"stdio bridge could reach here if its WebSocket work cost nothing: the pusher, client, server and "
+             f"target share {os.cpu_count()} CPUs and the kernel's copies.\n")
     return table(
         f"1. Bridge: {s.mib} MiB random bytes pushed ({s.rounds} rounds), {pp_rounds} × {count} 64-byte round trips (no Envoy)",
         ["path", "MB/s median (min–max)", "vs raw TCP", "server CPU-s/GiB", "client CPU-s/GiB",
@@ -518,9 +515,11 @@ def goals(res: dict) -> str:
         b = res["bridge"]
         w = b["wsgate proxy → wsgate-sidecar"]
         raw = med(b["raw TCP (no bridge)"].mbps)
-        goal("Bridge throughput", "≥ 45 % of raw TCP", f"{med(w.mbps) / raw:.0%}", med(w.mbps) / raw >= 0.45)
+        relay = b[RELAY]
+        goal("Bridge throughput", "≥ 45 % of raw TCP",
+             f"{med(w.mbps) / raw:.0%} (copy-only relay: {med(relay.mbps) / raw:.0%})", med(w.mbps) / raw >= 0.45)
         goal("Sidecar CPU per GiB", "≤ 0.3 CPU-s",
-             f"{med(w.server_cpu):.2f} (machine floor {res['bridge_floor']:.2f})", med(w.server_cpu) <= 0.3)
+             f"{med(w.server_cpu):.2f} (copy-only relay: {med(relay.server_cpu):.2f})", med(w.server_cpu) <= 0.3)
         ws1 = b.get("websocat 1.x → websocat 1.x")
         if ws1:
             goal("Bridge vs websocat 1.x", "≥ 2×", f"{med(w.mbps) / med(ws1.mbps):.1f}×", med(w.mbps) >= 2 * med(ws1.mbps))

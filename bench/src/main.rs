@@ -5,6 +5,7 @@
 
 mod drive;
 mod http;
+mod relay;
 mod sessions;
 mod target;
 
@@ -64,6 +65,18 @@ enum Cmd {
         #[arg(long)]
         bytes: u64,
     },
+    /// The copy-only ceiling's server: relays each connection to `to`, no WebSocket.
+    RelayServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        #[arg(long)]
+        to: SocketAddr,
+    },
+    /// The copy-only ceiling's stdio client: stdin → `to` → stdout, no WebSocket.
+    RelayClient {
+        #[arg(long)]
+        to: SocketAddr,
+    },
     /// Open many WebSocket sessions to a sidecar, each bridged to the target and checked with
     /// one echoed byte, then hold them until stdin closes.
     Sessions(sessions::SessionArgs),
@@ -82,6 +95,8 @@ fn main() -> anyhow::Result<()> {
             Cmd::Pingpong { count, size, via } => drive::pingpong(&via, count, size).await?,
             Cmd::Load(args) => http::load(&args).await?,
             Cmd::Sessions(args) => sessions::run(&args).await?,
+            Cmd::RelayServer { listen, to } => return relay::serve(listen, to).await,
+            Cmd::RelayClient { to } => return relay::client(to).await,
             Cmd::Random { bytes } => return drive::random_to_stdout(bytes).await,
         };
         println!("{report}");
