@@ -143,9 +143,9 @@ pub struct Args {
     #[arg(long, env = "WSGATE_MAX_FRAME_SIZE", default_value_t = 65536)]
     pub max_frame_size: usize,
 
-    /// Per-session WebSocket read buffer (bytes): what an idle session costs in memory, against
-    /// how many reads a busy one needs (a larger frame still arrives whole, in several reads).
-    #[arg(long, env = "WSGATE_WS_READ_BUFFER", default_value_t = 32 * 1024)]
+    /// Bytes read from a client per read at most (bytes): fewer syscalls per GiB on a busy
+    /// session. Pages are touched only as data arrives, so an idle session does not pay for it.
+    #[arg(long, env = "WSGATE_WS_READ_BUFFER", default_value_t = 256 * 1024)]
     pub ws_read_buffer: usize,
 
     /// Server WebSocket pings every this long (0 disables).
@@ -391,12 +391,12 @@ impl Args {
                 bridge: BridgeConfig {
                     framing: Framing::Raw,
                     max_frame: self.max_frame_size,
+                    read_size: self.ws_read_buffer,
                     ping_interval: nonzero(self.ping_interval),
                     max_missed_pongs: self.max_missed_pongs,
                     idle_timeout: nonzero(self.idle_timeout),
                     max_age: nonzero(self.max_session_age),
                 },
-                ws_read_buffer: self.ws_read_buffer,
                 header_read_timeout: self.header_read_timeout,
                 handshake_timeout: self.handshake_timeout,
                 connect_timeout: self.connect_timeout,

@@ -131,6 +131,8 @@ pub enum CloseReason {
     Frame(FrameError),
     /// A text frame: SSH streams are binary.
     TextFrame,
+    /// A frame that breaks RFC 6455 (unmasked, reserved bits, bad opcode or fragmentation).
+    Protocol(String),
     /// A frame larger than the configured limit.
     TooBig,
     IdleTimeout,
@@ -149,6 +151,7 @@ impl CloseReason {
             ClientGone => 1006,
             Shutdown => 1001,
             Frame(_) | TextFrame | IdleTimeout | MaxAge => 1008,
+            Protocol(_) => 1002,
             TooBig => 1009,
             TargetError | KeepaliveTimeout => 1011,
         }
@@ -165,6 +168,7 @@ impl CloseReason {
             Shutdown => "shutdown",
             Frame(_) => "bad_frame",
             TextFrame => "text_frame",
+            Protocol(_) => "protocol_error",
             TooBig => "frame_too_big",
             IdleTimeout => "idle_timeout",
             MaxAge => "max_session_age",
@@ -182,6 +186,7 @@ impl CloseReason {
             Shutdown => "server shutting down".to_string(),
             Frame(e) => e.to_string(),
             TextFrame => "text frames are not accepted on SSH sessions".to_string(),
+            Protocol(m) => format!("protocol error: {m}"),
             TooBig => "frame too big".to_string(),
             IdleTimeout => "idle timeout".to_string(),
             MaxAge => "maximum session age reached".to_string(),

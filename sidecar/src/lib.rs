@@ -2,7 +2,8 @@
 //!
 //! - [`server`]: routes, the handshake (everything is checked and the target connected before
 //!   the upgrade), sessions, graceful shutdown; `run(listener, admin, sidecar, shutdown)`.
-//! - [`bridge`]: one session's byte pump, generic over the WebSocket and the target stream.
+//! - [`upgrade`]: the WebSocket upgrade (checks, `101`), handing the raw connection over.
+//! - [`bridge`]: one session's byte pump and RFC 6455 framing, generic over both connections.
 //! - [`auth`], [`authz`]: who is asking, and may they reach this cluster.
 //! - [`target`]: cluster + worker → address (never chosen by the client).
 //! - [`kube`]: TokenReview, SubjectAccessReview and pod lookup (central mode) with kube-rs.
@@ -22,5 +23,6 @@ pub mod metrics;
 pub mod server;
 pub mod sessions;
 pub mod target;
+pub mod upgrade;
 
 pub use server::{run, Settings, Sidecar};

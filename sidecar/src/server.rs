@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::headtimeout::HeadTimeoutListener;
-use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,6 +29,7 @@ use crate::error::Reject;
 use crate::metrics::Metrics;
 use crate::sessions::{Admission, Registry, SessionInfo};
 use crate::target::TargetResolver;
+use crate::upgrade::{Connection, WsUpgrade};
 use wsgate_core::framing::Framing;
 
 /// SkyPilot's endpoint, unchanged, so its client works as is.
@@ -46,10 +46,6 @@ pub struct Settings {
     pub max_sessions_per_user: usize,
     /// Framing is decided per session; the rest applies to all.
     pub bridge: BridgeConfig,
-    /// The WebSocket layer's read buffer per session. tungstenite zero-fills it on the first
-    /// read, so it is what every idle session costs; its own default (128 KiB) made an idle
-    /// session cost ~150 KiB, 32 KiB ~50 KiB (`make bench`).
-    pub ws_read_buffer: usize,
     /// From connection to a complete request head (`crate::headtimeout`).
     pub header_read_timeout: Duration,
     /// From request to upgrade (authentication, lookup, connect).
@@ -233,7 +229,7 @@ fn parse_query(query: Option<&str>, path_cluster: Option<String>) -> Result<Ask,
     })
 }
 
-type Upgrade = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
+type Upgrade = Result<WsUpgrade, Reject>;
 
 async fn skypilot_endpoint(
     State(st): State<Arc<AppState>>,
@@ -366,25 +362,22 @@ impl Observer for SessionObserver {
     }
 }
 
-fn start_session(st: Arc<AppState>, ready: Ready, ws: WebSocketUpgrade) -> Response {
-    let max = st.sidecar.settings.bridge.max_frame + 16;
-    let mut ws = ws
-        .max_message_size(max)
-        .max_frame_size(max)
-        .read_buffer_size(st.sidecar.settings.ws_read_buffer);
-    if let Some(p) = ready.echo_protocol.clone() {
-        ws = ws.protocols([p]);
-    }
-    let failed = Arc::clone(&st);
+fn start_session(st: Arc<AppState>, ready: Ready, ws: WsUpgrade) -> Response {
+    let (resp, conn) = ws.accept(ready.echo_protocol.as_deref());
     let tracker = st.tracker.clone();
-    ws.on_failed_upgrade(move |e| {
-        failed.metrics.handshake_failed("upgrade_failed");
-        warn!(error = %e, "WebSocket upgrade failed");
-    })
-    .on_upgrade(move |socket| tracker.track_future(session(st, ready, socket)))
+    tracker.spawn(async move {
+        match conn.await {
+            Ok(conn) => session(st, ready, conn).await,
+            Err(e) => {
+                st.metrics.handshake_failed("upgrade_failed");
+                warn!(error = %e, "WebSocket upgrade failed");
+            }
+        }
+    });
+    resp
 }
 
-async fn session(st: Arc<AppState>, ready: Ready, socket: WebSocket) {
+async fn session(st: Arc<AppState>, ready: Ready, socket: Connection) {
     let Ready {
         who,
         ask,

@@ -26,9 +26,14 @@ def open_fds(pid: int) -> int:
 
 
 def children(pid: int) -> list[int]:
-    """Direct children of `pid` (every thread's list)."""
+    """Direct children of `pid` (every thread's list); none if it has just exited (a session
+    process can end between being listed and being looked into)."""
     out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
         try:
             out += [int(c) for c in (task / "children").read_text().split()]
         except OSError:

@@ -15,6 +15,7 @@
 //! - [`decide`]: request and response decisions.
 //! - [`framing`]: SkyPilot's SSH-over-WebSocket type-byte framing (sidecar and client).
 //! - [`outcome`]: what happened, one counter each.
+//! - [`wsframe`]: RFC 6455 frame headers for the sidecar's data path.
 
 pub mod base64;
 pub mod cidr;
@@ -29,6 +30,7 @@ pub mod reply;
 pub mod route;
 pub mod token;
 pub mod upgrade;
+pub mod wsframe;
 
 pub use config::{ConfigError, Policy};
 pub use decide::{

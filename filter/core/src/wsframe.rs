@@ -1,0 +1,305 @@
+//! RFC 6455 frame headers for the sidecar's data path: parse, unmask and build. No I/O.
+//!
+//! The sidecar moves session bytes between a client's WebSocket and the target's TCP socket.
+//! Doing the framing itself, over a buffer it reads into directly, lets it unmask in place and
+//! write many frames' payloads with one `writev`, and lets it put each outgoing frame's header
+//! in front of the bytes the target sent without copying them: a general WebSocket library
+//! zero-fills its read buffer, copies payloads and writes one frame per call.
+
+pub const OP_CONTINUATION: u8 = 0x0;
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+
+/// The longest header: 2 bytes, an 8-byte length, a 4-byte mask.
+pub const MAX_HEADER: usize = 14;
+/// The longest header a server sends (servers never mask).
+pub const MAX_SERVER_HEADER: usize = 10;
+/// Control frames carry at most this much (RFC 6455 §5.5).
+pub const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// One frame's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The last frame of its message.
+    pub fin: bool,
+    pub opcode: u8,
+    /// Clients mask every frame; servers never do.
+    pub mask: Option<[u8; 4]>,
+    /// Payload length.
+    pub len: u64,
+    /// Bytes the header itself takes (2 to 14).
+    pub header_len: usize,
+}
+
+impl Header {
+    pub fn is_control(&self) -> bool {
+        self.opcode & 0x8 != 0
+    }
+
+    /// Header plus payload, the bytes this frame takes in the stream.
+    pub fn frame_len(&self) -> u64 {
+        self.header_len as u64 + self.len
+    }
+}
+
+/// A header the sidecar will not accept; each closes the session (1002, or 1009 for size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("reserved bits set (no extension was negotiated)")]
+    Reserved,
+    #[error("unknown opcode {0}")]
+    Opcode(u8),
+    #[error("control frame fragmented or over 125 bytes")]
+    BadControl,
+    #[error("frame payload of {0} bytes is over the limit")]
+    TooBig(u64),
+}
+
+/// Parses the header at the start of `buf`; `Ok(None)` until enough bytes for it have arrived.
+/// A payload longer than `max_payload` is refused from its header alone, before any of it is
+/// read.
+pub fn parse(buf: &[u8], max_payload: u64) -> Result<Option<Header>, HeaderError> {
+    let [b0, b1, ..] = *buf else {
+        return Ok(None);
+    };
+    if b0 & 0x70 != 0 {
+        return Err(HeaderError::Reserved);
+    }
+    let opcode = b0 & 0x0F;
+    if !matches!(
+        opcode,
+        OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG
+    ) {
+        return Err(HeaderError::Opcode(opcode));
+    }
+    let fin = b0 & 0x80 != 0;
+    let masked = b1 & 0x80 != 0;
+    let (len, mut at) = match b1 & 0x7F {
+        126 => match buf.get(2..4) {
+            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+            None => return Ok(None),
+        },
+        127 => match buf.get(2..10) {
+            Some(b) => {
+                let mut l = [0u8; 8];
+                l.copy_from_slice(b);
+                (u64::from_be_bytes(l), 10)
+            }
+            None => return Ok(None),
+        },
+        n => (u64::from(n), 2),
+    };
+    if opcode & 0x8 != 0 && (!fin || len > MAX_CONTROL_PAYLOAD as u64) {
+        return Err(HeaderError::BadControl);
+    }
+    if len > max_payload {
+        return Err(HeaderError::TooBig(len));
+    }
+    let mask = if masked {
+        let Some(m) = buf.get(at..at + 4) else {
+            return Ok(None);
+        };
+        at += 4;
+        Some([m[0], m[1], m[2], m[3]])
+    } else {
+        None
+    };
+    Ok(Some(Header {
+        fin,
+        opcode,
+        mask,
+        len,
+        header_len: at,
+    }))
+}
+
+/// XORs `data` with the mask, in place (masking and unmasking are the same operation). Eight
+/// bytes at a time: the sidecar runs every byte a client sends through this.
+pub fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
+    let wide = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = data.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        c.copy_from_slice(&(u64::from_ne_bytes(w) ^ wide).to_ne_bytes());
+    }
+    // Each chunk was 8 bytes, a multiple of 4, so the tail starts at mask offset 0.
+    for (b, m) in chunks.into_remainder().iter_mut().zip(mask.iter().cycle()) {
+        *b ^= m;
+    }
+}
+
+/// Writes an unmasked (server) header for a final frame into the end of `out` and returns how
+/// many bytes it took; the caller sends `out[MAX_SERVER_HEADER - n..]` and then the payload.
+/// Right-aligned so a payload read in just after `out` follows its header with no copy.
+pub fn server_header(out: &mut [u8; MAX_SERVER_HEADER], opcode: u8, len: u64) -> usize {
+    let b0 = 0x80 | (opcode & 0x0F);
+    match len {
+        0..=125 => {
+            out[8] = b0;
+            out[9] = len as u8;
+            2
+        }
+        126..=0xFFFF => {
+            out[6] = b0;
+            out[7] = 126;
+            out[8..].copy_from_slice(&(len as u16).to_be_bytes());
+            4
+        }
+        _ => {
+            out[0] = b0;
+            out[1] = 127;
+            out[2..].copy_from_slice(&len.to_be_bytes());
+            10
+        }
+    }
+}
+
+/// A whole unmasked final frame (control frames and other small ones).
+pub fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = [0u8; MAX_SERVER_HEADER];
+    let n = server_header(&mut h, opcode, payload.len() as u64);
+    let mut f = Vec::with_capacity(n + payload.len());
+    f.extend_from_slice(&h[MAX_SERVER_HEADER - n..]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A close frame's payload: the code, then the reason (RFC 6455 §5.5.1).
+pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(2 + reason.len());
+    p.extend_from_slice(&code.to_be_bytes());
+    p.extend_from_slice(reason.as_bytes());
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdr(fin: bool, opcode: u8, mask: Option<[u8; 4]>, len: u64, header_len: usize) -> Header {
+        Header {
+            fin,
+            opcode,
+            mask,
+            len,
+            header_len,
+        }
+    }
+
+    #[test]
+    fn parse_table() {
+        const M: [u8; 4] = [1, 2, 3, 4];
+        type Want = Result<Option<Header>, HeaderError>;
+        let cases: Vec<(&str, Vec<u8>, Want)> = vec![
+            ("empty", vec![], Ok(None)),
+            ("one byte", vec![0x82], Ok(None)),
+            (
+                "small masked binary",
+                vec![0x82, 0x85, 1, 2, 3, 4],
+                Ok(Some(hdr(true, OP_BINARY, Some(M), 5, 6))),
+            ),
+            ("mask not all here", vec![0x82, 0x85, 1, 2], Ok(None)),
+            (
+                "unmasked",
+                vec![0x82, 0x05],
+                Ok(Some(hdr(true, OP_BINARY, None, 5, 2))),
+            ),
+            (
+                "16-bit length",
+                vec![0x02, 0xFE, 0x01, 0x00, 1, 2, 3, 4],
+                Ok(Some(hdr(false, OP_BINARY, Some(M), 256, 8))),
+            ),
+            ("16-bit length cut", vec![0x82, 0xFE, 0x01], Ok(None)),
+            (
+                "64-bit length",
+                vec![0x80, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0, 1, 2, 3, 4],
+                Ok(Some(hdr(true, OP_CONTINUATION, Some(M), 65536, 14))),
+            ),
+            (
+                "64-bit length over the limit, before the mask arrives",
+                vec![0x82, 0xFF, 0, 0, 0, 0, 0, 1, 0, 1],
+                Err(HeaderError::TooBig(65537)),
+            ),
+            (
+                "64-bit length with the top bit set",
+                vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0],
+                Err(HeaderError::TooBig(1 << 63)),
+            ),
+            (
+                "rsv1 (compression)",
+                vec![0xC2, 0x80],
+                Err(HeaderError::Reserved),
+            ),
+            ("rsv3", vec![0x92, 0x80], Err(HeaderError::Reserved)),
+            ("opcode 3", vec![0x83, 0x80], Err(HeaderError::Opcode(3))),
+            (
+                "opcode 0xB",
+                vec![0x8B, 0x80],
+                Err(HeaderError::Opcode(0xB)),
+            ),
+            (
+                "fragmented ping",
+                vec![0x09, 0x80, 1, 2, 3, 4],
+                Err(HeaderError::BadControl),
+            ),
+            (
+                "126-byte close",
+                vec![0x88, 0xFE, 0, 126],
+                Err(HeaderError::BadControl),
+            ),
+            (
+                "125-byte pong",
+                vec![0x8A, 0xFD, 1, 2, 3, 4],
+                Ok(Some(hdr(true, OP_PONG, Some(M), 125, 6))),
+            ),
+        ];
+        for (what, buf, want) in cases {
+            assert_eq!(parse(&buf, 65536), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn mask_matches_the_bytewise_definition_at_every_length() {
+        let mask = [0xA5, 0x3C, 0x0F, 0xF0];
+        for len in 0..40 {
+            let data: Vec<u8> = (0..len as u8).collect();
+            let mut fast = data.clone();
+            apply_mask(&mut fast, mask);
+            let slow: Vec<u8> = data
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
+            assert_eq!(fast, slow, "length {len}");
+            apply_mask(&mut fast, mask);
+            assert_eq!(fast, data, "masking twice gives the data back");
+        }
+    }
+
+    #[test]
+    fn server_headers_round_trip_through_parse() {
+        for len in [0u64, 1, 125, 126, 65535, 65536, 1 << 24] {
+            let mut out = [0u8; MAX_SERVER_HEADER];
+            let n = server_header(&mut out, OP_BINARY, len);
+            let h = parse(&out[MAX_SERVER_HEADER - n..], u64::MAX);
+            assert_eq!(
+                h,
+                Ok(Some(hdr(true, OP_BINARY, None, len, n))),
+                "length {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn close_frame_layout() {
+        let f = server_frame(OP_CLOSE, &close_payload(1009, "frame too big"));
+        assert_eq!(&f[..4], &[0x88, 15, 0x03, 0xF1]);
+        assert_eq!(&f[4..], b"frame too big");
+    }
+}
