@@ -45,14 +45,27 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             args.listen
         );
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = bind_deep(args.listen)
         .with_context(|| format!("binding --listen {}", args.listen))?;
     let admin = tokio::net::TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding --admin-listen {}", args.admin_listen))?;
     wsgate_sidecar::run(listener, admin, sidecar, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Binds with a deep accept queue (the kernel caps it at `net.core.somaxconn`): a burst of
+/// clients (every session of a node reconnecting at once) waits in the queue instead of having
+/// SYNs dropped, which costs each dropped client a 1 s retransmit. tokio's `bind` asks for 1024.
+fn bind_deep(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(8192)
 }
 
 async fn shutdown_signal() {
