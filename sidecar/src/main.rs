@@ -45,8 +45,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             args.listen
         );
     }
-    let listener = bind_deep(args.listen)
-        .with_context(|| format!("binding --listen {}", args.listen))?;
+    let listener =
+        bind_deep(args.listen).with_context(|| format!("binding --listen {}", args.listen))?;
     let admin = tokio::net::TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding --admin-listen {}", args.admin_listen))?;
