@@ -58,7 +58,7 @@ soak: filter sidecar client
 ## fuzz: each fuzz target of the filter core and the framing for FUZZ_SECS (default 60) on the
 ## nightly toolchain; new corpus entries land in filter/core/fuzz/corpus (commit them)
 FUZZ_SECS ?= 60
-FUZZ_TARGETS := token decide config framing
+FUZZ_TARGETS := token decide config framing wsframe
 fuzz:
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 	cd filter/core && for t in $(FUZZ_TARGETS); do \

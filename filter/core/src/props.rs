@@ -15,6 +15,7 @@ use crate::framing::{
 };
 use crate::headers::{is_header_name, is_header_value, Headers};
 use crate::token::{self, TokenError, BEARER_PROTOCOL_PREFIX};
+use crate::wsframe::{self, HeaderError};
 
 /// Fuzzer bytes as text lines (lossy UTF-8: header values reach the filter as Rust strings).
 fn lines(data: &[u8]) -> Vec<String> {
@@ -300,6 +301,100 @@ pub fn check_framing(data: &[u8]) -> Result<(), String> {
         return Err("latency frame does not round-trip".into());
     }
     Ok(())
+}
+
+/// The payload limit the sidecar uses by default (64 KiB and its message slack).
+const WSFRAME_MAX: u64 = 65536 + 16;
+
+/// Any bytes as the start of a client's WebSocket stream: [`wsframe::parse`] agrees with a
+/// reference reading of RFC 6455 §5.2 written bit by bit, never claims more header than it was
+/// given, and a server header built for the same length reads back; masking agrees with the
+/// RFC's byte-by-byte definition.
+pub fn check_wsframe(data: &[u8]) -> Result<(), String> {
+    let got = wsframe::parse(data, WSFRAME_MAX);
+    let want = reference_ws_header(data, WSFRAME_MAX);
+    let got_fields = got.map(|h| h.map(|h| (h.fin, h.opcode, h.mask, h.len, h.header_len)));
+    if got_fields != want {
+        return Err(format!("parse {got_fields:?}, reference {want:?}"));
+    }
+    if let Ok(Some(h)) = got {
+        if h.header_len > data.len() || h.header_len > wsframe::MAX_HEADER {
+            return Err(format!(
+                "header of {} bytes from {} given",
+                h.header_len,
+                data.len()
+            ));
+        }
+        let mut out = [0u8; wsframe::MAX_SERVER_HEADER];
+        let n = wsframe::server_header(&mut out, h.opcode, h.len);
+        let back = wsframe::parse(&out[wsframe::MAX_SERVER_HEADER - n..], u64::MAX);
+        if back.map(|b| b.map(|b| (b.opcode, b.len, b.mask))) != Ok(Some((h.opcode, h.len, None))) {
+            return Err("a server header does not read back".into());
+        }
+    }
+    if let [m0, m1, m2, m3, rest @ ..] = data {
+        let mask = [*m0, *m1, *m2, *m3];
+        let mut fast = rest.to_vec();
+        wsframe::apply_mask(&mut fast, mask);
+        if fast
+            .iter()
+            .zip(rest)
+            .enumerate()
+            .any(|(i, (f, r))| *f != r ^ mask[i % 4])
+        {
+            return Err("masking differs from the byte-by-byte definition".into());
+        }
+    }
+    Ok(())
+}
+
+type RefHeader = (bool, u8, Option<[u8; 4]>, u64, usize);
+
+/// RFC 6455 §5.2 read field by field, with the sidecar's rules: no extension (RSV must be 0),
+/// the six defined opcodes, control frames final and at most 125 bytes, the limit checked from
+/// the length before the mask is needed.
+fn reference_ws_header(d: &[u8], max: u64) -> Result<Option<RefHeader>, HeaderError> {
+    if d.len() < 2 {
+        return Ok(None);
+    }
+    let bit = |byte: u8, n: u8| byte >> n & 1 == 1;
+    let (fin, rsv) = (bit(d[0], 7), [bit(d[0], 6), bit(d[0], 5), bit(d[0], 4)]);
+    if rsv.contains(&true) {
+        return Err(HeaderError::Reserved);
+    }
+    let opcode = d[0] % 16;
+    if ![0u8, 1, 2, 8, 9, 10].contains(&opcode) {
+        return Err(HeaderError::Opcode(opcode));
+    }
+    let masked = bit(d[1], 7);
+    let len7 = d[1] % 128;
+    let ext = match len7 {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    if d.len() < 2 + ext {
+        return Ok(None);
+    }
+    let len = if ext == 0 {
+        u64::from(len7)
+    } else {
+        d[2..2 + ext]
+            .iter()
+            .fold(0u64, |a, b| a * 256 + u64::from(*b))
+    };
+    if opcode >= 8 && (!fin || len > 125) {
+        return Err(HeaderError::BadControl);
+    }
+    if len > max {
+        return Err(HeaderError::TooBig(len));
+    }
+    let header_len = 2 + ext + if masked { 4 } else { 0 };
+    if d.len() < header_len {
+        return Ok(None);
+    }
+    let mask = masked.then(|| [d[2 + ext], d[3 + ext], d[4 + ext], d[5 + ext]]);
+    Ok(Some((fin, opcode, mask, len, header_len)))
 }
 
 #[cfg(test)]

@@ -3,15 +3,16 @@
 
 use std::path::Path;
 
-use wsgate_core::props::{check_config, check_decide, check_framing, check_token};
+use wsgate_core::props::{check_config, check_decide, check_framing, check_token, check_wsframe};
 
 type Check = fn(&[u8]) -> Result<(), String>;
 
-const TARGETS: [(&str, Check); 4] = [
+const TARGETS: [(&str, Check); 5] = [
     ("token", check_token),
     ("decide", check_decide),
     ("config", check_config),
     ("framing", check_framing),
+    ("wsframe", check_wsframe),
 ];
 
 #[test]
