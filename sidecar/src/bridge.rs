@@ -64,7 +64,8 @@ const TICK: Duration = Duration::from_millis(500);
 /// How long the closing frame may take to reach a client that is not reading.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// Frames' payloads gathered into one `writev` at most (Linux's `IOV_MAX` is 1024).
+/// Frames' payloads gathered into one `writev` at most (Linux's `IOV_MAX` is 1024), and replies
+/// queued per pass over the read buffer.
 const MAX_SLICES: usize = 256;
 
 /// Slack over `max_frame` for a whole client message: the type byte and a little more, as
@@ -105,7 +106,8 @@ where
             // Every complete frame in the buffer, data payloads gathered for one write.
             let mut at = 0;
             let stop = loop {
-                if data.len() == MAX_SLICES {
+                // Bounded per pass: a read full of tiny pings queues at most this many replies.
+                if data.len() == MAX_SLICES || replies.len() == MAX_SLICES {
                     break Stop::Full;
                 }
                 let (h, payload) = match next_frame(&mut buf[at..], max) {
@@ -262,7 +264,7 @@ where
 enum Stop {
     /// The frame under way needs the buffer to hold this many bytes (from its start).
     Need(usize),
-    /// As many payloads as one write takes are gathered; more frames may be buffered.
+    /// As many payloads (or replies) as one pass takes are gathered; more frames may be buffered.
     Full,
     /// The session ends.
     End(CloseReason),
