@@ -112,7 +112,7 @@ where
                 }
                 let (h, payload) = match next_frame(&mut buf[at..], max) {
                     Ok(Next::Frame(h, p)) => (h, at + p.start..at + p.end),
-                    Ok(Next::Need(n)) => break Stop::Need(at + n),
+                    Ok(Next::Need(n)) => break Stop::Need(n),
                     Err(r) => break Stop::End(r),
                 };
                 at = payload.end;
@@ -149,6 +149,7 @@ where
                     return CloseReason::ClientGone;
                 }
             }
+            buf.advance(at);
             let need = match stop {
                 Stop::End(r) => {
                     if r == CloseReason::ClientClosed {
@@ -156,13 +157,9 @@ where
                     }
                     return r;
                 }
-                Stop::Full => {
-                    buf.advance(at);
-                    continue;
-                }
-                Stop::Need(n) => n - at,
+                Stop::Full => continue,
+                Stop::Need(n) => n,
             };
-            buf.advance(at);
             // Enough for the frame under way, and up to `read_size` when more is there.
             let want = need.saturating_sub(buf.len()).max(cfg.read_size);
             buf.reserve(want);
@@ -262,7 +259,8 @@ where
 
 /// Why the scan of the read buffer stopped.
 enum Stop {
-    /// The frame under way needs the buffer to hold this many bytes (from its start).
+    /// The frame under way needs this many bytes from where it starts (the buffer's start once
+    /// the frames before it are consumed).
     Need(usize),
     /// As many payloads (or replies) as one pass takes are gathered; more frames may be buffered.
     Full,
