@@ -234,11 +234,19 @@ pub fn decide(
 ///
 /// The glue asks this first, with single-header host calls, because fetching every header is
 /// a host call that copies the whole map into the module: on the ordinary requests a gateway
-/// mostly carries, that copy was most of the filter's cost.
-pub fn leaves_alone(path: &str, has_header: &dyn Fn(&str) -> bool, policy: &Policy) -> bool {
+/// mostly carries, that copy was most of the filter's cost. A header that is absent costs the
+/// host call alone; one that is present also costs a call back into the module to allocate the
+/// value (about three times as much in Envoy's V8): so `upgrade` is asked first, and `:path`
+/// (always present) only when no earlier check decided and some route could match it.
+pub fn leaves_alone(
+    path: &dyn Fn() -> Option<String>,
+    has_header: &dyn Fn(&str) -> bool,
+    policy: &Policy,
+) -> bool {
     !has_header("upgrade")
         && !policy.routing_headers.iter().any(|n| has_header(n))
-        && route(&policy.routes, path).is_none()
+        && (policy.routes.is_empty()
+            || route(&policy.routes, path().as_deref().unwrap_or("/")).is_none())
 }
 
 /// The response-side redirect guard: an upgrade answered with a redirect gets a 426 naming the
@@ -661,8 +669,8 @@ mod tests {
         ];
         for (name, h, want) in cases {
             let view = Headers(h);
-            let path = view.first(":path").unwrap_or("/");
-            let alone = leaves_alone(path, &|n| view.has(n), &p);
+            let path = || view.first(":path").map(String::from);
+            let alone = leaves_alone(&path, &|n| view.has(n), &p);
             assert_eq!(alone, *want, "{name}");
             let d = run(h, "HTTP/1.1", "10.0.0.1", &p);
             if alone {

@@ -31,16 +31,23 @@ pub fn is_multiplexed(protocol: &str) -> bool {
 
 /// Classifies a request; `None` for plain requests and other upgrades (e.g. `h2c`).
 ///
-/// `multiplexed` is asked only for requests that carry `upgrade` (in the filter it is a host
-/// call, which ordinary requests should not pay for).
+/// `multiplexed` is asked only when the answer can matter (in the filter it is a host call, and
+/// one that returns a value, so it costs more than a header lookup): Envoy's HTTP/2 codec hands
+/// an extended CONNECT to filters as the same `upgrade`/`connection` headers as HTTP/1.1, so
+/// only the protocol tells them apart, and that only changes what happens to a WebSocket
+/// request without `Sec-WebSocket-Key` (RFC 8441 clients send none; one is added for HTTP/1.1
+/// upstreams) or to one whose `Connection` does not say `upgrade`. A multiplexed request that
+/// does carry a key is classified as [`UpgradeKind::WebSocket`]: it is handled identically.
 pub fn classify(headers: Headers<'_>, multiplexed: impl FnOnce() -> bool) -> Option<UpgradeKind> {
     let upgrade = headers.first("upgrade")?;
-    let multiplexed = multiplexed();
     let connection_upgrade = headers
         .all("connection")
         .any(|v| v.to_ascii_lowercase().contains("upgrade"));
     if upgrade.eq_ignore_ascii_case("websocket") {
-        if multiplexed {
+        if connection_upgrade && headers.has("sec-websocket-key") {
+            return Some(UpgradeKind::WebSocket);
+        }
+        if multiplexed() {
             return Some(UpgradeKind::WebSocketH2);
         }
         if connection_upgrade {
@@ -51,7 +58,7 @@ pub fn classify(headers: Headers<'_>, multiplexed: impl FnOnce() -> bool) -> Opt
     let is_spdy = upgrade
         .get(..5)
         .is_some_and(|p| p.eq_ignore_ascii_case("spdy/"));
-    if is_spdy && (connection_upgrade || multiplexed) {
+    if is_spdy && (connection_upgrade || multiplexed()) {
         return Some(UpgradeKind::Spdy);
     }
     None
@@ -127,6 +134,22 @@ mod tests {
                 Some(WebSocketH2),
             ),
             (
+                "h2 websocket with the connection line Envoy's codec adds",
+                h(&[("upgrade", "websocket"), ("connection", "upgrade")]),
+                true,
+                Some(WebSocketH2),
+            ),
+            (
+                "h2 websocket that sends a key anyway: handled like HTTP/1.1",
+                h(&[
+                    ("upgrade", "websocket"),
+                    ("connection", "upgrade"),
+                    ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ]),
+                true,
+                Some(WebSocket),
+            ),
+            (
                 "spdy",
                 h(&[("upgrade", "SPDY/3.1"), ("connection", "Upgrade")]),
                 false,
@@ -151,6 +174,27 @@ mod tests {
         for (name, headers, mux, want) in cases {
             assert_eq!(classify(Headers(headers), || *mux), *want, "{name}");
         }
+    }
+
+    /// The protocol is a host call returning a value: an HTTP/1.1 WebSocket with its key (every
+    /// browser and client library), an SPDY upgrade and a plain request never ask for it.
+    #[test]
+    fn protocol_is_asked_only_when_it_matters() {
+        let ask = |headers: &[(&str, &str)]| {
+            let asked = std::cell::Cell::new(false);
+            let list = h(headers);
+            classify(Headers(&list), || {
+                asked.set(true);
+                false
+            });
+            asked.get()
+        };
+        let ws = [("upgrade", "websocket"), ("connection", "Upgrade")];
+        assert!(!ask(&[(":method", "GET")]));
+        assert!(!ask(&[ws[0], ws[1], ("sec-websocket-key", "k")]));
+        assert!(!ask(&[("upgrade", "SPDY/3.1"), ("connection", "Upgrade")]));
+        assert!(ask(&ws));
+        assert!(ask(&[ws[0]]));
     }
 
     #[test]

@@ -139,9 +139,9 @@ impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> WasmAction {
         // Most requests through a gateway are neither upgrades nor routed: a few single-header
         // host calls settle that without copying every header into the module.
-        let path = self.get_http_request_header(":path");
+        let path = || self.get_http_request_header(":path");
         let has_header = |name: &str| self.get_http_request_header(name).is_some();
-        if leaves_alone(path.as_deref().unwrap_or("/"), &has_header, &self.policy) {
+        if leaves_alone(&path, &has_header, &self.policy) {
             return WasmAction::Continue;
         }
         let headers = self.get_http_request_headers();
