@@ -306,10 +306,10 @@ pub fn check_framing(data: &[u8]) -> Result<(), String> {
 /// The payload limit the sidecar uses by default (64 KiB and its message slack).
 const WSFRAME_MAX: u64 = 65536 + 16;
 
-/// Any bytes as the start of a client's WebSocket stream: [`wsframe::parse`] agrees with a
-/// reference reading of RFC 6455 §5.2 written bit by bit, never claims more header than it was
-/// given, and a server header built for the same length reads back; masking agrees with the
-/// RFC's byte-by-byte definition.
+/// Any bytes as the start of a WebSocket stream: [`wsframe::parse`] agrees with a reference
+/// reading of RFC 6455 §5.2 written bit by bit, never claims more header than it was given,
+/// and a server header and a masked client header built for the same length read back;
+/// masking agrees with the RFC's byte-by-byte definition.
 pub fn check_wsframe(data: &[u8]) -> Result<(), String> {
     let got = wsframe::parse(data, WSFRAME_MAX);
     let want = reference_ws_header(data, WSFRAME_MAX);
@@ -330,6 +330,14 @@ pub fn check_wsframe(data: &[u8]) -> Result<(), String> {
         let back = wsframe::parse(&out[wsframe::MAX_SERVER_HEADER - n..], u64::MAX);
         if back.map(|b| b.map(|b| (b.opcode, b.len, b.mask))) != Ok(Some((h.opcode, h.len, None))) {
             return Err("a server header does not read back".into());
+        }
+        let mask = h.mask.unwrap_or([0xA5, 0x3C, 0x0F, 0xF0]);
+        let (c, n) = wsframe::header(h.opcode, h.len, Some(mask));
+        let back = wsframe::parse(&c[..n], u64::MAX);
+        if back.map(|b| b.map(|b| (b.opcode, b.len, b.mask, b.header_len)))
+            != Ok(Some((h.opcode, h.len, Some(mask), n)))
+        {
+            return Err("a client header does not read back".into());
         }
     }
     if let [m0, m1, m2, m3, rest @ ..] = data {

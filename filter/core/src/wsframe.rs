@@ -1,10 +1,11 @@
-//! RFC 6455 frame headers for the sidecar's data path: parse, unmask and build. No I/O.
+//! RFC 6455 frame headers for the sidecar's and the client's data paths: parse, mask and build.
+//! No I/O.
 //!
-//! The sidecar moves session bytes between a client's WebSocket and the target's TCP socket.
-//! Doing the framing itself, over a buffer it reads into directly, lets it unmask in place and
-//! write many frames' payloads with one `writev`, and lets it put each outgoing frame's header
-//! in front of the bytes the target sent without copying them: a general WebSocket library
-//! zero-fills its read buffer, copies payloads and writes one frame per call.
+//! The sidecar and `wsgate proxy` move session bytes between a WebSocket and a socket or pipe.
+//! Doing the framing themselves, over buffers they read into directly, lets them (un)mask in
+//! place, write many frames' payloads with one `writev`, and send a frame's header beside its
+//! payload without copying it: a general WebSocket library zero-fills its read buffer, copies
+//! payloads and writes one frame per call.
 
 pub const OP_CONTINUATION: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
@@ -134,30 +135,60 @@ pub fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
     }
 }
 
+/// A final frame's header, masked with `mask` when given (clients mask, servers never do):
+/// the bytes, left-aligned, and how many of them there are (2 to 14).
+pub fn header(opcode: u8, len: u64, mask: Option<[u8; 4]>) -> ([u8; MAX_HEADER], usize) {
+    let mut h = [0u8; MAX_HEADER];
+    h[0] = 0x80 | (opcode & 0x0F);
+    let masked = if mask.is_some() { 0x80 } else { 0 };
+    let mut n = match len {
+        0..=125 => {
+            h[1] = masked | len as u8;
+            2
+        }
+        126..=0xFFFF => {
+            h[1] = masked | 126;
+            h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            4
+        }
+        _ => {
+            h[1] = masked | 127;
+            h[2..10].copy_from_slice(&len.to_be_bytes());
+            10
+        }
+    };
+    if let Some(m) = mask {
+        h[n..n + 4].copy_from_slice(&m);
+        n += 4;
+    }
+    (h, n)
+}
+
 /// Writes an unmasked (server) header for a final frame into the end of `out` and returns how
 /// many bytes it took; the caller sends `out[MAX_SERVER_HEADER - n..]` and then the payload.
 /// Right-aligned so a payload read in just after `out` follows its header with no copy.
 pub fn server_header(out: &mut [u8; MAX_SERVER_HEADER], opcode: u8, len: u64) -> usize {
-    let b0 = 0x80 | (opcode & 0x0F);
-    match len {
-        0..=125 => {
-            out[8] = b0;
-            out[9] = len as u8;
-            2
-        }
-        126..=0xFFFF => {
-            out[6] = b0;
-            out[7] = 126;
-            out[8..].copy_from_slice(&(len as u16).to_be_bytes());
-            4
-        }
-        _ => {
-            out[0] = b0;
-            out[1] = 127;
-            out[2..].copy_from_slice(&len.to_be_bytes());
-            10
-        }
-    }
+    let (h, n) = header(opcode, len, None);
+    out[MAX_SERVER_HEADER - n..].copy_from_slice(&h[..n]);
+    n
+}
+
+/// The mask to apply to a payload's bytes from offset `at` on (masking continues the 4-byte
+/// cycle where the bytes before left it).
+pub fn mask_from(mask: [u8; 4], at: usize) -> [u8; 4] {
+    let mut m = mask;
+    m.rotate_left(at % 4);
+    m
+}
+
+/// A whole masked final frame (a client's control frames).
+pub fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let (h, n) = header(opcode, payload.len() as u64, Some(mask));
+    let mut f = Vec::with_capacity(n + payload.len());
+    f.extend_from_slice(&h[..n]);
+    f.extend_from_slice(payload);
+    apply_mask(&mut f[n..], mask);
+    f
 }
 
 /// A whole unmasked final frame (control frames and other small ones).
@@ -294,6 +325,47 @@ mod tests {
                 "length {len}"
             );
         }
+    }
+
+    #[test]
+    fn client_headers_round_trip_through_parse() {
+        const M: [u8; 4] = [9, 8, 7, 6];
+        for len in [0u64, 1, 125, 126, 65535, 65536, 1 << 24] {
+            let (h, n) = header(OP_BINARY, len, Some(M));
+            assert_eq!(
+                parse(&h[..n], u64::MAX),
+                Ok(Some(hdr(true, OP_BINARY, Some(M), len, n))),
+                "length {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn masking_in_two_parts_equals_masking_at_once() {
+        let mask = [0xA5, 0x3C, 0x0F, 0xF0];
+        let data: Vec<u8> = (0..37).collect();
+        for split in 0..data.len() {
+            let mut whole = data.clone();
+            apply_mask(&mut whole, mask);
+            let mut parts = data.clone();
+            let (a, b) = parts.split_at_mut(split);
+            apply_mask(a, mask);
+            apply_mask(b, mask_from(mask, split));
+            assert_eq!(parts, whole, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn client_frames_unmask_to_their_payload() {
+        let mask = [1, 2, 3, 4];
+        let mut f = client_frame(OP_PING, b"hello", mask);
+        let h = parse(&f, 125).unwrap().unwrap();
+        assert_eq!(
+            (h.opcode, h.mask, h.len, h.header_len),
+            (OP_PING, Some(mask), 5, 6)
+        );
+        apply_mask(&mut f[6..], mask);
+        assert_eq!(&f[6..], b"hello");
     }
 
     #[test]
