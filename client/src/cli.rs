@@ -198,8 +198,18 @@ pub async fn proxy(a: ProxyArgs) -> Result<(), ClientError> {
             timeout: a.connect_timeout,
             extra: &extra,
         };
-        let mut ws = connect::open(&req).await?;
-        match session::run(&mut ws, stdio::stdin(), stdio::stdout(), &opts, hangup()).await? {
+        let conn = connect::open(&req).await?;
+        let (io, read_ahead) = (conn.io, conn.read_ahead);
+        match session::run(
+            io,
+            read_ahead,
+            stdio::stdin(),
+            stdio::stdout(),
+            &opts,
+            hangup(),
+        )
+        .await?
+        {
             End::Done => return Ok(()),
             End::Redirect(info) if attempt == 0 => {
                 let url = info["url"]

@@ -1,15 +1,26 @@
-//! Opening the WebSocket: the request (token as `Authorization` or as a Kubernetes subprotocol
-//! entry, extra headers), TLS, and every failure turned into a [`ClientError`] worth reading.
+//! Opening the WebSocket: TCP, TLS, the request (token as `Authorization` or as a Kubernetes
+//! subprotocol entry, extra headers), and every failure turned into a [`ClientError`] worth
+//! reading.
+//!
+//! tungstenite does the HTTP handshake (request, `Sec-WebSocket-Accept`, error responses with
+//! their bodies); the session then works on the connection itself (see `session`). tungstenite
+//! keeps what it read past the `101` (the server's first frame can come with it), so the
+//! handshake runs over a [`Recorder`] that keeps a copy of every byte it hands over, and those
+//! bytes after the head are given to the session.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Error as WsError;
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use wsgate_core::base64::encode_raw_url;
 use wsgate_core::reply::WEBSOCKET_URL_HEADER;
 use wsgate_core::token::BEARER_PROTOCOL_PREFIX;
@@ -18,7 +29,16 @@ use crate::credentials::Token;
 use crate::endpoint::{server_url_for, Endpoint};
 use crate::error::ClientError;
 
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A connection to the server, plaintext or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// An open WebSocket: the connection after the handshake, and what the server sent past its
+/// `101` (the start of its first frames, or nothing).
+pub struct Conn {
+    pub io: Box<dyn Io>,
+    pub read_ahead: Vec<u8>,
+}
 
 /// The subprotocol offered beside a subprotocol token (a token needs another entry beside it).
 pub const SUBPROTOCOL: &str = "wsgate.ssh.v1";
@@ -38,7 +58,7 @@ pub struct Request<'a> {
     pub extra: &'a [(String, String)],
 }
 
-pub async fn open(r: &Request<'_>) -> Result<Ws, ClientError> {
+pub async fn open(r: &Request<'_>) -> Result<Conn, ClientError> {
     let mut req = r
         .endpoint
         .url
@@ -68,19 +88,130 @@ pub async fn open(r: &Request<'_>) -> Result<Ws, ClientError> {
     let mut config = WebSocketConfig::default();
     config.max_message_size = Some(16 << 20);
     config.max_frame_size = Some(16 << 20);
-    let connector = match &r.tls {
-        Some(tls) => Connector::Rustls(Arc::clone(tls)),
-        None => Connector::Plain,
+    let addr = || r.endpoint.host.clone();
+    let handshake = async {
+        let io = connect(r).await?;
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+            req,
+            Recorder {
+                io: Some(io),
+                seen: Vec::new(),
+            },
+            Some(config),
+        )
+        .await
+        .map_err(|e| classify(r, e))?;
+        let rec = ws.get_mut();
+        let io = rec.io.take().ok_or_else(|| {
+            ClientError::Protocol("the connection was lost during the handshake".into())
+        })?;
+        let read_ahead = after_head(&rec.seen).to_vec();
+        Ok(Conn { io, read_ahead })
     };
-    let fut =
-        tokio_tungstenite::connect_async_tls_with_config(req, Some(config), true, Some(connector));
-    match tokio::time::timeout(r.timeout, fut).await {
+    match tokio::time::timeout(r.timeout, handshake).await {
         Err(_) => Err(ClientError::Connect {
-            addr: r.endpoint.host.clone(),
+            addr: addr(),
             detail: format!("no answer within {}s", r.timeout.as_secs()),
         }),
-        Ok(Ok((ws, _))) => Ok(ws),
-        Ok(Err(e)) => Err(classify(r, e)),
+        Ok(res) => res,
+    }
+}
+
+/// TCP (no Nagle: ssh's keystrokes are small), then TLS for `wss://`.
+async fn connect(r: &Request<'_>) -> Result<Box<dyn Io>, ClientError> {
+    let url = &r.endpoint.url;
+    let host = url
+        .host_str()
+        .ok_or_else(|| ClientError::Usage(format!("{url} has no host")))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let failed = |e: io::Error| ClientError::Connect {
+        addr: r.endpoint.host.clone(),
+        detail: e.to_string(),
+    };
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(failed)?;
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = &r.tls else {
+        return Ok(Box::new(tcp));
+    };
+    let name = ServerName::try_from(host).map_err(|e| ClientError::Tls {
+        host: r.endpoint.host.clone(),
+        detail: e.to_string(),
+    })?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| io_error(r, e))?;
+    Ok(Box::new(stream))
+}
+
+/// The bytes after the end of the HTTP head (`\r\n\r\n`) in what the handshake read.
+fn after_head(seen: &[u8]) -> &[u8] {
+    match seen.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(at) => &seen[at + 4..],
+        None => &[],
+    }
+}
+
+/// The connection during the handshake, keeping a copy of every byte read (a few hundred:
+/// the response head and what came with it). Taken out of tungstenite's hands afterwards.
+struct Recorder {
+    io: Option<Box<dyn Io>>,
+    seen: Vec<u8>,
+}
+
+impl Recorder {
+    fn io(&mut self) -> io::Result<&mut Box<dyn Io>> {
+        self.io
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+}
+
+impl AsyncRead for Recorder {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let io = match this.io() {
+            Ok(io) => io,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        let r = Pin::new(io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            this.seen.extend_from_slice(&buf.filled()[before..]);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Recorder {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut().io() {
+            Ok(io) => Pin::new(io).poll_write(cx, b),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().io() {
+            Ok(io) => Pin::new(io).poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().io() {
+            Ok(io) => Pin::new(io).poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 }
 
@@ -98,23 +229,28 @@ fn classify(r: &Request<'_>, e: WsError) -> ClientError {
             host,
             detail: e.to_string(),
         },
-        WsError::Io(e) => {
-            let tls = e
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
-            if tls {
-                ClientError::Tls {
-                    host,
-                    detail: e.to_string(),
-                }
-            } else {
-                ClientError::Connect {
-                    addr: host,
-                    detail: e.to_string(),
-                }
-            }
-        }
+        WsError::Io(e) => io_error(r, e),
         other => ClientError::Protocol(format!("WebSocket handshake with {host} failed: {other}")),
+    }
+}
+
+/// An I/O error while connecting: a TLS failure (rustls wraps its errors in I/O errors) or a
+/// connection one.
+fn io_error(r: &Request<'_>, e: io::Error) -> ClientError {
+    let host = r.endpoint.host.clone();
+    let tls = e
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+    if tls {
+        ClientError::Tls {
+            host,
+            detail: e.to_string(),
+        }
+    } else {
+        ClientError::Connect {
+            addr: host,
+            detail: e.to_string(),
+        }
     }
 }
 
