@@ -319,3 +319,118 @@ fn http_error(r: &Request<'_>, resp: &Response<Option<Vec<u8>>>) -> ClientError 
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The server here is a few lines over a real loopback socket: the tests need answers a
+    //! WebSocket library would not give (a frame in the same write as the `101`).
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+    #[test]
+    fn bytes_after_the_head() {
+        assert_eq!(after_head(b"HTTP/1.1 101 x\r\n"), b"");
+        assert_eq!(after_head(b"HTTP/1.1 101 x\r\n\r\n"), b"");
+        assert_eq!(
+            after_head(b"HTTP/1.1 101 x\r\n\r\n\x82\x01\x00"),
+            b"\x82\x01\x00"
+        );
+    }
+
+    /// Reads the request head and answers with `answer(key)` in one write.
+    async fn serve_once(answer: impl FnOnce(&str) -> Vec<u8> + Send + 'static) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).await.unwrap();
+                head.push(b[0]);
+            }
+            let head = String::from_utf8(head).unwrap();
+            let key = head
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("Sec-WebSocket-Key: ")
+                        .or(l.strip_prefix("sec-websocket-key: "))
+                })
+                .unwrap()
+                .to_string();
+            s.write_all(&answer(&key)).await.unwrap();
+            // Keep the socket open while the client reads.
+            let _ = s.read(&mut [0u8; 1]).await;
+        });
+        format!("http://{addr}")
+    }
+
+    async fn open_at(server: &str) -> Result<Conn, ClientError> {
+        let endpoint = crate::endpoint::build(server, "prod", 0, "/ssh").unwrap();
+        let req = Request {
+            endpoint: &endpoint,
+            endpoint_path: "/ssh",
+            token: None,
+            token_in_subprotocol: false,
+            headers: &[],
+            tls: None,
+            timeout: Duration::from_secs(5),
+            extra: &[],
+        };
+        open(&req).await
+    }
+
+    /// The server's first frame can arrive in the same segment as its `101`: the session gets
+    /// it, not tungstenite's buffer.
+    #[tokio::test]
+    async fn a_frame_sent_with_the_101_reaches_the_session() {
+        let server = serve_once(|key| {
+            let mut a = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {}\r\n\r\n",
+                derive_accept_key(key.as_bytes())
+            )
+            .into_bytes();
+            a.extend_from_slice(b"\x82\x0c\x00SSH-2.0-x\r\n");
+            a
+        })
+        .await;
+        let conn = open_at(&server).await.unwrap();
+        assert_eq!(conn.read_ahead, b"\x82\x0c\x00SSH-2.0-x\r\n");
+    }
+
+    /// Error answers keep their body (the reason shown to the user).
+    #[tokio::test]
+    async fn an_error_answer_keeps_its_reason() {
+        let server = serve_once(|_| {
+            let body = r#"{"error": "no such cluster", "reason": "unknown_cluster"}"#;
+            format!(
+                "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        })
+        .await;
+        let e = open_at(&server).await.err().unwrap();
+        assert!(matches!(e, ClientError::NotFound { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains("no such cluster (unknown_cluster)"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_a_connect_error() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let e = open_at(&format!("http://{addr}")).await.err().unwrap();
+        assert!(matches!(e, ClientError::Connect { .. }), "{e:?}");
+        assert!(
+            e.to_string().starts_with("cannot connect to 127.0.0.1:"),
+            "{e}"
+        );
+    }
+}
