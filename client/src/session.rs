@@ -401,6 +401,9 @@ fn close_frame(payload: &[u8]) -> Option<(u16, String)> {
 struct ToServer<W> {
     w: W,
     masks: Masks,
+    /// Our close frame is out: RFC 6455 allows nothing after it (not even the reply to the
+    /// server's close, when ours crossed it).
+    closed: bool,
 }
 
 impl<W: AsyncWrite + Unpin> ToServer<W> {
@@ -408,12 +411,16 @@ impl<W: AsyncWrite + Unpin> ToServer<W> {
         ToServer {
             w,
             masks: Masks::default(),
+            closed: false,
         }
     }
 
     /// Session bytes as frames of at most `chunk` bytes (plus the type byte), masked in place
     /// and written with their headers in one `writev`.
     async fn data(&mut self, framing: Framing, data: &mut [u8], chunk: usize) -> io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
         let typed = framing == Framing::Typed;
         let mut heads: Vec<([u8; MAX_HEADER + 1], usize)> = Vec::new();
         for piece in data.chunks_mut(chunk) {
@@ -440,6 +447,10 @@ impl<W: AsyncWrite + Unpin> ToServer<W> {
 
     /// One small frame (pings, pongs, SkyPilot's typed control frames).
     async fn control(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = opcode == OP_CLOSE;
         let frame = client_frame(opcode, payload, self.masks.next()?);
         self.w.write_all(&frame).await?;
         self.w.flush().await
@@ -884,6 +895,36 @@ mod tests {
                 "{what}"
             );
         }
+    }
+
+    /// Our close after stdin's end crosses nothing: the server's close that answers it gets no
+    /// second close frame (RFC 6455: nothing after a close).
+    #[tokio::test]
+    async fn one_close_frame_only() {
+        let (conn, mut peer) = tokio::io::duplex(1 << 16);
+        peer.write_all(&raw(true, OP_BINARY, b"\x00SSH-2.0-x\r\n"))
+            .await
+            .unwrap();
+        let (stdin, feed) = tokio::io::duplex(64);
+        let (_o, stdout) = tokio::io::duplex(64);
+        let o = opts();
+        let session = run(conn, Vec::new(), stdin, stdout, &o, std::future::pending());
+        let server = async {
+            drop(feed);
+            let mut got = [0u8; 64];
+            let n = peer.read(&mut got).await.unwrap();
+            let h = wsframe::parse(&got[..n], 125).unwrap().unwrap();
+            assert_eq!((h.opcode, h.frame_len() as usize), (OP_CLOSE, n));
+            peer.write_all(&raw(true, OP_CLOSE, &close_payload(1000, "")))
+                .await
+                .unwrap();
+            let mut rest = Vec::new();
+            peer.read_to_end(&mut rest).await.unwrap();
+            rest
+        };
+        let (end, rest) = tokio::join!(session, server);
+        assert_eq!(end.unwrap(), End::Done);
+        assert_eq!(rest, b"", "bytes after our close frame");
     }
 
     #[tokio::test]
