@@ -19,7 +19,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue, Response};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use wsgate_core::base64::encode_raw_url;
 use wsgate_core::reply::WEBSOCKET_URL_HEADER;
@@ -58,6 +57,7 @@ pub struct Request<'a> {
     pub extra: &'a [(String, String)],
 }
 
+/// Connects and upgrades, all within `r.timeout`.
 pub async fn open(r: &Request<'_>) -> Result<Conn, ClientError> {
     let mut req = r
         .endpoint
@@ -85,22 +85,16 @@ pub async fn open(r: &Request<'_>) -> Result<Conn, ClientError> {
             .map_err(|_| ClientError::Usage(format!("--header {k:?}: not a header name")))?;
         h.append(name, header_value(v)?);
     }
-    let mut config = WebSocketConfig::default();
-    config.max_message_size = Some(16 << 20);
-    config.max_frame_size = Some(16 << 20);
-    let addr = || r.endpoint.host.clone();
     let handshake = async {
         let io = connect(r).await?;
-        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
-            req,
-            Recorder {
-                io: Some(io),
-                seen: Vec::new(),
-            },
-            Some(config),
-        )
-        .await
-        .map_err(|e| classify(r, e))?;
+        let recorder = Recorder {
+            io: Some(io),
+            seen: Vec::new(),
+        };
+        // Frame limits are the session's (16 MiB): tungstenite reads no frame here.
+        let (mut ws, _) = tokio_tungstenite::client_async(req, recorder)
+            .await
+            .map_err(|e| classify(r, e))?;
         let rec = ws.get_mut();
         let io = rec.io.take().ok_or_else(|| {
             ClientError::Protocol("the connection was lost during the handshake".into())
@@ -110,7 +104,7 @@ pub async fn open(r: &Request<'_>) -> Result<Conn, ClientError> {
     };
     match tokio::time::timeout(r.timeout, handshake).await {
         Err(_) => Err(ClientError::Connect {
-            addr: addr(),
+            addr: r.endpoint.host.clone(),
             detail: format!("no answer within {}s", r.timeout.as_secs()),
         }),
         Ok(res) => res,
