@@ -303,12 +303,16 @@ def ssh(work: Path, s: Sizes, res: dict) -> str:
               "routes": [{"name": "skypilot-ssh", "prefix": "/kubernetes-pod-ssh-proxy",
                           "clusterQueryParam": "cluster_name"}]}
     gw = Gateway(work / "envoy-ssh", json.dumps(config), side.port, tls, tls_port, quiet=True).start()
+    # The ceiling of any stdio bridge in front of sshd here: the copy-only relay as ProxyCommand.
+    relay, raddr = start_announcing([str(BENCH), "relay-server", "--to", f"127.0.0.1:{sshd.port}"],
+                                    work / "relay-ssh.log")
     sky_python = ROOT / ".venv-skypilot" / "bin" / "python"
     sky_script = next((ROOT / ".venv-skypilot").glob("lib/python*/site-packages/sky/templates/websocket_proxy.py"), None)
     env = {**os.environ, "WSGATE_TOKEN": ALICE, "SKYPILOT_SERVICE_ACCOUNT_TOKEN": ALICE,
            "SSL_CERT_FILE": str(tls.ca_pem), "HOME": str(work)}
     paths: dict[str, str | None] = {
         "direct ssh": None,
+        RELAY: f"{BENCH} relay-client --to {raddr}",
         "wsgate proxy → sidecar": proxy_command(f"http://127.0.0.1:{side.port}", "prod"),
         "wsgate proxy → Envoy+filter → sidecar": proxy_command(f"https://localhost:{gw.ports['tls']}", "prod",
                                                                "--ca-file", str(tls.ca_pem)),
@@ -330,6 +334,8 @@ def ssh(work: Path, s: Sizes, res: dict) -> str:
             raise SystemExit(f"bench: ssh failed: {r.stderr.decode()}")
 
     runs = {name: {"mbps": [], "setup_ms": [], "side_cpu": [], "client_cpu": []} for name in paths}
+    # The server side each path runs through (none for direct ssh).
+    server = {name: None if px is None else relay if name == RELAY else side.proc for name, px in paths.items()}
     gib = s.ssh_mib / 1024
     for rnd in range(s.rounds):
         for name, px in paths.items():
@@ -339,18 +345,19 @@ def ssh(work: Path, s: Sizes, res: dict) -> str:
                 run_ssh(px, "true")
                 t.append((time.perf_counter() - t0) * 1000)
             runs[name]["setup_ms"].append(med(t))
-            side0, cli0 = cpu_seconds(side.proc.pid), children_cpu()
+            side0, cli0 = server_cpu(server[name]), children_cpu()
             t0 = time.perf_counter()
             src = subprocess.Popen([str(BENCH), "random", "--bytes", str(s.ssh_mib << 20)], stdout=subprocess.PIPE)
             run_ssh(px, "cat > /dev/null", stdin=src.stdout)
             src.wait()
             secs = time.perf_counter() - t0
             runs[name]["mbps"].append(s.ssh_mib * 1.048576 / secs)
-            runs[name]["side_cpu"].append((cpu_seconds(side.proc.pid) - side0) / gib)
+            runs[name]["side_cpu"].append((server_cpu(server[name]) - side0) / gib)
             runs[name]["client_cpu"].append((children_cpu() - cli0) / gib)
             print(f"ssh round {rnd + 1}/{s.rounds} {name}: {runs[name]['mbps'][-1]:.0f} MB/s", file=sys.stderr, flush=True)
     gw.stop()
     side.stop()
+    relay.kill()
     sshd.stop()
 
     direct = runs["direct ssh"]["mbps"]
@@ -362,10 +369,11 @@ def ssh(work: Path, s: Sizes, res: dict) -> str:
     res["ssh"] = runs
     return table(
         f"2. SSH end to end: {s.ssh_mib} MiB random bytes through `ssh host 'cat >/dev/null'` ({s.rounds} rounds)",
-        ["path", "MB/s median (min–max)", "vs direct (same round)", "`ssh host true` ms", "sidecar CPU-s/GiB",
-         "ssh + ProxyCommand CPU-s/GiB"],
+        ["path", "MB/s median (min–max)", "vs direct (same round)", "`ssh host true` ms",
+         "server CPU-s/GiB (sidecar or relay)", "ssh + ProxyCommand CPU-s/GiB"],
         rows,
-    )
+    ) + ("\nThe ceiling: the copy-only relay as ProxyCommand in front of sshd (no WebSocket, no TLS) is "
+         "what any stdio bridge could keep of direct ssh here, where ssh and sshd each keep a CPU busy.\n")
 
 
 # --- 3. filter in Envoy ----------------------------------------------------------------------
@@ -519,7 +527,8 @@ def goals(res: dict) -> str:
         direct = res["ssh"]["direct ssh"]["mbps"]
         ssh = {k: med(ratios(v["mbps"], direct)) for k, v in res["ssh"].items()}
         w = ssh["wsgate proxy → sidecar"]
-        goal("SSH via wsgate proxy → sidecar", "≥ 90 % of direct", f"{w:.0%}", w >= 0.9)
+        goal("SSH via wsgate proxy → sidecar", "≥ 90 % of direct",
+             f"{w:.0%} (copy-only relay: {ssh[RELAY]:.0%})", w >= 0.9)
         e = ssh["wsgate proxy → Envoy+filter → sidecar"]
         goal("SSH via Envoy + filter too", "≥ 75 % of direct", f"{e:.0%}", e >= 0.75)
         sd = {k: med(v["setup_ms"]) for k, v in res["ssh"].items()}
