@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Header mode: swallow `count` bytes, then answer with the count (8 bytes, big-endian).
 pub const PUSH: u8 = b'P';
@@ -25,7 +25,15 @@ pub fn header(mode: u8, count: u64) -> [u8; 9] {
 }
 
 pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(listen).await?;
+    // A deep accept queue, as the sidecar's: a burst of sessions (table 4 opens 1 000 at once)
+    // must measure the sidecar, not a 128-deep queue here dropping SYNs into 1 s retransmits.
+    let sock = if listen.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    sock.bind(listen)?;
+    let listener = sock.listen(4096)?;
     println!("{}", listener.local_addr()?);
     loop {
         let (sock, _) = listener.accept().await?;
