@@ -56,7 +56,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 
 /// Binds with a deep accept queue (the kernel caps it at `net.core.somaxconn`): a burst of
 /// clients (every session of a node reconnecting at once) waits in the queue instead of having
-/// SYNs dropped, which costs each dropped client a 1 s retransmit. tokio's `bind` asks for 1024.
+/// SYNs dropped, which costs each dropped client a 1 s retransmit. tokio's `bind` asks for 128
+/// (mio 1.x, as std does).
 fn bind_deep(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let sock = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
