@@ -21,6 +21,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine has spent busy (every CPU, every process, the kernel's
+    interrupts and softirqs; not idle, not iowait), from `/proc/stat`."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / TICK
+
+
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
