@@ -22,10 +22,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def machine_busy_seconds() -> float:
-    """CPU time the whole machine has spent busy (every CPU, every process, the kernel's
-    interrupts and softirqs; not idle, not iowait), from `/proc/stat`."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / TICK
+    """CPU time the whole machine has spent busy, from `/proc/stat`: user, nice, system, irq and
+    softirq of every CPU (not idle, iowait or steal; guest time is already inside user)."""
+    user, nice, system, _idle, _iowait, irq, softirq = (
+        int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]
+    )
+    return (user + nice + system + irq + softirq) / TICK
 
 
 def open_fds(pid: int) -> int:
