@@ -2,16 +2,16 @@
 //!
 //! It works on the client's connection as bytes (what the HTTP upgrade hands over) and does the
 //! RFC 6455 framing itself with [`wsgate_core::wsframe`]: client frames are unmasked in place in
-//! the buffer they were read into and every complete frame's payload in it goes to the target in
-//! one `writev`; target bytes are read in just behind room for a frame header, so each goes to
+//! the buffer they were read into and the session data in it goes to the target in one `writev`,
+//! a data frame's payload as far as it has arrived (so a frame larger than a read is neither
+//! waited for nor moved to the buffer's front); target bytes are read in just behind room for a frame header, so each goes to
 //! the client in one write with no copy. (A general WebSocket library zero-filled its read
 //! buffer, copied payloads, and made a syscall per frame: 2-3× the CPU per GiB of a plain copy.)
 //!
 //! Generic over both connections (`AsyncRead + AsyncWrite`), so it is tested over
 //! `tokio::io::duplex` with tungstenite's client as the peer, as well as end to end.
-//! Memory is bounded: towards the target, one read buffer (`read_size`, or one whole frame of at
-//! most `max_frame` bytes when a frame is larger) whose frames are all written before more is
-//! read; towards the client, one frame of at most `max_frame` bytes at a time. A slow peer slows
+//! Memory is bounded: towards the target, one read buffer (`read_size`; a typed control message,
+//! gathered whole, of at most `max_frame` bytes) whose data is all written before more is read; towards the client, one frame of at most `max_frame` bytes at a time. A slow peer slows
 //! the other side down instead of growing a queue, and untouched buffer pages cost nothing, so
 //! an idle session holds little.
 
@@ -100,6 +100,8 @@ where
         let max = (cfg.max_frame + MESSAGE_SLACK) as u64;
         let mut buf = BytesMut::new();
         let mut msg = Incoming::Idle;
+        // A data frame being passed on as its payload arrives.
+        let mut streaming: Option<Streaming> = None;
         let mut data: Vec<Range<usize>> = Vec::new();
         let mut replies: Vec<Bytes> = Vec::new();
         loop {
@@ -110,19 +112,53 @@ where
                 if data.len() == MAX_SLICES || replies.len() == MAX_SLICES {
                     break Stop::Full;
                 }
+                if let Some(s) = &mut streaming {
+                    let n = s.left.min(buf.len() - at);
+                    if n == 0 {
+                        break Stop::Need(1);
+                    }
+                    wsframe::apply_mask(&mut buf[at..at + n], wsframe::mask_from(s.mask, s.done));
+                    data.push(at..at + n);
+                    at += n;
+                    s.done += n;
+                    s.left -= n;
+                    if s.left > 0 {
+                        break Stop::Need(1);
+                    }
+                    streaming = None;
+                    continue;
+                }
                 let (h, payload) = match next_frame(&mut buf[at..], max) {
                     Ok(Next::Frame(h, p)) => (h, at + p.start..at + p.end),
+                    Ok(Next::Partial(h, mask, from)) => {
+                        // Session data goes on as it arrives; anything else waits to be whole.
+                        let first = [buf[at + from] ^ mask[0]];
+                        match msg.frame(cfg.framing, &h, &first, false, max) {
+                            Ok(Part::Data(skip)) => {
+                                at += from + skip;
+                                let left = h.len as usize - skip;
+                                streaming = Some(Streaming {
+                                    mask,
+                                    done: skip,
+                                    left,
+                                });
+                                continue;
+                            }
+                            Ok(_) => break Stop::Need(from + h.len as usize),
+                            Err(r) => break Stop::End(r),
+                        }
+                    }
                     Ok(Next::Need(n)) => break Stop::Need(n),
                     Err(r) => break Stop::End(r),
                 };
                 at = payload.end;
                 match h.opcode {
                     OP_BINARY | OP_CONTINUATION => {
-                        match msg.frame(cfg.framing, &h, &buf[payload.clone()], max) {
+                        match msg.frame(cfg.framing, &h, &buf[payload.clone()], true, max) {
                             Ok(Part::Data(skip)) if payload.len() > skip => {
                                 data.push(payload.start + skip..payload.end)
                             }
-                            Ok(Part::Data(_) | Part::Pending) => {}
+                            Ok(Part::Data(_) | Part::Pending | Part::Wait) => {}
                             Ok(Part::Reply(f)) => replies.push(f),
                             Ok(Part::Latency(ms)) => obs.latency_ms(ms),
                             Err(r) => break Stop::End(r),
@@ -272,11 +308,24 @@ enum Stop {
 enum Next {
     /// A whole frame, unmasked in place; the payload's range in the buffer.
     Frame(Header, Range<usize>),
-    /// Not all here: the buffer must hold this many bytes.
+    /// A data-carrying frame whose header and some (not all) of its payload are here, still
+    /// masked with this key; its payload starts at this offset.
+    Partial(Header, [u8; 4], usize),
+    /// Not enough for either: the buffer must hold this many bytes.
     Need(usize),
 }
 
-/// Reads the frame at the start of `buf` if it has all arrived, and unmasks its payload.
+/// A data frame whose payload goes to the target as it arrives, so a frame larger than one
+/// read is neither gathered nor copied to the buffer's front.
+struct Streaming {
+    mask: [u8; 4],
+    /// Payload bytes already past (where the mask's 4-byte cycle stands).
+    done: usize,
+    /// Payload bytes still to come.
+    left: usize,
+}
+
+/// Reads the frame at the start of `buf`: a whole one is unmasked in place.
 fn next_frame(buf: &mut [u8], max: u64) -> Result<Next, CloseReason> {
     let h = match wsframe::parse(buf, max) {
         Ok(Some(h)) => h,
@@ -284,16 +333,22 @@ fn next_frame(buf: &mut [u8], max: u64) -> Result<Next, CloseReason> {
         Err(HeaderError::TooBig(_)) => return Err(CloseReason::TooBig),
         Err(e) => return Err(CloseReason::Protocol(e.to_string())),
     };
-    // `len` is at most `max`, so this fits.
-    let end = h.header_len + h.len as usize;
-    if end > buf.len() {
-        return Ok(Next::Need(end));
-    }
     let Some(mask) = h.mask else {
         return Err(CloseReason::Protocol("client frames must be masked".into()));
     };
-    wsframe::apply_mask(&mut buf[h.header_len..end], mask);
-    Ok(Next::Frame(h, h.header_len..end))
+    // `len` is at most `max`, so this fits.
+    let end = h.header_len + h.len as usize;
+    if end <= buf.len() {
+        wsframe::apply_mask(&mut buf[h.header_len..end], mask);
+        return Ok(Next::Frame(h, h.header_len..end));
+    }
+    if !matches!(h.opcode, OP_BINARY | OP_CONTINUATION) {
+        return Ok(Next::Need(end));
+    }
+    if buf.len() == h.header_len {
+        return Ok(Next::Need(h.header_len + 1));
+    }
+    Ok(Next::Partial(h, mask, h.header_len))
 }
 
 /// The client message that continuation frames extend.
@@ -314,14 +369,19 @@ enum Part {
     Latency(u64),
     /// Kept until the message's last frame.
     Pending,
+    /// Not session data and not all here: the frame is taken once it is whole.
+    Wait,
 }
 
 impl Incoming {
+    /// `payload` is the frame's whole payload, or (`whole` false) as much of its start as has
+    /// arrived: then only session data is taken, anything else is left for later.
     fn frame(
         &mut self,
         framing: Framing,
         h: &Header,
         payload: &[u8],
+        whole: bool,
         max: u64,
     ) -> Result<Part, CloseReason> {
         let starts = h.opcode == OP_BINARY;
@@ -350,6 +410,10 @@ impl Incoming {
             }
             (Incoming::Idle, true) if payload.is_empty() && !h.fin => {
                 return Err(CloseReason::Frame(wsgate_core::framing::FrameError::Empty))
+            }
+            (before, _) if !whole => {
+                *self = before;
+                return Ok(Part::Wait);
             }
             (Incoming::Idle, true) => gather(framing, Vec::new(), h.fin, payload, max, self)?,
             (Incoming::Typed(so_far), false) => gather(framing, so_far, h.fin, payload, max, self)?,
@@ -545,7 +609,7 @@ mod tests {
     }
 
     /// Reads raw server frames until EOF: (opcode, payload) each.
-    async fn server_frames(mut r: DuplexStream) -> Vec<(u8, Vec<u8>)> {
+    async fn server_frames<R: AsyncRead + Unpin>(mut r: R) -> Vec<(u8, Vec<u8>)> {
         let mut bytes = Vec::new();
         r.read_to_end(&mut bytes).await.unwrap();
         let mut frames = Vec::new();
@@ -735,6 +799,84 @@ mod tests {
         .await;
         assert_eq!(reason, CloseReason::TextFrame);
         assert_eq!(close_code(&next(&mut client).await).unwrap().0, 1008);
+    }
+
+    #[tokio::test]
+    async fn a_data_frame_larger_than_a_read_goes_on_as_it_arrives() {
+        // One 10 000-byte frame (reads of 4 KiB) sent in pieces cut inside the header, right
+        // after it, after the type byte and at odd offsets: each piece's payload reaches the
+        // target before the next piece is sent (nothing waits for the whole frame), the mask's
+        // 4-byte cycle carries across pieces, and typed framing keeps the type byte out.
+        for framing in [Framing::Raw, Framing::Typed] {
+            let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+            let skip = usize::from(framing == Framing::Typed);
+            let msg = [&[TYPE_DATA][..skip], &payload].concat();
+            let frame = raw_frame(0x82, &msg);
+            let header = 8; // 2 bytes, a 16-bit length, the mask
+            let (server, mut peer) = tokio::io::duplex(1 << 16);
+            let (target, mut sshd) = tokio::io::duplex(1 << 16);
+            let c = BridgeConfig {
+                max_frame: 1 << 16,
+                ..cfg(framing)
+            };
+            let seen = Seen::default();
+            let session = bridge(server, target, &c, &seen, CancellationToken::new());
+            let driver = async {
+                let mut got = Vec::new();
+                let mut sent = 0;
+                for cut in [2, 8, 9, 1003, 4100, 9001, frame.len()] {
+                    peer.write_all(&frame[sent..cut]).await.unwrap();
+                    sent = cut;
+                    let want = sent.saturating_sub(header + skip);
+                    let arrived = async {
+                        while got.len() < want {
+                            let mut b = [0u8; 8192];
+                            let n = sshd.read(&mut b).await.unwrap();
+                            got.extend_from_slice(&b[..n]);
+                        }
+                    };
+                    tokio::time::timeout(Duration::from_secs(5), arrived)
+                        .await
+                        .unwrap_or_else(|_| panic!("{framing:?}: {want} bytes by byte {cut}"));
+                    assert_eq!(got.len(), want, "{framing:?}: nothing ahead of the client");
+                }
+                assert!(got == payload, "{framing:?}: the bytes, unmasked");
+                drop(peer);
+            };
+            let (reason, ()) = tokio::join!(session, driver);
+            assert_eq!(reason, CloseReason::ClientGone);
+            assert_eq!(seen.up.load(Ordering::Relaxed), 10_000);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_typed_message_split_across_reads_is_taken_whole() {
+        // A SkyPilot ping whose frame arrives in two reads is echoed whole, not streamed.
+        let ping = [1u8, 0, 0, 0, 42];
+        let frame = raw_frame(0x82, &ping);
+        let (server, peer) = tokio::io::duplex(1 << 16);
+        let (mut rd, mut wr) = tokio::io::split(peer);
+        let (target, mut sshd) = tokio::io::duplex(4096);
+        let c = cfg(Framing::Typed);
+        let seen = Seen::default();
+        let session = bridge(server, target, &c, &seen, CancellationToken::new());
+        let driver = async {
+            wr.write_all(&frame[..8]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            wr.write_all(&frame[8..]).await.unwrap();
+            wr.write_all(&raw_frame(0x88, &1000u16.to_be_bytes()))
+                .await
+                .unwrap();
+            let frames = server_frames(&mut rd).await;
+            let mut to_target = Vec::new();
+            sshd.read_to_end(&mut to_target).await.unwrap();
+            (frames, to_target)
+        };
+        let (reason, (frames, to_target)) = tokio::join!(session, driver);
+        assert_eq!(reason, CloseReason::ClientClosed);
+        assert_eq!(frames[0], (OP_BINARY, ping.to_vec()));
+        assert_eq!(close_of(&frames), 1000);
+        assert!(to_target.is_empty(), "a ping is not session data");
     }
 
     #[tokio::test]
