@@ -145,6 +145,8 @@ pub struct Args {
 
     /// Bytes read from a client per read at most (bytes): fewer syscalls per GiB on a busy
     /// session. Pages are touched only as data arrives, so an idle session does not pay for it.
+    /// Keep it a few client frames deep (`wsgate proxy` sends 64 KiB frames): at 64 KiB a
+    /// 1 GiB push cost the sidecar 2-3x the CPU it costs at 256 KiB; 1 MiB gained nothing.
     #[arg(long, env = "WSGATE_WS_READ_BUFFER", default_value_t = 256 * 1024)]
     pub ws_read_buffer: usize,
 
