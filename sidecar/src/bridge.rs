@@ -4,16 +4,18 @@
 //! RFC 6455 framing itself with [`wsgate_core::wsframe`]: client frames are unmasked in place in
 //! the buffer they were read into and the session data in it goes to the target in one `writev`,
 //! a data frame's payload as far as it has arrived (so a frame larger than a read is neither
-//! waited for nor moved to the buffer's front); target bytes are read in just behind room for a frame header, so each goes to
-//! the client in one write with no copy. (A general WebSocket library zero-filled its read
-//! buffer, copied payloads, and made a syscall per frame: 2-3× the CPU per GiB of a plain copy.)
+//! waited for nor moved to the buffer's front); target bytes are read in just behind room for a
+//! frame header, so each goes to the client in one write with no copy. (A general WebSocket
+//! library zero-filled its read buffer, copied payloads, and made a syscall per frame: 2-3× the
+//! CPU per GiB of a plain copy.)
 //!
 //! Generic over both connections (`AsyncRead + AsyncWrite`), so it is tested over
 //! `tokio::io::duplex` with tungstenite's client as the peer, as well as end to end.
 //! Memory is bounded: towards the target, one read buffer (`read_size`; a typed control message,
-//! gathered whole, of at most `max_frame` bytes) whose data is all written before more is read; towards the client, one frame of at most `max_frame` bytes at a time. A slow peer slows
-//! the other side down instead of growing a queue, and untouched buffer pages cost nothing, so
-//! an idle session holds little.
+//! gathered whole, of at most `max_frame` bytes) whose data is all written before more is read;
+//! towards the client, one frame of at most `max_frame` bytes at a time. A slow peer slows the
+//! other side down instead of growing a queue, and untouched buffer pages cost nothing, so an
+//! idle session holds little.
 
 use std::io::IoSlice;
 use std::ops::Range;
@@ -132,6 +134,7 @@ where
                     Ok(Next::Frame(h, p)) => (h, at + p.start..at + p.end),
                     Ok(Next::Partial(h, mask, from)) => {
                         // Session data goes on as it arrives; anything else waits to be whole.
+                        // At least the payload's first byte is here (the type byte, if any).
                         let first = [buf[at + from] ^ mask[0]];
                         match msg.frame(cfg.framing, &h, &first, false, max) {
                             Ok(Part::Data(skip)) => {
