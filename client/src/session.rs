@@ -595,6 +595,16 @@ mod tests {
         f
     }
 
+    /// The session's end of a raw server connection whose server has sent a typed banner, then
+    /// `more` bytes; the server's end, to read frames from and write more to.
+    async fn server_after_banner(more: &[u8]) -> (DuplexStream, DuplexStream) {
+        let (conn, mut peer) = tokio::io::duplex(1 << 16);
+        let mut first = raw(true, OP_BINARY, b"\x00SSH-2.0-x\r\n");
+        first.extend_from_slice(more);
+        peer.write_all(&first).await.unwrap();
+        (conn, peer)
+    }
+
     #[tokio::test]
     async fn typed_server_gets_typed_frames_and_stdin_eof_closes() {
         let (conn, mut srv) = server().await;
@@ -862,10 +872,7 @@ mod tests {
             ),
         ];
         for (what, bytes, want) in cases {
-            let (conn, mut peer) = tokio::io::duplex(1 << 16);
-            let mut first = raw(true, OP_BINARY, b"\x00SSH-2.0-x\r\n");
-            first.extend(bytes);
-            peer.write_all(&first).await.unwrap();
+            let (conn, mut peer) = server_after_banner(&bytes).await;
             let (stdin, _f) = tokio::io::duplex(64);
             let (_o, stdout) = tokio::io::duplex(64);
             let e = run(
@@ -901,10 +908,7 @@ mod tests {
     /// second close frame (RFC 6455: nothing after a close).
     #[tokio::test]
     async fn one_close_frame_only() {
-        let (conn, mut peer) = tokio::io::duplex(1 << 16);
-        peer.write_all(&raw(true, OP_BINARY, b"\x00SSH-2.0-x\r\n"))
-            .await
-            .unwrap();
+        let (conn, mut peer) = server_after_banner(&[]).await;
         let (stdin, feed) = tokio::io::duplex(64);
         let (_o, stdout) = tokio::io::duplex(64);
         let o = opts();
@@ -929,10 +933,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_lost_mid_session_is_an_error() {
-        let (conn, mut peer) = tokio::io::duplex(1 << 16);
-        peer.write_all(&raw(true, OP_BINARY, b"\x00SSH-2.0-x\r\n"))
-            .await
-            .unwrap();
+        let (conn, peer) = server_after_banner(&[]).await;
         let (stdin, _f) = tokio::io::duplex(64);
         let (_o, stdout) = tokio::io::duplex(64);
         let o = opts();
