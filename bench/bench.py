@@ -551,8 +551,8 @@ def goals(res: dict) -> str:
         b = res["bridge"]
         w = b["wsgate proxy → wsgate-sidecar"]
         raw = b["raw TCP (no bridge)"].mbps
-        share, relay_share = med(ratios(w.mbps, raw)), med(ratios(b[RELAY].mbps, raw))
         relay = b[RELAY]
+        share, relay_share = med(ratios(w.mbps, raw)), med(ratios(relay.mbps, raw))
         goal("Bridge throughput", "≥ 45 % of raw TCP",
              f"{share:.0%} (copy-only relay: {relay_share:.0%})", share >= 0.45)
         goal("Sidecar CPU per GiB", "≤ 0.3 CPU-s",
