@@ -71,11 +71,18 @@ enum Cmd {
         listen: SocketAddr,
         #[arg(long)]
         to: SocketAddr,
+        /// Unmask what the client sends, as a WebSocket server must (pair with the client's
+        /// `--mask`).
+        #[arg(long)]
+        unmask: bool,
     },
     /// The copy-only ceiling's stdio client: stdin → `to` → stdout, no WebSocket.
     RelayClient {
         #[arg(long)]
         to: SocketAddr,
+        /// Mask what it sends, as a WebSocket client must (pair with the server's `--unmask`).
+        #[arg(long)]
+        mask: bool,
     },
     /// Open many WebSocket sessions to a sidecar, each bridged to the target and checked with
     /// one echoed byte, then hold them until stdin closes.
@@ -95,8 +102,10 @@ fn main() -> anyhow::Result<()> {
             Cmd::Pingpong { count, size, via } => drive::pingpong(&via, count, size).await?,
             Cmd::Load(args) => http::load(&args).await?,
             Cmd::Sessions(args) => sessions::run(&args).await?,
-            Cmd::RelayServer { listen, to } => return relay::serve(listen, to).await,
-            Cmd::RelayClient { to } => return relay::client(to).await,
+            Cmd::RelayServer { listen, to, unmask } => {
+                return relay::serve(listen, to, unmask).await
+            }
+            Cmd::RelayClient { to, mask } => return relay::client(to, mask).await,
             Cmd::Random { bytes } => return drive::random_to_stdout(bytes).await,
         };
         println!("{report}");

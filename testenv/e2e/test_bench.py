@@ -21,6 +21,7 @@ def test_bench_smoke_run_writes_every_table(tmp_path):
         assert title in report
     for row in ("| raw TCP (no bridge) |", "| wsgate proxy → wsgate-sidecar |",
                 "| python websockets client → python bridge |", "| direct ssh |",
+                "| masking relay (copy + RFC 6455 masking: a WebSocket bridge's floor) |",
                 "| wsgate proxy → Envoy+filter → sidecar |", "| no filter |", "| wsgate filter (Wasm) |",
                 "| Lua filter (token rewrite only) |", "| Sidecar CPU per GiB |"):
         assert row in report, row
