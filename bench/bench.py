@@ -4,6 +4,7 @@
 Four parts, each printed as a Markdown table of medians, min–max and ratios, all written to
 bench/results.md (or --out):
 1. Bridge (no Envoy): 1 GiB of random bytes pushed and 64-byte ping-pong through raw TCP,
+   a copy-only relay and a masking relay (the floors of any stdio / WebSocket bridge here),
    `wsgate proxy` → `wsgate-sidecar`, websocat 1.x and 4.x as the same bridge, and a Python
    `websockets` bridge with a SkyPilot-style client. CPU seconds per GiB and peak RSS each side.
 2. SSH end to end: `ssh host true` and 1 GiB through `ssh host 'cat >/dev/null'`, direct and
