@@ -188,14 +188,13 @@ def bridge(work: Path, s: Sizes, res: dict) -> str:
     target, taddr = start_announcing([str(BENCH), "target"], work / "target.log")
     servers: dict[str, subprocess.Popen | None] = {"raw TCP (no bridge)": None}
     clients: dict[str, list[str]] = {"raw TCP (no bridge)": ["--connect", taddr]}
-    # The ceiling: the same four processes and copies with no WebSocket (bench/src/relay.rs).
-    servers[RELAY], raddr = start_announcing([str(BENCH), "relay-server", "--to", taddr], work / "relay.log")
-    clients[RELAY] = ["--", str(BENCH), "relay-client", "--to", raddr]
-    # The same, masking and unmasking the upstream bytes as every WebSocket client and server
-    # must: what a WebSocket bridge cannot do without, its framing aside.
-    servers[MASKED], maddr = start_announcing([str(BENCH), "relay-server", "--to", taddr, "--unmask"],
-                                              work / "relay-masked.log")
-    clients[MASKED] = ["--", str(BENCH), "relay-client", "--to", maddr, "--mask"]
+    # The ceiling: the same four processes and copies with no WebSocket (bench/src/relay.rs);
+    # and the same masking and unmasking the upstream bytes as every WebSocket client and
+    # server must: what a WebSocket bridge cannot do without, its framing aside.
+    for name, log, srv_flags, cli_flags in ((RELAY, "relay.log", [], []),
+                                            (MASKED, "relay-masked.log", ["--unmask"], ["--mask"])):
+        servers[name], addr = start_announcing([str(BENCH), "relay-server", "--to", taddr, *srv_flags], work / log)
+        clients[name] = ["--", str(BENCH), "relay-client", "--to", addr, *cli_flags]
     side = Sidecar(work / "sidecar", standard_args(work, taddr)).start()
     servers["wsgate proxy → wsgate-sidecar"] = side.proc
     clients["wsgate proxy → wsgate-sidecar"] = ["--", str(WSGATE), "proxy", f"http://127.0.0.1:{side.port}", "prod"]
