@@ -160,9 +160,57 @@ def listeners(plugin_config: str, tls: Tls, tls_port: int = 0, plaintext_port: i
     ]
 
 
-def bootstrap(backend_port: int, static_listeners: list[dict] | None, listeners_file: Path | None = None) -> dict:
+def istio_stats_config(extra_stat_tags: list[str]) -> dict:
+    """The `stats_config` istio-agent writes into every proxy's bootstrap (Istio's
+    `tools/packaging/common/envoy_bootstrap.json`, with the inclusion list of
+    `pkg/bootstrap/config.go`): no Envoy default tag extractors, Istio's own tag regexes, one
+    regex per `extraStatTags` entry (ProxyConfig `extraStatTags`, annotation
+    `sidecar.istio.io/extraStatTags`), and a stats matcher that keeps only the listed prefixes
+    (`wasm` among the required ones, so every `wasmcustom.*` stat is kept)."""
+    tags = [
+        {"tag_name": "cluster_name", "regex": r"^cluster\.((.+?(\..+?\.svc\.cluster\.local)?)\.)"},
+        {"tag_name": "tcp_prefix", "regex": r"^tcp\.((.*?)\.)\w+?$"},
+        {"tag_name": "response_code", "regex": r"_rq(_(\d{3}))$"},
+        {"tag_name": "response_code_class", "regex": r"_rq(_(\dxx))$"},
+        {"tag_name": "http_conn_manager_listener_prefix",
+         "regex": r"^listener(?=\.).*?\.http\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"},
+        {"tag_name": "http_conn_manager_prefix",
+         "regex": r"^http\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"},
+        {"tag_name": "listener_address",
+         "regex": r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"},
+        {"tag_name": "mongo_prefix", "regex": r"^mongo\.(.+?)\.(collection|cmd|cx_|op_|delays_|decoding_)(.*?)$"},
+        *({"tag_name": t, "regex": rf"({t}=\.=(.*?);\.;)"} for t in extra_stat_tags),
+        {"tag_name": "cache", "regex": r"(cache\.(.+?)\.)"},
+        {"tag_name": "component", "regex": r"(component\.(.+?)\.)"},
+        {"tag_name": "tag", "regex": r"(tag\.(.+?);\.)"},
+        {"tag_name": "wasm_filter", "regex": r"(wasm_filter\.(.+?)\.)"},
+        {"tag_name": "authz_enforce_result", "regex": r"rbac(\.(allowed|denied))"},
+        {"tag_name": "authz_dry_run_action", "regex": r"(\.istio_dry_run_(allow|deny)_)"},
+        {"tag_name": "authz_dry_run_result", "regex": r"(\.shadow_(allowed|denied))"},
+    ]
+    prefixes = ["reporter=", "cluster_manager", "listener_manager", "server", "cluster.xds-grpc", "wasm",
+                "component", "istio"]
+    suffixes = ["rbac.allowed", "rbac.denied", "shadow_allowed", "shadow_denied"]
+    return {
+        "use_all_default_tags": False,
+        "stats_tags": tags,
+        "stats_matcher": {
+            "inclusion_list": {
+                "patterns": [
+                    *({"prefix": p} for p in prefixes),
+                    *({"suffix": s} for s in suffixes),
+                    {"safe_regex": {"regex": r"vhost\..*\.route\..*"}},
+                ]
+            }
+        },
+    }
+
+
+def bootstrap(backend_port: int, static_listeners: list[dict] | None, listeners_file: Path | None = None,
+              stats_config: dict | None = None) -> dict:
     """Listeners either in the bootstrap or, with `listeners_file`, from a file Envoy watches
-    (LDS from a path: what the reload tests use, as istiod's pushes would be)."""
+    (LDS from a path: what the reload tests use, as istiod's pushes would be). `stats_config`:
+    Envoy's defaults when None (e.g. `istio_stats_config(...)` for what Istio writes)."""
     out = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
@@ -195,6 +243,8 @@ def bootstrap(backend_port: int, static_listeners: list[dict] | None, listeners_
             ],
         },
     }
+    if stats_config is not None:
+        out["stats_config"] = stats_config
     if listeners_file is not None:
         out["node"] = {"id": "wsgate-testbed", "cluster": "wsgate-testbed"}  # xDS requires both
         out["dynamic_resources"] = {
@@ -244,6 +294,8 @@ class Gateway:
     plaintext_port: int = 0
     # The listener file's version_info, raised on every reload.
     version: int = 0
+    # The bootstrap's `stats_config` (None: Envoy's defaults); see `istio_stats_config`.
+    stats_config: dict | None = None
     proc: subprocess.Popen | None = None
     admin: str = ""
     ports: dict[str, int] = field(default_factory=dict)
@@ -266,9 +318,11 @@ class Gateway:
             self.tls_port = self.tls_port or free_port()
             self.plaintext_port = self.plaintext_port or free_port()
             self._write_listeners()
-            cfg.write_text(json.dumps(bootstrap(self.backend_port, None, self.listeners_file), indent=1))
+            cfg.write_text(json.dumps(bootstrap(self.backend_port, None, self.listeners_file,
+                                                self.stats_config), indent=1))
         else:
-            cfg.write_text(json.dumps(bootstrap(self.backend_port, self._listeners()), indent=1))
+            cfg.write_text(json.dumps(bootstrap(self.backend_port, self._listeners(), None, self.stats_config),
+                                      indent=1))
         admin_file = self.workdir / "admin-address"
         admin_file.unlink(missing_ok=True)
         log = open(self.log_path, "wb")

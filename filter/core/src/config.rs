@@ -4,10 +4,20 @@
 //! unknown fields and wrong types fail deserialisation (with their JSON path); bad CIDRs,
 //! patterns, header names and conflicting rules fail compilation. `{}` is a useful, safe default:
 //! token rewrite on every WebSocket upgrade, the response-side redirect guard, HTTP/2 key repair,
-//! nothing routed, nothing let through in plaintext.
+//! the default routing header removed from every request, nothing routed, nothing let through in
+//! plaintext.
+//!
+//! Every place that holds an object accepts only a JSON object: serde's derived struct visitors
+//! also accept an array (the fields in declaration order), so `[]` would load as `{}` and
+//! `{"tokenRewrite": [false]}` would turn the rewrite off. `objects_only!` gives every
+//! config struct a `Deserialize` that accepts only a map and names anything else in JSON terms.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::marker::PhantomData;
 
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::cidr::Cidr;
@@ -33,10 +43,111 @@ fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Objects only.
+
+/// How a JSON object becomes a value once its map is in hand (a config struct's derived,
+/// `remote = "Self"` deserializer, or a plain map's).
+trait FromObject<'de>: Sized {
+    fn from_object<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error>;
+}
+
+impl<'de> FromObject<'de> for BTreeMap<String, String> {
+    fn from_object<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
+        Deserialize::deserialize(MapAccessDeserializer::new(map))
+    }
+}
+
+/// Accepts a JSON object and nothing else. It asks for `deserialize_any` so that it sees what
+/// the input really holds and can name it in JSON's terms: `expected an object, found an array`.
+struct ObjectVisitor<T>(PhantomData<T>);
+
+fn not_an_object<E: de::Error>(found: &str) -> E {
+    E::custom(format_args!("expected an object, found {found}"))
+}
+
+impl<'de, T: FromObject<'de>> Visitor<'de> for ObjectVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::from_object(map)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, _seq: A) -> Result<T, A::Error> {
+        Err(not_an_object("an array"))
+    }
+
+    fn visit_bool<E: de::Error>(self, _v: bool) -> Result<T, E> {
+        Err(not_an_object("a boolean"))
+    }
+
+    fn visit_i64<E: de::Error>(self, _v: i64) -> Result<T, E> {
+        Err(not_an_object("a number"))
+    }
+
+    fn visit_u64<E: de::Error>(self, _v: u64) -> Result<T, E> {
+        Err(not_an_object("a number"))
+    }
+
+    fn visit_f64<E: de::Error>(self, _v: f64) -> Result<T, E> {
+        Err(not_an_object("a number"))
+    }
+
+    fn visit_str<E: de::Error>(self, _v: &str) -> Result<T, E> {
+        Err(not_an_object("a string"))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<T, E> {
+        Err(not_an_object("null"))
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<T, E> {
+        Err(not_an_object("null"))
+    }
+}
+
+/// `deserialize_with` for map-valued fields (`setHeaders`): an object, or an error in JSON's
+/// terms like the config structs give.
+fn object<'de, D: Deserializer<'de>, T: FromObject<'de>>(d: D) -> Result<T, D::Error> {
+    d.deserialize_any(ObjectVisitor(PhantomData))
+}
+
+/// For each config struct (derived with `#[serde(remote = "Self")]`, which makes the derived
+/// deserializer an inherent function instead of the trait impl): the `Deserialize` impl that
+/// accepts only an object and then hands its map to the derived code. Every struct of the
+/// config is listed here, so no level of it can be given as an array.
+macro_rules! objects_only {
+    ($($t:ident),+ $(,)?) => {$(
+        impl<'de> FromObject<'de> for $t {
+            fn from_object<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
+                $t::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                object(d)
+            }
+        }
+    )+};
+}
+
+objects_only!(
+    RawConfig,
+    RawTokenRewrite,
+    RawRedirectGuard,
+    RawAllowPlaintext,
+    RawRoute
+);
+
+// ---------------------------------------------------------------------------------------------
 // Phase 1: the JSON as written (camelCase, unknown fields refused).
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(remote = "Self", deny_unknown_fields, rename_all = "camelCase")]
 struct RawConfig {
     #[serde(default)]
     token_rewrite: RawTokenRewrite,
@@ -53,7 +164,7 @@ fn yes() -> bool {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(remote = "Self", deny_unknown_fields, rename_all = "camelCase")]
 struct RawTokenRewrite {
     #[serde(default = "yes")]
     enabled: bool,
@@ -74,7 +185,7 @@ impl Default for RawTokenRewrite {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(remote = "Self", deny_unknown_fields, rename_all = "camelCase")]
 struct RawRedirectGuard {
     #[serde(default)]
     https_port: Option<u16>,
@@ -83,14 +194,14 @@ struct RawRedirectGuard {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(remote = "Self", deny_unknown_fields, rename_all = "camelCase")]
 struct RawAllowPlaintext {
     trusted_cidrs: Vec<String>,
     path_prefixes: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(remote = "Self", deny_unknown_fields, rename_all = "camelCase")]
 struct RawRoute {
     #[serde(default)]
     name: Option<String>,
@@ -110,7 +221,7 @@ struct RawRoute {
     authority: Option<String>,
     #[serde(default)]
     remove_headers: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     set_headers: BTreeMap<String, String>,
 }
 
@@ -161,8 +272,9 @@ pub struct Policy {
     pub guard: GuardPolicy,
     pub h2_websocket_key: bool,
     pub routes: Vec<Route>,
-    /// Every routing header of every rule: removed from all incoming requests, so a client can
-    /// never forge the header a VirtualService routes on.
+    /// The default routing header and every rule's routing header, whatever the config (even
+    /// `{}`): removed from every incoming request, so a client can never forge the header a
+    /// VirtualService routes on. A rule that matches then sets its own value.
     pub routing_headers: Vec<String>,
 }
 
@@ -188,7 +300,7 @@ fn unreachable_default() -> Policy {
         guard: GuardPolicy::default(),
         h2_websocket_key: true,
         routes: Vec::new(),
-        routing_headers: Vec::new(),
+        routing_headers: vec![DEFAULT_ROUTING_HEADER.to_string()],
     }
 }
 
@@ -236,7 +348,13 @@ impl Policy {
             check_conflicts(i, &route, &routes)?;
             routes.push(route);
         }
-        let routing_headers: BTreeSet<String> = routes.iter().map(|r| r.header.clone()).collect();
+        // The default header is stripped even when no rule uses it: the VirtualService in
+        // `istio/base` routes on it whatever this config says.
+        let routing_headers: BTreeSet<String> = routes
+            .iter()
+            .map(|r| r.header.clone())
+            .chain([DEFAULT_ROUTING_HEADER.to_string()])
+            .collect();
         Ok(Policy {
             token,
             guard,
@@ -494,6 +612,187 @@ mod tests {
             assert!(p.h2_websocket_key);
             assert!(p.routes.is_empty());
         }
+    }
+
+    #[test]
+    fn the_default_routing_header_is_always_stripped() {
+        struct Case {
+            name: &'static str,
+            config: &'static str,
+            routing_headers: &'static [&'static str],
+        }
+        let cases = [
+            Case {
+                name: "empty input",
+                config: "",
+                routing_headers: &["x-wsgate-cluster"],
+            },
+            Case {
+                name: "{}",
+                config: "{}",
+                routing_headers: &["x-wsgate-cluster"],
+            },
+            Case {
+                name: "no routes, token rewrite off",
+                config: r#"{"tokenRewrite": {"enabled": false}, "routes": []}"#,
+                routing_headers: &["x-wsgate-cluster"],
+            },
+            Case {
+                name: "one rule with a custom header",
+                config: r#"{"routes": [{"pattern": "/c/{cluster}", "header": "x-ui-cluster"}]}"#,
+                routing_headers: &["x-ui-cluster", "x-wsgate-cluster"],
+            },
+            Case {
+                name: "two custom headers, the default named too",
+                config: r#"{"routes": [
+                  {"pattern": "/c/{cluster}", "header": "x-b"},
+                  {"pattern": "/d/{cluster}", "header": "x-a"},
+                  {"pattern": "/e/{cluster}", "header": "x-wsgate-cluster"}]}"#,
+                routing_headers: &["x-a", "x-b", "x-wsgate-cluster"],
+            },
+        ];
+        for c in cases {
+            let p = Policy::from_json(c.config.as_bytes()).unwrap();
+            assert_eq!(p.routing_headers, c.routing_headers, "{}", c.name);
+        }
+        assert_eq!(
+            Policy::default().routing_headers,
+            [DEFAULT_ROUTING_HEADER],
+            "Policy::default"
+        );
+    }
+
+    /// Where the config holds an object, nothing else is accepted: not an array (which serde's
+    /// derived struct visitors would read as the fields in order), not a scalar, not null.
+    #[test]
+    fn only_an_object_is_accepted_where_an_object_belongs() {
+        struct Case {
+            name: &'static str,
+            json: &'static str,
+            field: &'static str,
+            found: &'static str,
+        }
+        let cases = [
+            Case {
+                name: "top level: empty array",
+                json: "[]",
+                field: "pluginConfig",
+                found: "an array",
+            },
+            Case {
+                name: "top level: array of the fields in order",
+                json: r#"[{"enabled": false}, {}, true, []]"#,
+                field: "pluginConfig",
+                found: "an array",
+            },
+            Case {
+                name: "top level: string",
+                json: r#""{}""#,
+                field: "pluginConfig",
+                found: "a string",
+            },
+            Case {
+                name: "top level: number",
+                json: "7",
+                field: "pluginConfig",
+                found: "a number",
+            },
+            Case {
+                name: "top level: boolean",
+                json: "true",
+                field: "pluginConfig",
+                found: "a boolean",
+            },
+            Case {
+                name: "top level: null",
+                json: "null",
+                field: "pluginConfig",
+                found: "null",
+            },
+            Case {
+                name: "tokenRewrite as [false] (would turn the rewrite off)",
+                json: r#"{"tokenRewrite": [false]}"#,
+                field: "tokenRewrite",
+                found: "an array",
+            },
+            Case {
+                name: "tokenRewrite as []",
+                json: r#"{"tokenRewrite": []}"#,
+                field: "tokenRewrite",
+                found: "an array",
+            },
+            Case {
+                name: "tokenRewrite as false",
+                json: r#"{"tokenRewrite": false}"#,
+                field: "tokenRewrite",
+                found: "a boolean",
+            },
+            Case {
+                name: "tokenRewrite as null",
+                json: r#"{"tokenRewrite": null}"#,
+                field: "tokenRewrite",
+                found: "null",
+            },
+            Case {
+                name: "redirectGuard as array",
+                json: r#"{"redirectGuard": [8443]}"#,
+                field: "redirectGuard",
+                found: "an array",
+            },
+            Case {
+                name: "allowPlaintext as array of its fields",
+                json: r#"{"redirectGuard": {"allowPlaintext": [["10.0.0.0/8"], ["/ssh"]]}}"#,
+                field: "redirectGuard.allowPlaintext",
+                found: "an array",
+            },
+            Case {
+                name: "a rule as array",
+                json: r#"{"routes": [{"pattern": "/c/{cluster}"}, ["r", "/a"]]}"#,
+                field: "routes[1]",
+                found: "an array",
+            },
+            Case {
+                name: "a rule as string",
+                json: r#"{"routes": ["/c/{cluster}"]}"#,
+                field: "routes[0]",
+                found: "a string",
+            },
+            Case {
+                name: "setHeaders as array",
+                json: r#"{"routes": [{"pattern": "/c/{cluster}", "setHeaders": [["x-a", "b"]]}]}"#,
+                field: "routes[0].setHeaders",
+                found: "an array",
+            },
+        ];
+        for c in cases {
+            let e =
+                Policy::from_json(c.json.as_bytes()).expect_err(&format!("{}: accepted", c.name));
+            assert_eq!(e.field, c.field, "{}: {e}", c.name);
+            let want = format!("expected an object, found {}", c.found);
+            assert!(e.reason.starts_with(&want), "{}: {e}", c.name);
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("invalid pluginConfig: {}: {want}", c.field)),
+                "{}: {e}",
+                c.name
+            );
+        }
+    }
+
+    /// Objects still load as before, and an absent optional object may be written as null.
+    #[test]
+    fn objects_load_as_before() {
+        let p = Policy::from_json(
+            br#"{"tokenRewrite": {}, "redirectGuard": {"allowPlaintext": null},
+                 "routes": [{"pattern": "/c/{cluster}", "setHeaders": {}}]}"#,
+        )
+        .unwrap();
+        assert!(p.token.enabled);
+        assert!(p.guard.allow_plaintext.is_none());
+        assert!(p.routes[0].set_headers.is_empty());
+        let e = Policy::from_json(br#"{"routes": [{"pattern": "/c/{cluster}", "bogus": 1}]}"#)
+            .unwrap_err();
+        assert_eq!(e.field, "routes[0].bogus", "{e}");
     }
 
     #[test]

@@ -229,8 +229,9 @@ pub fn decide(
 }
 
 /// Whether [`decide`] is certain to leave a request alone (continue, no header change, no
-/// counter, no memo): it has no `upgrade` header, no client-sent routing header, and no route
-/// matches its path. Everything else `decide` does applies to upgrades only.
+/// counter, no memo): it has no `upgrade` header, no client-sent routing header (the default
+/// one is always among them, even with `{}`), and no route matches its path. Everything else
+/// `decide` does applies to upgrades only.
 ///
 /// The glue asks this first, with single-header host calls, because fetching every header is
 /// a host call that copies the whole map into the module: on the ordinary requests a gateway
@@ -754,6 +755,161 @@ mod tests {
         let forged = hdrs(&[(":path", "/c/dev"), ("x-wsgate-cluster", "prod")]);
         let d = run(&forged, "HTTP/1.1", "", &p);
         assert_eq!(op_value(&d, "x-wsgate-cluster"), Some("dev"));
+    }
+
+    /// A client never chooses its backend: the default routing header and every rule's header
+    /// are removed from every request, whatever the config, upgrade or not, routed or not; a
+    /// rule that matches sets its own value after the removal. And the glue's pre-check never
+    /// skips a request that carries one.
+    #[test]
+    fn client_sent_routing_headers_are_always_removed() {
+        struct Case {
+            name: &'static str,
+            config: &'static str,
+            headers: Vec<(String, String)>,
+            /// The `Remove` operations expected, in order.
+            removed: &'static [&'static str],
+            /// The routing header a matched rule sets afterwards, and its value.
+            routed: Option<(&'static str, &'static str)>,
+        }
+        let custom = r#"{"routes": [{"pattern": "/c/{cluster}", "header": "x-ui-cluster"}]}"#;
+        let two = r#"{"routes": [
+          {"pattern": "/c/{cluster}", "header": "x-ui-cluster"},
+          {"prefix": "/ssh", "clusterQueryParam": "c"}]}"#;
+        let plain = |extra: &[(&str, &str)]| {
+            let mut h = hdrs(&[(":path", "/elsewhere"), (":authority", "gw")]);
+            h.extend(hdrs(extra));
+            h
+        };
+        let cases = vec![
+            Case {
+                name: "{}: plain GET with the default header",
+                config: "{}",
+                headers: plain(&[("x-wsgate-cluster", "prod")]),
+                removed: &["x-wsgate-cluster"],
+                routed: None,
+            },
+            Case {
+                name: "{}: WebSocket upgrade with the default header",
+                config: "{}",
+                headers: ws(&[("x-wsgate-cluster", "prod")]),
+                removed: &["x-wsgate-cluster"],
+                routed: None,
+            },
+            Case {
+                name: "{}: empty value",
+                config: "{}",
+                headers: plain(&[("x-wsgate-cluster", "")]),
+                removed: &["x-wsgate-cluster"],
+                routed: None,
+            },
+            Case {
+                name: "{}: two lines, one removal for both",
+                config: "{}",
+                headers: plain(&[("x-wsgate-cluster", "a"), ("x-wsgate-cluster", "b")]),
+                removed: &["x-wsgate-cluster"],
+                routed: None,
+            },
+            Case {
+                name: "{}: name in another case",
+                config: "{}",
+                headers: plain(&[("X-Wsgate-Cluster", "prod")]),
+                removed: &["x-wsgate-cluster"],
+                routed: None,
+            },
+            Case {
+                name: "{}: nothing sent, nothing removed",
+                config: "{}",
+                headers: plain(&[]),
+                removed: &[],
+                routed: None,
+            },
+            Case {
+                name: "empty config input: the same as {}",
+                config: "",
+                headers: plain(&[("x-wsgate-cluster", "prod")]),
+                removed: &["x-wsgate-cluster"],
+                routed: None,
+            },
+            Case {
+                name: "custom header rule, unmatched: the default header still removed",
+                config: custom,
+                headers: plain(&[("x-wsgate-cluster", "prod")]),
+                removed: &["x-wsgate-cluster"],
+                routed: None,
+            },
+            Case {
+                name: "custom header rule, unmatched: both removed",
+                config: custom,
+                headers: plain(&[("x-wsgate-cluster", "prod"), ("x-ui-cluster", "prod")]),
+                removed: &["x-ui-cluster", "x-wsgate-cluster"],
+                routed: None,
+            },
+            Case {
+                name: "custom header rule, matched: removed, then set to the validated cluster",
+                config: custom,
+                headers: hdrs(&[
+                    (":path", "/c/dev/x"),
+                    ("x-ui-cluster", "prod"),
+                    ("x-wsgate-cluster", "prod"),
+                ]),
+                removed: &["x-ui-cluster", "x-wsgate-cluster"],
+                routed: Some(("x-ui-cluster", "dev")),
+            },
+            Case {
+                name: "two rules: the other rule's header removed on a match",
+                config: two,
+                headers: ws(&[(":path", "/ssh?c=dev"), ("x-ui-cluster", "prod")]),
+                removed: &["x-ui-cluster"],
+                routed: Some(("x-wsgate-cluster", "dev")),
+            },
+        ];
+        for c in cases {
+            let p = policy(c.config);
+            let d = run(&c.headers, "HTTP/1.1", "", &p);
+            assert_eq!(d.action, Action::Continue, "{}", c.name);
+            let removed: Vec<&str> = d
+                .ops
+                .iter()
+                .filter_map(|op| match op {
+                    HeaderOp::Remove { name } => Some(name.as_str()),
+                    HeaderOp::Set { .. } => None,
+                })
+                .collect();
+            assert_eq!(removed, c.removed, "{}", c.name);
+            assert_eq!(
+                d.outcomes.contains(&Outcome::ForgedHeaderRemoved),
+                !c.removed.is_empty(),
+                "{}",
+                c.name
+            );
+            if let Some((header, cluster)) = c.routed {
+                assert_eq!(op_value(&d, header), Some(cluster), "{}", c.name);
+                let set_at = d
+                    .ops
+                    .iter()
+                    .position(|op| matches!(op, HeaderOp::Set { name, .. } if name == header));
+                let removed_at = d
+                    .ops
+                    .iter()
+                    .position(|op| matches!(op, HeaderOp::Remove { name } if name == header));
+                if let (Some(set_at), Some(removed_at)) = (set_at, removed_at) {
+                    assert!(removed_at < set_at, "{}: set before removed", c.name);
+                }
+            } else {
+                assert!(
+                    !d.ops
+                        .iter()
+                        .any(|op| matches!(op, HeaderOp::Set { name, .. } if p.routing_headers.contains(name))),
+                    "{}: a routing header was set",
+                    c.name
+                );
+            }
+            let view = Headers(&c.headers);
+            let path = || view.first(":path").map(String::from);
+            let alone = leaves_alone(&path, &|n| view.has(n), &p);
+            assert_eq!(alone, d.changes_nothing(), "{}: leaves_alone", c.name);
+        }
     }
 
     #[test]

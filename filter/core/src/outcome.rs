@@ -2,9 +2,31 @@
 //!
 //! The glue defines every counter at configure time from [`Outcome::all`], so `/stats` shows
 //! zeros before the first request and dashboards need no special cases.
+//!
+//! Per-reason counters (token errors, route rejections) form one Prometheus family each, with
+//! the reason as a `reason` label, as the sidecar's metrics do. Proxy-Wasm has no labels: a
+//! metric is a flat name, and Envoy extracts labels ("tags") from names with the regexes of its
+//! bootstrap `stats_config`. So the reason is embedded in the name the way Istio's
+//! `extraStatTags` regex reads it, `reason=.=<reason>;.;` (Istio writes
+//! `{"regex": "(reason=\\.=(.*?);\\.;)", "tag_name": "reason"}` into the gateway's bootstrap
+//! for `extraStatTags: ["reason"]`), placed so that removing it leaves the family name:
+//! `wsgate_token_errors_reason=.=multiple_tokens;.;total` is reported as
+//! `wsgate_token_errors_total{reason="multiple_tokens"}`. Without that setting Envoy shows the
+//! name sanitised, `wsgate_token_errors_reason___multiple_tokens___total`
+//! (docs/filter-metrics.md).
 
 use crate::route::RouteError;
 use crate::token::TokenError;
+
+/// The label of every per-reason counter (and the Istio `extraStatTags` entry that extracts it).
+pub const REASON_LABEL: &str = "reason";
+
+/// A family name, and what precedes the embedded reason in a per-reason counter's name (the
+/// family name without its `total`).
+struct Stem {
+    family: &'static str,
+    head: &'static str,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -33,24 +55,57 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The counter name, as `define_metric` takes it (Prometheus shows it as is).
+    /// The Prometheus family this outcome counts in, and its `reason` label (per-reason
+    /// counters only): what `/stats/prometheus` shows once the `reason` tag is extracted.
+    pub fn family(self) -> (&'static str, Option<&'static str>) {
+        let (stem, reason) = self.stem();
+        (stem.family, reason)
+    }
+
+    /// The counter name, as `define_metric` takes it: the family name, or for per-reason
+    /// counters the family name with `reason=.=<reason>;.;` before its `total`.
     pub fn metric_name(self) -> String {
-        let name = match self {
-            Outcome::Upgrade => "upgrades",
-            Outcome::TokenRewritten => "tokens_rewritten",
-            Outcome::TokenError(e) => return format!("wsgate_token_errors_{}_total", e.reason()),
-            Outcome::AuthorizationConflict => "authorization_conflicts",
-            Outcome::AuthorizationKept => "authorization_kept",
-            Outcome::RedirectGuarded => "redirects_guarded",
-            Outcome::PlaintextAllowed => "plaintext_allowed",
-            Outcome::Routed => "routed",
-            Outcome::RouteRejected(e) => {
-                return format!("wsgate_route_rejections_{}_total", e.reason())
-            }
-            Outcome::H2KeyAdded => "h2_keys_added",
-            Outcome::ForgedHeaderRemoved => "forged_headers_removed",
+        match self.stem() {
+            (stem, None) => stem.family.to_string(),
+            (stem, Some(reason)) => format!("{}{REASON_LABEL}=.={reason};.;total", stem.head),
+        }
+    }
+
+    fn stem(self) -> (Stem, Option<&'static str>) {
+        let fixed = |family| {
+            (
+                Stem {
+                    family,
+                    head: family,
+                },
+                None,
+            )
         };
-        format!("wsgate_{name}_total")
+        match self {
+            Outcome::Upgrade => fixed("wsgate_upgrades_total"),
+            Outcome::TokenRewritten => fixed("wsgate_tokens_rewritten_total"),
+            Outcome::TokenError(e) => (
+                Stem {
+                    family: "wsgate_token_errors_total",
+                    head: "wsgate_token_errors_",
+                },
+                Some(e.reason()),
+            ),
+            Outcome::AuthorizationConflict => fixed("wsgate_authorization_conflicts_total"),
+            Outcome::AuthorizationKept => fixed("wsgate_authorization_kept_total"),
+            Outcome::RedirectGuarded => fixed("wsgate_redirects_guarded_total"),
+            Outcome::PlaintextAllowed => fixed("wsgate_plaintext_allowed_total"),
+            Outcome::Routed => fixed("wsgate_routed_total"),
+            Outcome::RouteRejected(e) => (
+                Stem {
+                    family: "wsgate_route_rejections_total",
+                    head: "wsgate_route_rejections_",
+                },
+                Some(e.reason()),
+            ),
+            Outcome::H2KeyAdded => fixed("wsgate_h2_keys_added_total"),
+            Outcome::ForgedHeaderRemoved => fixed("wsgate_forged_headers_removed_total"),
+        }
     }
 
     /// Every outcome, each once.
@@ -95,18 +150,116 @@ impl Outcome {
 mod tests {
     use super::*;
 
+    /// What Envoy does with a stat name under Istio's `extraStatTags: ["reason"]`: the regex
+    /// `(reason=\.=(.*?);\.;)`, unanchored, removes its first group from the name and takes the
+    /// second as the tag value.
+    fn extract_reason(name: &str) -> (String, Option<String>) {
+        let open = format!("{REASON_LABEL}=.=");
+        let Some(start) = name.find(&open) else {
+            return (name.to_string(), None);
+        };
+        let rest = &name[start + open.len()..];
+        let Some(len) = rest.find(";.;") else {
+            return (name.to_string(), None);
+        };
+        let value = rest[..len].to_string();
+        let end = start + open.len() + len + 3;
+        (format!("{}{}", &name[..start], &name[end..]), Some(value))
+    }
+
+    /// What `/stats/prometheus` shows for a name no tag regex matched: every character outside
+    /// `[a-zA-Z0-9_]` becomes `_`.
+    fn sanitised(name: &str) -> String {
+        name.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect()
+    }
+
     #[test]
     fn names_are_unique_prefixed_and_indexed() {
         let all = Outcome::all();
-        let mut names: Vec<String> = all.iter().map(|o| o.metric_name()).collect();
         for (i, o) in all.iter().enumerate() {
             assert_eq!(o.index(), i);
         }
+        let mut names: Vec<String> = all.iter().map(|o| o.metric_name()).collect();
+        // `wsgate_` first, so a `wasmcustom.wsgate_` stats matcher prefix keeps them all.
         assert!(names
             .iter()
-            .all(|n| n.starts_with("wsgate_") && n.ends_with("_total")));
+            .all(|n| n.starts_with("wsgate_") && n.ends_with("total")));
         names.sort();
         names.dedup();
         assert_eq!(names.len(), all.len());
+        // Without the tag regex, still one distinct Prometheus name each.
+        let mut plain: Vec<String> = names.iter().map(|n| sanitised(n)).collect();
+        plain.sort();
+        plain.dedup();
+        assert_eq!(plain.len(), all.len());
+    }
+
+    /// Each counter, as Envoy reports it with the `reason` tag extracted: the family name and
+    /// the label, exactly the JSON `reason` of the refusal.
+    #[test]
+    fn reason_tags_extract_to_one_family_per_kind() {
+        struct Case {
+            outcome: Outcome,
+            family: &'static str,
+            reason: Option<&'static str>,
+        }
+        let mut cases = vec![
+            Case {
+                outcome: Outcome::Upgrade,
+                family: "wsgate_upgrades_total",
+                reason: None,
+            },
+            Case {
+                outcome: Outcome::ForgedHeaderRemoved,
+                family: "wsgate_forged_headers_removed_total",
+                reason: None,
+            },
+            Case {
+                outcome: Outcome::AuthorizationConflict,
+                family: "wsgate_authorization_conflicts_total",
+                reason: None,
+            },
+        ];
+        cases.extend(TokenError::ALL.map(|e| Case {
+            outcome: Outcome::TokenError(e),
+            family: "wsgate_token_errors_total",
+            reason: Some(e.reason()),
+        }));
+        cases.extend(RouteError::ALL.map(|e| Case {
+            outcome: Outcome::RouteRejected(e),
+            family: "wsgate_route_rejections_total",
+            reason: Some(e.reason()),
+        }));
+        for c in cases {
+            let name = c.outcome.metric_name();
+            let (family, reason) = extract_reason(&name);
+            assert_eq!(family, c.family, "{name}");
+            assert_eq!(reason.as_deref(), c.reason, "{name}");
+            assert_eq!(c.outcome.family(), (c.family, c.reason), "{name}");
+            if let Some(r) = c.reason {
+                // A label value Prometheus shows as is, and that cannot end the tag early.
+                assert!(
+                    r.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                    "{r}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn names_as_envoy_shows_them_untagged() {
+        let e = Outcome::TokenError(TokenError::MultipleTokens);
+        assert_eq!(
+            e.metric_name(),
+            "wsgate_token_errors_reason=.=multiple_tokens;.;total"
+        );
+        assert_eq!(
+            sanitised(&e.metric_name()),
+            "wsgate_token_errors_reason___multiple_tokens___total"
+        );
+        assert_eq!(Outcome::Routed.metric_name(), "wsgate_routed_total");
     }
 }

@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 
-use crate::config::Policy;
+use crate::config::{Policy, DEFAULT_ROUTING_HEADER};
 use crate::decide::{decide, leaves_alone, Action, HeaderOp, RequestView};
 use crate::framing::{
     decode, decode_from_server, latency_frame, ping_frame, Framing, FromServer, Inbound,
@@ -125,12 +125,20 @@ const DECIDE_POLICY: &str = r#"{
 
 /// A request as `name: value` lines (the first line is the peer address): whatever the
 /// headers, every header the filter sets is a valid name with a value Envoy accepts (no control
-/// characters but HTAB; `authorization` none at all), a routed cluster is a DNS label, and no
-/// reply carries a subprotocol token. Requests Envoy could not deliver (header values with other
-/// control characters: its codecs refuse them) are skipped.
+/// characters but HTAB; `authorization` none at all), a routed cluster is a DNS label, no
+/// client-sent routing header is forwarded, and no reply carries a subprotocol token. Checked
+/// with every feature on and with `{}`. Requests Envoy could not deliver (header values with
+/// other control characters: its codecs refuse them) are skipped.
 pub fn check_decide(data: &[u8]) -> Result<(), String> {
-    let policy =
-        Policy::from_json(DECIDE_POLICY.as_bytes()).map_err(|e| format!("test policy: {e}"))?;
+    for config in [DECIDE_POLICY, "{}"] {
+        let policy =
+            Policy::from_json(config.as_bytes()).map_err(|e| format!("test policy: {e}"))?;
+        check_decide_with(data, &policy)?;
+    }
+    Ok(())
+}
+
+fn check_decide_with(data: &[u8], policy: &Policy) -> Result<(), String> {
     let mut lines = lines(data).into_iter();
     let peer = lines.next().unwrap_or_default();
     let headers: Vec<(String, String)> = lines
@@ -168,13 +176,25 @@ pub fn check_decide(data: &[u8]) -> Result<(), String> {
         protocol: &protocol,
         source: &source,
     };
-    let d = decide(&view, &policy, &mut || [1u8; 16]);
+    let d = decide(&view, policy, &mut || [1u8; 16]);
     let h = Headers(&headers);
     let path = || h.first(":path").map(String::from);
-    if leaves_alone(&path, &|n| h.has(n), &policy) && !d.changes_nothing() {
+    if leaves_alone(&path, &|n| h.has(n), policy) && !d.changes_nothing() {
         return Err(format!(
             "the glue would skip a request decide changes: {d:?}"
         ));
+    }
+    if d.action == Action::Continue {
+        let default = [DEFAULT_ROUTING_HEADER.to_string()];
+        for name in policy.routing_headers.iter().chain(&default) {
+            let removed = d
+                .ops
+                .iter()
+                .any(|op| matches!(op, HeaderOp::Remove { name: n } if n == name));
+            if h.has(name) && !removed {
+                return Err(format!("a client-sent {name} would be forwarded"));
+            }
+        }
     }
     for op in &d.ops {
         if let HeaderOp::Set { name, value } = op {
@@ -238,7 +258,7 @@ pub fn check_decide(data: &[u8]) -> Result<(), String> {
                 protocol: &protocol,
                 source: &source,
             };
-            match decide(&view, &policy, &mut || [1u8; 16]).action {
+            match decide(&view, policy, &mut || [1u8; 16]).action {
                 Action::Reply(r2) if shown(&r2) => {}
                 _ => return Err("a reply echoes a subprotocol token".into()),
             }

@@ -138,13 +138,23 @@ impl Context for Request {}
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> WasmAction {
         // Most requests through a gateway are neither upgrades nor routed: a few single-header
-        // host calls settle that without copying every header into the module.
-        let path = || self.get_http_request_header(":path");
-        let has_header = |name: &str| self.get_http_request_header(name).is_some();
+        // host calls (`upgrade`, each routing header, `:path` only if a rule could match) settle
+        // that without copying every header into the module.
+        //
+        // Values are read as bytes: Envoy delivers header values that are not UTF-8 (obs-text),
+        // and the SDK's `String` getters panic on them, which kills the VM (every later request
+        // on that worker gets a 503). Decisions are made on the lossy text, and any value the
+        // filter writes back is built from that same text.
+        let path = || self.get_http_request_header_bytes(":path").map(text);
+        let has_header = |name: &str| self.get_http_request_header_bytes(name).is_some();
         if leaves_alone(&path, &has_header, &self.policy) {
             return WasmAction::Continue;
         }
-        let headers = self.get_http_request_headers();
+        let headers: Vec<(String, String)> = self
+            .get_http_request_headers_bytes()
+            .into_iter()
+            .map(|(name, value)| (name, text(value)))
+            .collect();
         // Properties are host calls: fetched only if the core asks (upgrade requests).
         let protocol = || self.property(&["request", "protocol"]).unwrap_or_default();
         let source = || {
@@ -205,12 +215,13 @@ impl HttpContext for Request {
             return WasmAction::Continue;
         };
         let Some(status) = self
-            .get_http_response_header(":status")
-            .and_then(|s| s.parse::<u32>().ok())
+            .get_http_response_header_bytes(":status")
+            .and_then(|s| text(s).parse::<u32>().ok())
         else {
             return WasmAction::Continue;
         };
-        let location = || self.get_http_response_header("location");
+        // The upstream's `Location` may hold any bytes: read as bytes, like request headers.
+        let location = || self.get_http_response_header_bytes("location").map(text);
         match decide_response(memo, status, location, &self.policy) {
             Some(reply) => {
                 self.count(Outcome::RedirectGuarded);
@@ -222,6 +233,12 @@ impl HttpContext for Request {
             None => WasmAction::Continue,
         }
     }
+}
+
+/// A header value as text: as is when it is UTF-8 (no copy), with U+FFFD for each invalid
+/// sequence otherwise. Never panics.
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// 16 random bytes for a `Sec-WebSocket-Key` (WASI `random_get`). The key is a nonce, not a
