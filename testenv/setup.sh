@@ -89,5 +89,17 @@ if ! command -v ssh >/dev/null 2>&1; then
   log "installing openssh-client"
   apt_install openssh-client || log "openssh-client unavailable; the ssh tests will fail"
 fi
+# Real proxies for the client's proxy tests (testenv/testbed/proxies.py): tinyproxy answers HTTP
+# CONNECT (BasicAuth, ConnectPort rules), microsocks is a SOCKS5 server (user/password auth).
+# Their packaged services are not needed: the tests start their own on loopback (on a host
+# with systemd, Debian's tinyproxy package also enables its own service on port 8888).
+if ! command -v tinyproxy >/dev/null 2>&1 && [ ! -x /usr/bin/tinyproxy ]; then
+  log "installing tinyproxy (an HTTP CONNECT proxy for the client's proxy tests)"
+  apt_install tinyproxy || log "tinyproxy unavailable; the client's proxy tests will fail"
+fi
+if ! command -v microsocks >/dev/null 2>&1 && [ ! -x /usr/bin/microsocks ]; then
+  log "installing microsocks (a SOCKS5 proxy for the client's proxy tests)"
+  apt_install microsocks || log "microsocks unavailable; the client's proxy tests will fail"
+fi
 
 "$VENV/bin/envoy" --version | sed -n 's/^.*version: /setup: envoy /p' >&2

@@ -9,8 +9,9 @@ use crate::connect::{self, Request};
 use crate::credentials::{self, Sources};
 use crate::endpoint::{self, Endpoint};
 use crate::error::ClientError;
+use crate::proxy::{self, Setting};
 use crate::session::{self, End, Options};
-use crate::{stdio, tls};
+use crate::{stdio, text, tls};
 
 /// wsgate: SSH over WebSocket through an Istio gateway (or straight to wsgate-sidecar or a
 /// SkyPilot API server).
@@ -30,6 +31,32 @@ pub enum Command {
     /// Bridge stdin/stdout to a cluster's SSH server: use as ssh's ProxyCommand.
     ///
     /// Example: ssh -o ProxyCommand='wsgate proxy https://gw.example.com mycluster' user@x
+    ///
+    /// Proxies: --proxy, else wss_proxy (ws_proxy for http://), else https_proxy (http_proxy),
+    /// else all_proxy (each in lower case, then upper case), unless no_proxy (NO_PROXY) lists
+    /// the server. http:// proxies are asked to CONNECT (credentials from the proxy URL, as
+    /// Basic); socks5h:// proxies resolve the name, socks5:// ones are given an address.
+    ///
+    /// Credentials: on a SkyPilot redirect to another origin (scheme, host or port), the token
+    /// and the --header values are not sent; only the headers the redirect names are.
+    ///
+    /// Exit codes (the message on stderr says the cause and what to do):
+    ///   0  the session ended normally
+    ///   1  another HTTP answer (e.g. 400)
+    ///   2  usage: a bad flag, URL or cluster name
+    ///   3  redirected: the message names the server URL to use
+    ///   4  401: the token was refused; or 403: the identity may not reach that cluster
+    ///   5  404: wrong path (the server URL's prefix, or --endpoint) or unknown cluster
+    ///   6  the backend is unavailable (429, 502, 503, 504)
+    ///   7  TLS failed, or the scheme does not match the port (https:// to a plain-HTTP
+    ///      port: use http://; http:// to a TLS port: use https://)
+    ///   8  cannot connect to the server (or no answer in --connect-timeout)
+    ///   9  refusing to send a token over plaintext to a remote host
+    ///  10  WebSocket protocol error, or the server ended the session with an error
+    ///  11  the token could not be read (flag, file, kubeconfig, exec plugin)
+    ///  12  the proxy failed: unreachable, refused, or wants (other) credentials
+    ///  13  the server is shutting down (close code 1001): connect again
+    #[command(verbatim_doc_comment)]
     Proxy(ProxyArgs),
     /// Print a ~/.ssh/config block so that `ssh <cluster>.wsgate` goes through the gateway.
     SshConfig(SshConfigArgs),
@@ -73,14 +100,23 @@ pub struct Connection {
     #[arg(long = "header", value_name = "NAME:VALUE")]
     pub headers: Vec<String>,
 
-    /// The endpoint path after the server URL.
+    /// The endpoint path after the server URL; `{cluster}` is replaced by the cluster
+    /// (e.g. `ssh/{cluster}` for wsgate-sidecar's generic path).
     #[arg(long, default_value = "kubernetes-pod-ssh-proxy")]
     pub endpoint: String,
+
+    /// Go through this proxy: http://[user:password@]host:port (CONNECT), socks5h://... (the
+    /// proxy resolves the name) or socks5://...; `none` to ignore the *_proxy variables.
+    /// Overrides wss_proxy/https_proxy/all_proxy and no_proxy. A password here shows up in
+    /// `ps`: prefer https_proxy in the environment.
+    #[arg(long, value_name = "URL|none")]
+    pub proxy: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
-    /// The server: https://host[:port][/prefix] (wss://), or http:// (ws://, plaintext).
+    /// The server: https://host[:port][/prefix] (wss://), or http:// (ws://, plaintext); a bare
+    /// host[:port] means https://.
     pub server: String,
 
     /// The cluster; a host alias such as `mycluster.wsgate` works too (the first label is used).
@@ -157,6 +193,7 @@ fn parse_headers(raw: &[String]) -> Result<Vec<(String, String)>, ClientError> {
 /// `wsgate proxy`: connect (following at most one SkyPilot redirect) and pump until done.
 pub async fn proxy(a: ProxyArgs) -> Result<(), ClientError> {
     let endpoint = endpoint::build(&a.server, &a.cluster, a.worker, &a.conn.endpoint)?;
+    let proxy_setting = proxy::setting_from_flag(a.conn.proxy.as_deref())?;
     let sources = Sources {
         flag: a.token.clone(),
         env: std::env::var("WSGATE_TOKEN").ok().filter(|t| !t.is_empty()),
@@ -177,6 +214,7 @@ pub async fn proxy(a: ProxyArgs) -> Result<(), ClientError> {
         chunk: 64 * 1024,
         read_size: 256 * 1024,
     };
+    let origin = endpoint.url.clone();
     let mut current = endpoint;
     let mut extra: Vec<(String, String)> = Vec::new();
     for attempt in 0..2 {
@@ -186,17 +224,24 @@ pub async fn proxy(a: ProxyArgs) -> Result<(), ClientError> {
                 a.conn.insecure_skip_tls_verify,
             )?);
         }
-        tracing::info!(url = %current.url, token_source = token.as_ref().map(|t| t.source.as_str()).unwrap_or("none"), "connecting");
+        // The user's credentials (token, --header) go to the origin they were given for, and
+        // to a redirect that stays on it; never to another origin.
+        let same_origin = endpoint::same_origin(&origin, &current.url);
+        let proxy = proxy::choose(&proxy_setting, &current.url, |k| std::env::var(k).ok())?;
+        if let Some(p) = &proxy {
+            tracing::info!(proxy = %p.described(), "connecting through a proxy");
+        }
+        tracing::info!(url = %text::escape(current.url.as_str()), token_source = token.as_ref().filter(|_| same_origin).map(|t| t.source.as_str()).unwrap_or("none"), "connecting");
         let req = Request {
             endpoint: &current,
             endpoint_path: &a.conn.endpoint,
-            // A redirect target brings its own credentials.
-            token: if attempt == 0 { token.as_ref() } else { None },
+            token: token.as_ref().filter(|_| same_origin),
             token_in_subprotocol: a.conn.token_in_subprotocol,
-            headers: &headers,
+            headers: if same_origin { &headers } else { &[] },
             tls: if current.plaintext { None } else { tls.clone() },
             timeout: a.connect_timeout,
             extra: &extra,
+            proxy: proxy.as_ref(),
         };
         let conn = connect::open(&req).await?;
         let (io, read_ahead) = (conn.io, conn.read_ahead);
@@ -215,16 +260,14 @@ pub async fn proxy(a: ProxyArgs) -> Result<(), ClientError> {
                 let url = info["url"]
                     .as_str()
                     .ok_or_else(|| ClientError::Protocol("redirect frame without url".into()))?;
-                let parsed = url::Url::parse(url)
-                    .map_err(|e| ClientError::Protocol(format!("redirect url: {e}")))?;
-                tracing::info!(%url, "following the server's redirect");
-                current = Endpoint {
-                    plaintext: parsed.scheme() == "ws",
-                    host: parsed.host_str().unwrap_or_default().to_string(),
-                    loopback: false,
-                    cluster: current.cluster.clone(),
-                    url: parsed,
-                };
+                current = endpoint::redirect_target(url, &current.cluster)?;
+                let keeps = endpoint::same_origin(&origin, &current.url);
+                tracing::info!(
+                    url = %text::escape(current.url.as_str()),
+                    same_origin = keeps,
+                    "following the server's redirect{}",
+                    if keeps { "" } else { " (another origin: the token and --header values stay here)" }
+                );
                 check_plaintext(&current, true, a.conn.allow_plaintext)?;
                 extra = info["headers"]
                     .as_object()
@@ -304,6 +347,16 @@ pub fn ssh_config(a: &SshConfigArgs, program: &str) -> Result<String, ClientErro
     for h in &c.headers {
         cmd.extend(["--header".into(), q(h)]);
     }
+    if let Some(p) = &c.proxy {
+        if let Setting::Flag(parsed) = proxy::setting_from_flag(Some(p))? {
+            if parsed.has_credentials() {
+                return Err(ClientError::Usage(
+                    "--proxy with a user name or password is not written into ssh's config: export https_proxy in the environment instead".into(),
+                ));
+            }
+        }
+        cmd.extend(["--proxy".into(), q(p)]);
+    }
     let mut out = format!(
         "# wsgate: `ssh <cluster>.{s}` reaches that cluster through {server}\nHost *.{s}\n    ProxyCommand {cmd}\n    ServerAliveInterval 30\n    ServerAliveCountMax 3\n",
         s = a.suffix,
@@ -363,6 +416,29 @@ mod tests {
             block.contains("ServerAliveInterval 30") && block.contains("User ubuntu"),
             "{block}"
         );
+    }
+
+    #[test]
+    fn ssh_config_carries_a_proxy_but_never_its_password() {
+        let block = |proxy: &str| {
+            let cli = Cli::try_parse_from(["wsgate", "ssh-config", "https://gw", "--proxy", proxy])
+                .unwrap();
+            let Command::SshConfig(a) = cli.command else {
+                panic!()
+            };
+            ssh_config(&a, "wsgate")
+        };
+        let b = block("socks5h://proxy.corp:1080").unwrap();
+        assert!(
+            b.contains(
+                "ProxyCommand wsgate proxy https://gw %h --proxy socks5h://proxy.corp:1080\n"
+            ),
+            "{b}"
+        );
+        assert!(block("none").unwrap().contains(" --proxy none\n"));
+        let e = block("http://me:hunter2@proxy.corp:3128").unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]

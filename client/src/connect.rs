@@ -1,13 +1,17 @@
-//! Opening the WebSocket: TCP, TLS, the request (token as `Authorization` or as a Kubernetes
-//! subprotocol entry, extra headers), and every failure turned into a [`ClientError`] worth
-//! reading.
+//! Opening the WebSocket: TCP (directly or through a proxy), TLS, the request (token as
+//! `Authorization` or as a Kubernetes subprotocol entry, extra headers), and every failure
+//! turned into a [`ClientError`] worth reading.
 //!
 //! tungstenite does the HTTP handshake (request, `Sec-WebSocket-Accept`, error responses with
 //! their bodies); the session then works on the connection itself (see `session`). tungstenite
 //! keeps what it read past the `101` (the server's first frame can come with it), so the
 //! handshake runs over a [`Recorder`] that keeps a copy of every byte it hands over, and those
-//! bytes after the head are given to the session.
+//! bytes after the head are given to the session. The same copy tells a TLS server's answer to
+//! a plaintext request apart from other failures; a peek at the server's first bytes during
+//! the TLS handshake tells a plain-HTTP server's answer apart from other TLS failures. Neither
+//! stays on the connection once it is open.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,7 +21,9 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue, Response};
 use tokio_tungstenite::tungstenite::Error as WsError;
 use wsgate_core::base64::encode_raw_url;
@@ -27,6 +33,8 @@ use wsgate_core::token::BEARER_PROTOCOL_PREFIX;
 use crate::credentials::Token;
 use crate::endpoint::{server_url_for, Endpoint};
 use crate::error::ClientError;
+use crate::proxy::{self, Proxy};
+use crate::text;
 
 /// A connection to the server, plaintext or TLS.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -44,7 +52,8 @@ pub const SUBPROTOCOL: &str = "wsgate.ssh.v1";
 
 pub struct Request<'a> {
     pub endpoint: &'a Endpoint,
-    /// The path segment after the server URL, for turning hints back into server URLs.
+    /// The endpoint path as given (`--endpoint`), for turning hints back into server URLs and
+    /// for the 404 message.
     pub endpoint_path: &'a str,
     pub token: Option<&'a Token>,
     pub token_in_subprotocol: bool,
@@ -53,8 +62,11 @@ pub struct Request<'a> {
     /// start-up a plaintext loopback session does not need).
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub timeout: Duration,
-    /// Headers from a redirect frame (SkyPilot's redirect protocol), used as given.
+    /// Headers from a redirect frame (SkyPilot's redirect protocol), used as given: each
+    /// replaces a header of the same name (the token's included).
     pub extra: &'a [(String, String)],
+    /// The proxy to go through, if any.
+    pub proxy: Option<&'a Proxy>,
 }
 
 /// Connects and upgrades, all within `r.timeout`.
@@ -80,39 +92,55 @@ pub async fn open(r: &Request<'_>) -> Result<Conn, ClientError> {
             );
         }
     }
-    for (k, v) in r.headers.iter().chain(r.extra) {
+    for (k, v) in r.headers {
         let name = HeaderName::from_bytes(k.as_bytes())
             .map_err(|_| ClientError::Usage(format!("--header {k:?}: not a header name")))?;
         h.append(name, header_value(v)?);
     }
+    for (k, v) in r.extra {
+        let bad = || {
+            ClientError::Protocol(format!(
+                "the server's redirect asks for a header \"{}\" that cannot be sent",
+                text::escape(k)
+            ))
+        };
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| bad())?;
+        h.insert(name, HeaderValue::from_str(v).map_err(|_| bad())?);
+    }
     let handshake = async {
         let io = connect(r).await?;
-        let recorder = Recorder {
+        let mut recorder = Recorder {
             io: Some(io),
             seen: Vec::new(),
         };
         // Frame limits are the session's (16 MiB): tungstenite reads no frame here.
-        let (mut ws, _) = tokio_tungstenite::client_async(req, recorder)
-            .await
-            .map_err(|e| classify(r, e))?;
-        let rec = ws.get_mut();
-        let io = rec.io.take().ok_or_else(|| {
+        let result = tokio_tungstenite::client_async(req, &mut recorder).await;
+        if let Err(e) = result {
+            return Err(classify(r, e, &recorder.seen).await);
+        }
+        let io = recorder.io.take().ok_or_else(|| {
             ClientError::Protocol("the connection was lost during the handshake".into())
         })?;
-        let read_ahead = after_head(&rec.seen).to_vec();
+        let read_ahead = after_head(&recorder.seen).to_vec();
         Ok(Conn { io, read_ahead })
     };
     match tokio::time::timeout(r.timeout, handshake).await {
         Err(_) => Err(ClientError::Connect {
             addr: r.endpoint.host.clone(),
-            detail: format!("no answer within {}s", r.timeout.as_secs()),
+            detail: format!(
+                "no answer within {}s{}",
+                r.timeout.as_secs(),
+                r.proxy
+                    .map(|p| format!(" (through the proxy {})", p.described()))
+                    .unwrap_or_default()
+            ),
         }),
         Ok(res) => res,
     }
 }
 
-/// TCP (no Nagle: ssh's keystrokes are small), then TLS for `wss://`.
-async fn connect(r: &Request<'_>) -> Result<Box<dyn Io>, ClientError> {
+/// The server's host (no brackets) and port.
+fn host_port(r: &Request<'_>) -> Result<(String, u16), ClientError> {
     let url = &r.endpoint.url;
     let host = url
         .host_str()
@@ -120,27 +148,113 @@ async fn connect(r: &Request<'_>) -> Result<Box<dyn Io>, ClientError> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    let port = url.port_or_known_default().unwrap_or(80);
-    let failed = |e: io::Error| ClientError::Connect {
-        addr: r.endpoint.host.clone(),
-        detail: e.to_string(),
-    };
+    Ok((host, url.port_or_known_default().unwrap_or(80)))
+}
+
+/// TCP to the server, directly or through the proxy (no Nagle: ssh's keystrokes are small).
+async fn dial(r: &Request<'_>) -> Result<TcpStream, ClientError> {
+    let (host, port) = host_port(r)?;
+    if let Some(p) = r.proxy {
+        return proxy::dial(p, &host, port).await;
+    }
     let tcp = TcpStream::connect((host.as_str(), port))
         .await
-        .map_err(failed)?;
+        .map_err(|e| ClientError::Connect {
+            addr: r.endpoint.host.clone(),
+            detail: e.to_string(),
+        })?;
     let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// TCP, then TLS for `wss://`.
+async fn connect(r: &Request<'_>) -> Result<Box<dyn Io>, ClientError> {
+    let tcp = dial(r).await?;
     let Some(tls) = &r.tls else {
         return Ok(Box::new(tcp));
     };
-    let name = ServerName::try_from(host).map_err(|e| ClientError::Tls {
-        host: r.endpoint.host.clone(),
-        detail: e.to_string(),
-    })?;
-    let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| io_error(r, e))?;
-    Ok(Box::new(stream))
+    let (host, _) = host_port(r)?;
+    match tls_handshake(Arc::clone(tls), &host, tcp).await {
+        Ok(stream) => Ok(Box::new(stream)),
+        Err((e, first)) => Err(tls_error(r, e, &first)),
+    }
+}
+
+/// The TLS handshake; on failure, also the first bytes the server sent (peeked before rustls
+/// took them), which tell a plain-HTTP answer apart. The stream returned is tokio-rustls's
+/// over the bare `TcpStream`: the peek is not part of it.
+async fn tls_handshake(
+    config: Arc<rustls::ClientConfig>,
+    host: &str,
+    tcp: TcpStream,
+) -> Result<TlsStream<TcpStream>, (io::Error, Vec<u8>)> {
+    let name = match ServerName::try_from(host.to_string()) {
+        Ok(n) => n,
+        Err(e) => return Err((io::Error::new(io::ErrorKind::InvalidInput, e), Vec::new())),
+    };
+    let mut connect = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+    let mut first = [0u8; 64];
+    let mut seen = 0;
+    let result = std::future::poll_fn(|cx| {
+        if seen == 0 {
+            if let Some(tcp) = connect.get_mut() {
+                let mut buf = ReadBuf::new(&mut first);
+                if let Poll::Ready(Ok(n)) = tcp.poll_peek(cx, &mut buf) {
+                    seen = n;
+                }
+            }
+        }
+        Pin::new(&mut connect).poll(cx)
+    })
+    .await;
+    result.map_err(|e| (e, first[..seen].to_vec()))
+}
+
+/// A TLS handshake failure: a server that answered in plain text, or TLS's own failure with
+/// what to do about it.
+fn tls_error(r: &Request<'_>, e: io::Error, first: &[u8]) -> ClientError {
+    let host = r.endpoint.host.clone();
+    let tls_record = first.len() >= 2 && (20..=24).contains(&first[0]) && first[1] == 3;
+    if !first.is_empty() && !tls_record {
+        let line = first
+            .split(|&b| b == b'\r' || b == b'\n')
+            .next()
+            .unwrap_or(first);
+        return ClientError::NotTls {
+            host,
+            reply: text::shown_bytes(line, 40),
+        };
+    }
+    let rustls_error = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let hint = match rustls_error {
+        Some(rustls::Error::InvalidCertificate(c)) => match c {
+            rustls::CertificateError::UnknownIssuer
+            | rustls::CertificateError::BadSignature
+            | rustls::CertificateError::UnknownRevocationStatus => {
+                "; if the server uses a private CA, pass --ca-file <ca.pem>"
+            }
+            rustls::CertificateError::NotValidForName
+            | rustls::CertificateError::NotValidForNameContext { .. } => {
+                "; the certificate does not name this host: use the name it was issued for"
+            }
+            rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. } => {
+                "; the server's certificate has expired (or this machine's clock is wrong)"
+            }
+            _ => "; if the server uses a private CA, pass --ca-file <ca.pem>",
+        },
+        Some(_) => "",
+        None if first.is_empty() => {
+            "; the server closed the connection during the TLS handshake: check that this port serves TLS (else use http://)"
+        }
+        None => "",
+    };
+    ClientError::Tls {
+        host,
+        detail: text::escape(&e.to_string()).into_owned(),
+        hint: hint.to_string(),
+    }
 }
 
 /// The bytes after the end of the HTTP head (`\r\n\r\n`) in what the handshake read.
@@ -215,75 +329,115 @@ fn header_value(v: &str) -> Result<HeaderValue, ClientError> {
         .map_err(|_| ClientError::Usage("a header value has invalid characters".into()))
 }
 
-fn classify(r: &Request<'_>, e: WsError) -> ClientError {
+/// A failed WebSocket handshake; `seen` is what the server sent.
+async fn classify(r: &Request<'_>, e: WsError, seen: &[u8]) -> ClientError {
     let host = r.endpoint.host.clone();
+    if let WsError::Http(resp) = &e {
+        return http_error(r, resp);
+    }
+    // A TLS server's answer to our plaintext request: an alert or a handshake record.
+    if r.tls.is_none() && seen.len() >= 2 && matches!(seen[0], 0x15 | 0x16) && seen[1] == 3 {
+        return ClientError::SpeaksTls {
+            host,
+            evidence: "it answered the plaintext request with a TLS record".into(),
+        };
+    }
+    let closed = matches!(e, WsError::Protocol(ProtocolError::HandshakeIncomplete))
+        || matches!(&e, WsError::Io(io) if matches!(io.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof | io::ErrorKind::BrokenPipe));
+    if r.tls.is_none() && seen.is_empty() && closed && speaks_tls(r).await {
+        return ClientError::SpeaksTls {
+            host,
+            evidence: "it closed the plaintext request unanswered and answers a TLS handshake"
+                .into(),
+        };
+    }
     match e {
-        WsError::Http(resp) => http_error(r, &resp),
         WsError::Tls(e) => ClientError::Tls {
             host,
-            detail: e.to_string(),
+            detail: text::escape(&e.to_string()).into_owned(),
+            hint: String::new(),
         },
-        WsError::Io(e) => io_error(r, e),
-        other => ClientError::Protocol(format!("WebSocket handshake with {host} failed: {other}")),
+        WsError::Io(e) => ClientError::Connect {
+            addr: host,
+            detail: text::escape(&e.to_string()).into_owned(),
+        },
+        WsError::Protocol(ProtocolError::HandshakeIncomplete) => ClientError::Protocol(format!(
+            "{host} closed the connection without answering the WebSocket request{}",
+            r.proxy
+                .map(|p| format!(" (through the proxy {})", p.described()))
+                .unwrap_or_default()
+        )),
+        other => ClientError::Protocol(format!(
+            "WebSocket handshake with {host} failed: {}",
+            text::escape(&other.to_string())
+        )),
     }
 }
 
-/// An I/O error while connecting: a TLS failure (rustls wraps its errors in I/O errors) or a
-/// connection one.
-fn io_error(r: &Request<'_>, e: io::Error) -> ClientError {
-    let host = r.endpoint.host.clone();
-    let tls = e
-        .get_ref()
-        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
-    if tls {
-        ClientError::Tls {
-            host,
-            detail: e.to_string(),
-        }
-    } else {
-        ClientError::Connect {
-            addr: host,
-            detail: e.to_string(),
-        }
+/// Whether the server answers a TLS handshake (certificate not checked: nothing is sent over
+/// it). Asked only to explain a plaintext request closed without an answer.
+async fn speaks_tls(r: &Request<'_>) -> bool {
+    let Ok(tcp) = dial(r).await else {
+        return false;
+    };
+    let Ok((host, _)) = host_port(r) else {
+        return false;
+    };
+    let Ok(config) = crate::tls::client_config(None, true) else {
+        return false;
+    };
+    let probe = tls_handshake(config, &host, tcp);
+    match tokio::time::timeout(Duration::from_secs(3), probe).await {
+        Ok(Ok(_)) => true,
+        Ok(Err((_, first))) => first.len() >= 2 && matches!(first[0], 0x15 | 0x16) && first[1] == 3,
+        Err(_) => false,
     }
 }
 
 fn http_error(r: &Request<'_>, resp: &Response<Option<Vec<u8>>>) -> ClientError {
     let host = r.endpoint.host.clone();
     let status = resp.status().as_u16();
+    let path = crate::endpoint::endpoint_path(r.endpoint_path, &r.endpoint.cluster);
     let header = |n: &str| {
         resp.headers()
             .get(n)
             .and_then(|v| v.to_str().ok())
-            .map(String::from)
+            .map(|v| text::escape(v).into_owned())
     };
-    let body: Option<serde_json::Value> = resp
-        .body()
-        .as_deref()
-        .and_then(|b| serde_json::from_slice(b).ok());
-    let reason = body.as_ref().and_then(|b| {
-        let code = b["reason"].as_str();
-        let text = b["error"].as_str();
-        match (text, code) {
-            (Some(t), Some(c)) => Some(format!("{t} ({c})")),
-            (Some(t), None) => Some(t.to_string()),
-            (None, Some(c)) => Some(c.to_string()),
-            (None, None) => None,
+    let raw_body = resp.body().as_deref().unwrap_or_default();
+    let json: Option<serde_json::Value> = serde_json::from_slice(raw_body).ok();
+    let reason = match &json {
+        Some(b) => {
+            let code = b["reason"].as_str().map(text::escape);
+            let text = b["error"].as_str().map(text::escape);
+            match (text, code) {
+                (Some(t), Some(c)) => Some(format!("{t} ({c})")),
+                (Some(t), None) => Some(t.into_owned()),
+                (None, Some(c)) => Some(c.into_owned()),
+                (None, None) => None,
+            }
         }
-    });
+        // A plain-text body (e.g. Istio's "RBAC: access denied"); not HTML pages.
+        None if !raw_body.is_empty()
+            && header("content-type")
+                .is_none_or(|t| t.to_ascii_lowercase().starts_with("text/plain")) =>
+        {
+            Some(text::shown_bytes(raw_body, text::MAX_SHOWN))
+        }
+        None => None,
+    };
     match status {
         301 | 302 | 303 | 307 | 308 | 426 => {
             let via = header(WEBSOCKET_URL_HEADER).or_else(|| header("location"));
-            let use_instead = via
-                .as_deref()
-                .and_then(|u| server_url_for(u, r.endpoint_path));
+            let use_instead = via.as_deref().and_then(|u| server_url_for(u, &path));
             ClientError::Redirected {
                 status,
                 via,
                 use_instead,
             }
         }
-        401 | 403 => {
+        401 => {
             let (source_desc, hint) = match r.token {
                 Some(t) => (t.source.clone(), t.hint.clone()),
                 None => (
@@ -300,7 +454,27 @@ fn http_error(r: &Request<'_>, resp: &Response<Option<Vec<u8>>>) -> ClientError 
                 hint,
             }
         }
-        404 => ClientError::NotFound { host, reason },
+        403 => ClientError::Forbidden {
+            host,
+            cluster: r.endpoint.cluster.clone(),
+            reason,
+            token_source: r.token.map(|t| t.source.clone()),
+        },
+        404 => ClientError::NotFound {
+            host,
+            reason,
+            tried: text::escape(r.endpoint.url.path()).into_owned(),
+            expected: format!("/{path}"),
+        },
+        // nginx's answer to plain HTTP on its TLS port.
+        400 if String::from_utf8_lossy(raw_body)
+            .contains("HTTP request was sent to HTTPS port") =>
+        {
+            ClientError::SpeaksTls {
+                host,
+                evidence: "it says: the plain HTTP request was sent to an HTTPS port".into(),
+            }
+        }
         429 | 502 | 503 | 504 => ClientError::Backend {
             status,
             host,
@@ -372,6 +546,7 @@ mod tests {
             tls: None,
             timeout: Duration::from_secs(5),
             extra: &[],
+            proxy: None,
         };
         open(&req).await
     }

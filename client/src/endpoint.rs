@@ -1,5 +1,7 @@
-//! From what the user types (`https://gw.example.com/prefix`, `prod.wsgate`) to the WebSocket
-//! URL: scheme mapping, path prefix kept, cluster validated, SkyPilot's query.
+//! From what the user types (`https://gw.example.com/prefix`, `gw.example.com`, `prod.wsgate`) to
+//! the WebSocket URL: scheme mapping (no scheme means `https://`), path prefix kept, cluster
+//! validated, `{cluster}` in the endpoint path filled in, SkyPilot's query. Also what a
+//! redirect frame's URL becomes, and whether it keeps the origin (credentials go only there).
 
 use url::Url;
 use wsgate_core::route::is_dns_label;
@@ -30,6 +32,16 @@ pub fn build(
     worker: u32,
     endpoint: &str,
 ) -> Result<Endpoint, ClientError> {
+    let with_scheme;
+    let server = if server.contains("://") {
+        server
+    } else {
+        with_scheme = format!("https://{server}");
+        tracing::info!(
+            "no scheme in the server URL {server:?}: assuming https:// (wss://); write http://{server} for a plaintext port"
+        );
+        &with_scheme
+    };
     let mut url = Url::parse(server)
         .map_err(|e| ClientError::Usage(format!("server URL {server:?}: {e}")))?;
     let scheme = match url.scheme() {
@@ -54,13 +66,23 @@ pub fn build(
         )));
     }
     let prefix = url.path().trim_end_matches('/').to_string();
-    url.set_path(&format!("{prefix}/{}", endpoint.trim_matches('/')));
+    url.set_path(&format!("{prefix}/{}", endpoint_path(endpoint, &cluster)));
     url.set_fragment(None);
     url.query_pairs_mut()
         .clear()
         .append_pair("cluster_name", &cluster)
         .append_pair("worker", &worker.to_string())
         .append_pair("client_version", &CLIENT_VERSION.to_string());
+    Ok(from_url(url, host, cluster))
+}
+
+/// The endpoint path (no leading or trailing `/`) with `{cluster}` filled in (a DNS label,
+/// nothing to escape): `--endpoint 'ssh/{cluster}'` reaches wsgate-sidecar's generic path.
+pub fn endpoint_path(endpoint: &str, cluster: &str) -> String {
+    endpoint.trim_matches('/').replace("{cluster}", cluster)
+}
+
+fn from_url(url: Url, host: String, cluster: String) -> Endpoint {
     let loopback = host == "localhost"
         || host
             .trim_matches(|c| c == '[' || c == ']')
@@ -70,13 +92,45 @@ pub fn build(
         Some(p) => format!("{host}:{p}"),
         None => host,
     };
-    Ok(Endpoint {
-        plaintext: scheme == "ws",
+    Endpoint {
+        plaintext: url.scheme() == "ws",
         loopback,
         host: shown,
         cluster,
         url,
-    })
+    }
+}
+
+/// The endpoint a SkyPilot redirect frame's `url` names (`wss://`/`ws://`, or `https://`/
+/// `http://` mapped to them), used as given. Errors escape what the server sent.
+pub fn redirect_target(raw: &str, cluster: &str) -> Result<Endpoint, ClientError> {
+    let bad = |why: String| {
+        ClientError::Protocol(format!(
+            "the server redirected to \"{}\": {why}",
+            crate::text::escape(raw)
+        ))
+    };
+    let mut url = Url::parse(raw).map_err(|e| bad(e.to_string()))?;
+    let scheme = match url.scheme() {
+        "wss" | "https" => "wss",
+        "ws" | "http" => "ws",
+        _ => return Err(bad("not a ws://, wss://, http:// or https:// URL".into())),
+    };
+    url.set_scheme(scheme)
+        .map_err(|_| bad("cannot use it as a WebSocket URL".into()))?;
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| bad("no host".into()))?
+        .to_string();
+    url.set_fragment(None);
+    Ok(from_url(url, host, cluster.to_string()))
+}
+
+/// Same origin (scheme, host and port, as browsers and curl judge a redirect): the token and
+/// `--header` values go to a redirect target only if this holds.
+pub fn same_origin(a: &Url, b: &Url) -> bool {
+    a.origin() == b.origin()
 }
 
 /// The server URL (`https://host[:port]/prefix`) a user should pass for a `ws(s)://` session
@@ -126,6 +180,82 @@ mod tests {
             e.url.as_str(),
             "wss://gw.example.com/ssh?cluster_name=prod&worker=3&client_version=62"
         );
+    }
+
+    #[test]
+    fn a_bare_host_means_https_and_the_cluster_fills_the_path() {
+        let e = build("gw.example.com:8443", "prod", 0, "kubernetes-pod-ssh-proxy").unwrap();
+        assert_eq!(
+            e.url.as_str(),
+            "wss://gw.example.com:8443/kubernetes-pod-ssh-proxy?cluster_name=prod&worker=0&client_version=62"
+        );
+        let e = build("127.0.0.1:9", "prod", 0, "x").unwrap();
+        assert_eq!((e.url.scheme(), e.host.as_str()), ("wss", "127.0.0.1:9"));
+        let e = build("http://gw/sky", "prod.wsgate", 1, "/ssh/{cluster}/").unwrap();
+        assert_eq!(
+            e.url.as_str(),
+            "ws://gw/sky/ssh/prod?cluster_name=prod&worker=1&client_version=62"
+        );
+    }
+
+    #[test]
+    fn redirect_targets_and_origins() {
+        struct Case {
+            from: &'static str,
+            to: &'static str,
+            same: bool,
+        }
+        let cases = [
+            Case {
+                from: "wss://gw.example.com/kubernetes-pod-ssh-proxy?cluster_name=a",
+                to: "wss://gw.example.com:443/other?x=1",
+                same: true,
+            },
+            Case {
+                from: "wss://gw.example.com/a",
+                to: "https://gw.example.com/b",
+                same: true,
+            },
+            Case {
+                from: "wss://gw.example.com/a",
+                to: "wss://gw.example.com:8443/a",
+                same: false,
+            },
+            Case {
+                from: "wss://gw.example.com/a",
+                to: "ws://gw.example.com/a",
+                same: false,
+            },
+            Case {
+                from: "wss://gw.example.com/a",
+                to: "wss://evil.example.net/a",
+                same: false,
+            },
+            Case {
+                from: "ws://127.0.0.1:8080/a",
+                to: "ws://localhost:8080/a",
+                same: false,
+            },
+        ];
+        for c in cases {
+            let from = Url::parse(c.from).unwrap();
+            let to = redirect_target(c.to, "a").unwrap();
+            assert_eq!(
+                same_origin(&from, &to.url),
+                c.same,
+                "{} -> {}",
+                c.from,
+                c.to
+            );
+        }
+        let e = redirect_target("ws://127.0.0.1:9/x", "a").unwrap();
+        assert!(e.plaintext && e.loopback && e.host == "127.0.0.1:9");
+        for bad in ["gopher://x/", "not a url", "wss://"] {
+            let e = redirect_target(bad, "a").unwrap_err();
+            assert_eq!(e.exit_code(), 10, "{bad}: {e}");
+        }
+        let e = redirect_target("\x1b[31m", "a").unwrap_err().to_string();
+        assert!(e.contains("\\x1b[31m") && !e.contains('\x1b'), "{e}");
     }
 
     #[test]

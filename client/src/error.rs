@@ -1,19 +1,31 @@
-//! Every way `wsgate proxy` can fail, each with a one-line message a person can act on and a
-//! distinct exit code (ssh prints our stderr line and exits 255; scripts can read ours).
+//! Every way `wsgate proxy` can fail, each with a one-line message that says the cause and
+//! what to do, and an exit code per class (ssh prints our stderr line and exits 255; scripts
+//! can read ours). Text that came from the network is escaped (see [`crate::text`]) before it
+//! is put in a message, and the whole line is escaped again when it is printed.
 
-/// Exit codes, stable: documented in the README.
+use std::io::IsTerminal;
+
+use crate::text;
+
+/// Exit codes, stable: documented in docs/client.md and in `wsgate proxy --help`.
 pub mod exit {
+    /// An HTTP answer with no class of its own (e.g. 400).
     pub const OTHER: i32 = 1;
     pub const USAGE: i32 = 2;
     pub const REDIRECTED: i32 = 3;
+    /// 401 (the token) or 403 (the identity's access to the cluster).
     pub const AUTH: i32 = 4;
     pub const NOT_FOUND: i32 = 5;
     pub const BACKEND: i32 = 6;
+    /// TLS failed, or the URL's scheme does not match what the port speaks.
     pub const TLS: i32 = 7;
     pub const CONNECT: i32 = 8;
     pub const PLAINTEXT: i32 = 9;
     pub const PROTOCOL: i32 = 10;
     pub const TOKEN: i32 = 11;
+    pub const PROXY: i32 = 12;
+    /// The server closed the session with 1001: it is shutting down; connect again.
+    pub const GOING_AWAY: i32 = 13;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +37,7 @@ pub enum ClientError {
         match use_instead { Some(u) => format!("use `wsgate proxy {u} ...` instead"), None => "check the server URL".to_string() })]
     Redirected {
         status: u16,
+        /// Where the server pointed (escaped).
         via: Option<String>,
         /// The server URL (https://...) to pass instead, when it can be worked out.
         use_instead: Option<String>,
@@ -37,10 +50,29 @@ pub enum ClientError {
         source_desc: String,
         hint: String,
     },
-    #[error("404 from {host}: {}", reason.as_deref().unwrap_or("not found"))]
+    #[error("403 from {host}: {}; {}", reason.as_deref().unwrap_or("forbidden"), match token_source {
+        Some(s) => format!("the token (from {s}) was accepted, but its identity has no access to cluster {cluster:?}: ask the cluster's owner for access or check the cluster name (getting a new token will not help)"),
+        None => format!("no token was sent, so the server does not know who you are: pass one with --token, WSGATE_TOKEN, --token-file or --kubeconfig (cluster {cluster:?})"),
+    })]
+    Forbidden {
+        host: String,
+        cluster: String,
+        reason: Option<String>,
+        /// Where the token came from; `None` when none was sent.
+        token_source: Option<String>,
+    },
+    #[error("404 from {host}: {}", match reason {
+        Some(r) => r.clone(),
+        None => format!("nothing is served at {tried}; the server should serve {expected} under the server URL (SkyPilot's /kubernetes-pod-ssh-proxy by default): check the server URL's path prefix, or pass --endpoint for a server that uses another path (e.g. --endpoint 'ssh/{{cluster}}' for wsgate-sidecar's generic one)"),
+    })]
     NotFound {
         host: String,
+        /// The server's reason (escaped), when it gave one (e.g. an unknown cluster).
         reason: Option<String>,
+        /// The path asked for.
+        tried: String,
+        /// The endpoint path wsgate was told to use (`--endpoint`).
+        expected: String,
     },
     #[error("{status} from {host}: {}", reason.as_deref().unwrap_or("the backend is unavailable"))]
     Backend {
@@ -48,8 +80,24 @@ pub enum ClientError {
         host: String,
         reason: Option<String>,
     },
-    #[error("TLS with {host} failed: {detail}; if the server uses a private CA, pass --ca-file <ca.pem>")]
-    Tls { host: String, detail: String },
+    #[error("TLS with {host} failed: {detail}{hint}")]
+    Tls {
+        host: String,
+        detail: String,
+        /// What to do, with its leading "; " (empty when there is nothing to suggest).
+        hint: String,
+    },
+    #[error("{host} does not speak TLS on this port (its answer to the TLS handshake was \"{reply}\"){}",
+        if reply.starts_with("HTTP/") { "; the server speaks plain HTTP: use http:// (ws://) for this port, or the port that serves TLS with https://" } else { "; check the port, or use http:// if it is a plain-HTTP port" })]
+    NotTls {
+        host: String,
+        /// The start of what the server sent (escaped).
+        reply: String,
+    },
+    #[error(
+        "{host} speaks TLS on this port ({evidence}): use https:// (wss://) instead of http://"
+    )]
+    SpeaksTls { host: String, evidence: String },
     #[error("cannot connect to {addr}: {detail}")]
     Connect { addr: String, detail: String },
     #[error("refusing to send a token over plaintext ws:// to {host}: use https:// (or --allow-plaintext if a trusted network protects this hop)")]
@@ -64,6 +112,15 @@ pub enum ClientError {
         host: String,
         reason: Option<String>,
     },
+    /// `proxy` is the proxy's URL without credentials and where the setting came from.
+    #[error("proxy {proxy}: {detail}")]
+    Proxy { proxy: String, detail: String },
+    #[error("the server is shutting down (it closed the session with 1001{}): connect again (run ssh again) to reach it or another replica once it is back",
+        if reason.is_empty() { String::new() } else { format!(" \"{reason}\"") })]
+    GoingAway {
+        /// The close reason (escaped).
+        reason: String,
+    },
 }
 
 impl ClientError {
@@ -71,17 +128,46 @@ impl ClientError {
         match self {
             ClientError::Usage(_) => exit::USAGE,
             ClientError::Redirected { .. } => exit::REDIRECTED,
-            ClientError::Auth { .. } => exit::AUTH,
+            ClientError::Auth { .. } | ClientError::Forbidden { .. } => exit::AUTH,
             ClientError::NotFound { .. } => exit::NOT_FOUND,
             ClientError::Backend { .. } => exit::BACKEND,
-            ClientError::Tls { .. } => exit::TLS,
+            ClientError::Tls { .. }
+            | ClientError::NotTls { .. }
+            | ClientError::SpeaksTls { .. } => exit::TLS,
             ClientError::Connect { .. } => exit::CONNECT,
             ClientError::PlaintextToken { .. } => exit::PLAINTEXT,
             ClientError::Protocol(_) => exit::PROTOCOL,
             ClientError::Token(_) => exit::TOKEN,
             ClientError::Http { .. } => exit::OTHER,
+            ClientError::Proxy { .. } => exit::PROXY,
+            ClientError::GoingAway { .. } => exit::GOING_AWAY,
         }
     }
+
+    /// The line `wsgate` prints for this error: `wsgate: <message>`, escaped once more (nothing
+    /// from the network reaches the terminal raw), the prefix in bold red when `colour`.
+    pub fn report(&self, colour: bool) -> String {
+        let message = self.to_string();
+        let message = text::escape(&message);
+        if colour {
+            format!("\x1b[1;31mwsgate:\x1b[0m {message}")
+        } else {
+            format!("wsgate: {message}")
+        }
+    }
+}
+
+/// Whether stderr gets colour: only a terminal, and never with `NO_COLOR` set (no-color.org:
+/// any non-empty value).
+pub fn colour_on_stderr() -> bool {
+    colour_allowed(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
+}
+
+fn colour_allowed(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 #[cfg(test)]
@@ -112,39 +198,180 @@ mod tests {
             e.to_string(),
             "401 from gw: invalid_credentials; the token came from WSGATE_TOKEN. Refresh it."
         );
-        let codes = [
-            ClientError::Usage(String::new()).exit_code(),
-            e.exit_code(),
+        let m = ClientError::Forbidden {
+            host: "gw".into(),
+            cluster: "prod".into(),
+            reason: Some("forbidden".into()),
+            token_source: Some("WSGATE_TOKEN".into()),
+        }
+        .to_string();
+        assert!(
+            m.contains("no access to cluster \"prod\"") && m.contains("new token will not help"),
+            "{m}"
+        );
+        let m = ClientError::NotFound {
+            host: "gw".into(),
+            reason: None,
+            tried: "/x/kubernetes-pod-ssh-proxy".into(),
+            expected: "/kubernetes-pod-ssh-proxy".into(),
+        }
+        .to_string();
+        assert!(
+            m.contains("nothing is served at /x/kubernetes-pod-ssh-proxy")
+                && m.contains("--endpoint 'ssh/{cluster}'"),
+            "{m}"
+        );
+        let m = ClientError::NotTls {
+            host: "gw:8080".into(),
+            reply: "HTTP/1.1 400 Bad Request".into(),
+        }
+        .to_string();
+        assert!(m.contains("use http:// (ws://)"), "{m}");
+        let m = ClientError::GoingAway {
+            reason: "server shutting down".into(),
+        }
+        .to_string();
+        assert!(
+            m.contains("shutting down") && m.contains("connect again"),
+            "{m}"
+        );
+    }
+
+    /// One class, one code; the classes that share a code are listed.
+    #[test]
+    fn exit_codes_are_distinct_per_class() {
+        let one_per_class = [
+            ClientError::Usage(String::new()),
+            ClientError::Redirected {
+                status: 301,
+                via: None,
+                use_instead: None,
+            },
+            ClientError::Auth {
+                status: 401,
+                host: String::new(),
+                reason: None,
+                source_desc: String::new(),
+                hint: String::new(),
+            },
             ClientError::NotFound {
                 host: String::new(),
                 reason: None,
-            }
-            .exit_code(),
+                tried: String::new(),
+                expected: String::new(),
+            },
             ClientError::Backend {
                 status: 502,
                 host: String::new(),
                 reason: None,
-            }
-            .exit_code(),
+            },
             ClientError::Tls {
                 host: String::new(),
                 detail: String::new(),
-            }
-            .exit_code(),
+                hint: String::new(),
+            },
             ClientError::Connect {
                 addr: String::new(),
                 detail: String::new(),
-            }
-            .exit_code(),
+            },
             ClientError::PlaintextToken {
                 host: String::new(),
-            }
-            .exit_code(),
-            ClientError::Protocol(String::new()).exit_code(),
-            ClientError::Token(String::new()).exit_code(),
+            },
+            ClientError::Protocol(String::new()),
+            ClientError::Token(String::new()),
+            ClientError::Http {
+                status: 400,
+                host: String::new(),
+                reason: None,
+            },
+            ClientError::Proxy {
+                proxy: String::new(),
+                detail: String::new(),
+            },
+            ClientError::GoingAway {
+                reason: String::new(),
+            },
         ];
-        let mut sorted = codes.to_vec();
-        sorted.dedup();
-        assert_eq!(sorted.len(), codes.len(), "exit codes must be distinct");
+        let mut codes: Vec<i32> = one_per_class.iter().map(|e| e.exit_code()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(
+            codes.len(),
+            one_per_class.len(),
+            "exit codes must be distinct"
+        );
+        let same_class = [
+            (
+                ClientError::Forbidden {
+                    host: String::new(),
+                    cluster: String::new(),
+                    reason: None,
+                    token_source: None,
+                },
+                exit::AUTH,
+            ),
+            (
+                ClientError::NotTls {
+                    host: String::new(),
+                    reply: String::new(),
+                },
+                exit::TLS,
+            ),
+            (
+                ClientError::SpeaksTls {
+                    host: String::new(),
+                    evidence: String::new(),
+                },
+                exit::TLS,
+            ),
+        ];
+        for (e, code) in same_class {
+            assert_eq!(e.exit_code(), code, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn the_printed_line() {
+        let e = ClientError::Protocol("closed: \x1b[31mred\x07".into());
+        assert_eq!(e.report(false), "wsgate: closed: \\x1b[31mred\\x07");
+        assert_eq!(
+            e.report(true),
+            "\x1b[1;31mwsgate:\x1b[0m closed: \\x1b[31mred\\x07"
+        );
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        struct Case {
+            terminal: bool,
+            no_color: Option<&'static str>,
+            want: bool,
+        }
+        let cases = [
+            Case {
+                terminal: true,
+                no_color: None,
+                want: true,
+            },
+            Case {
+                terminal: true,
+                no_color: Some(""),
+                want: true,
+            },
+            Case {
+                terminal: true,
+                no_color: Some("1"),
+                want: false,
+            },
+            Case {
+                terminal: false,
+                no_color: None,
+                want: false,
+            },
+        ];
+        for c in cases {
+            let v = c.no_color.map(std::ffi::OsStr::new);
+            assert_eq!(colour_allowed(c.terminal, v), c.want);
+        }
     }
 }

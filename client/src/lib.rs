@@ -4,10 +4,12 @@
 //! - [`endpoint`]: server URL + cluster → `ws(s)://` session URL.
 //! - [`credentials`]: the token and where it came from.
 //! - [`tls`]: rustls with system roots, `--ca-file`, or (loudly) no verification.
+//! - [`proxy`]: the proxy settings (`https_proxy`, `no_proxy`, `--proxy`), CONNECT and SOCKS5.
 //! - [`connect`]: the handshake, and its failures as actionable errors.
 //! - [`session`]: the stdio ↔ WebSocket pump with SkyPilot's framing.
 //! - [`stdio`]: stdin/stdout registered with the reactor.
 //! - [`error`]: messages and exit codes.
+//! - [`text`]: text from the network escaped before it is printed.
 //!
 //! Logs go to stderr only: stdout carries the SSH session.
 
@@ -16,6 +18,8 @@ pub mod connect;
 pub mod credentials;
 pub mod endpoint;
 pub mod error;
+pub mod proxy;
 pub mod session;
 pub mod stdio;
+pub mod text;
 pub mod tls;

@@ -1,9 +1,11 @@
 //! `wsgate`: parses the command line, logs to stderr (stdout carries the SSH session), runs the
-//! command, and turns an error into one stderr line and its exit code.
+//! command, and turns an error into one stderr line and its exit code. Colour only when stderr
+//! is a terminal and `NO_COLOR` is not set.
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use wsgate_client::cli::{self, Cli, Command};
+use wsgate_client::error::colour_on_stderr;
 
 fn main() {
     let cli = Cli::parse();
@@ -12,7 +14,9 @@ fn main() {
         1 => "info",
         _ => "debug",
     };
+    let colour = colour_on_stderr();
     tracing_subscriber::fmt()
+        .with_ansi(colour)
         .with_env_filter(
             EnvFilter::try_from_env("WSGATE_LOG").unwrap_or_else(|_| EnvFilter::new(level)),
         )
@@ -38,7 +42,7 @@ fn main() {
         },
     };
     if let Err(e) = result {
-        eprintln!("wsgate: {e}");
+        eprintln!("{}", e.report(colour));
         std::process::exit(e.exit_code());
     }
 }

@@ -29,6 +29,7 @@ use wsgate_core::wsframe::{
 };
 
 use crate::error::ClientError;
+use crate::text;
 
 /// What ended a session that did not fail.
 #[derive(Debug, PartialEq, Eq)]
@@ -132,10 +133,16 @@ where
                 let _ = stdout.flush().await;
                 let _ = to.close(frame.as_ref().map_or(1000, |f| f.0), "").await;
                 return match frame {
+                    // A server going away cuts a session that was still in use: not a normal
+                    // end (ssh would report nothing and exit as if the command had ended).
+                    Some((1001, reason)) if !stdin_done => Err(ClientError::GoingAway {
+                        reason: text::escape(&reason).into_owned(),
+                    }),
                     _ if from.framing.is_none() => Err(closed_early(frame)),
                     Some((code, reason)) if !matches!(code, 1000 | 1001) && !stdin_done => {
                         Err(ClientError::Protocol(format!(
-                            "the server closed the session: {code} {reason}"
+                            "the server closed the session: {code} {}",
+                            text::escape(&reason)
                         )))
                     }
                     _ => Ok(End::Done),
@@ -537,9 +544,10 @@ async fn write_out<O: AsyncWrite + Unpin>(
 
 fn closed_early(f: Option<(u16, String)>) -> ClientError {
     match f {
-        Some((code, reason)) => {
-            ClientError::Protocol(format!("the server closed the session: {code} {reason}"))
-        }
+        Some((code, reason)) => ClientError::Protocol(format!(
+            "the server closed the session: {code} {}",
+            text::escape(&reason)
+        )),
         None => ClientError::Protocol("the server closed the session".into()),
     }
 }
@@ -842,6 +850,51 @@ mod tests {
             e.to_string(),
             "the server closed the session: 1011 target connection failed"
         );
+    }
+
+    /// A server going away (1001) mid-session is an error of its own (exit 13), not an end;
+    /// close reasons are escaped.
+    #[tokio::test]
+    async fn going_away_and_hostile_reasons() {
+        struct Case {
+            code: u16,
+            reason: &'static str,
+            want: &'static str,
+            exit: i32,
+        }
+        let cases = [
+            Case {
+                code: 1001,
+                reason: "server shutting down",
+                want: "the server is shutting down (it closed the session with 1001 \"server shutting down\")",
+                exit: 13,
+            },
+            Case {
+                code: 1011,
+                reason: "\x1b[31mred\x07\r\u{202e}",
+                want: "the server closed the session: 1011 \\x1b[31mred\\x07\\r\\u{202e}",
+                exit: 10,
+            },
+        ];
+        for c in cases {
+            let (conn, mut peer) =
+                server_after_banner(&raw(true, OP_CLOSE, &close_payload(c.code, c.reason))).await;
+            let (stdin, _f) = tokio::io::duplex(64);
+            let (_o, stdout) = tokio::io::duplex(64);
+            let e = run(
+                conn,
+                Vec::new(),
+                stdin,
+                stdout,
+                &opts(),
+                std::future::pending(),
+            )
+            .await
+            .unwrap_err();
+            assert!(e.to_string().starts_with(c.want), "{e}");
+            assert_eq!(e.exit_code(), c.exit);
+            let _ = peer.read(&mut [0u8; 64]).await;
+        }
     }
 
     /// What a server must not send ends the session with a clear error and a 1002 close.

@@ -5,6 +5,7 @@ Every process is started here and stopped here; on a failing test the Envoy log 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -12,6 +13,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# `wsgate proxy` honours the caller's proxy settings, as curl does: the suite's loopback servers
+# must not be reached through a proxy the machine running it happens to have set. The proxy
+# tests pass their settings explicitly.
+for _name in ("http_proxy", "https_proxy", "ws_proxy", "wss_proxy", "all_proxy", "no_proxy"):
+    os.environ.pop(_name, None)
+    os.environ.pop(_name.upper(), None)
 
 from testbed.backend import RecordingBackend  # noqa: E402
 from testbed.certs import make_tls  # noqa: E402
