@@ -7,7 +7,7 @@
 //! never logged, echoed or kept in plain text longer than a lookup needs.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -17,6 +17,7 @@ use subtle::ConstantTimeEq;
 use wsgate_core::token::{self, BearerToken};
 
 use crate::error::Reject;
+use crate::metrics::ReviewMetrics;
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,19 +36,17 @@ pub struct Credential {
 }
 
 /// Reads the credential. `Ok(None)`: the request carries none.
+///
+/// Only a `Bearer` Authorization is a credential. Any other scheme is not ours to judge and
+/// counts as no credential: SkyPilot's client sends `Basic` for a `user:pass@` endpoint URL (its
+/// own server accepts that), so with `--auth none` it must pass, and a token backend answers
+/// 401 `missing_credentials` (send a bearer token) as it would to no header at all.
 pub fn credential(headers: &HeaderMap) -> Result<Option<Credential>, Reject> {
     let mut auth = headers.get_all(axum::http::header::AUTHORIZATION).iter();
     let bearer = match (auth.next(), auth.next()) {
         (None, _) => None,
         (Some(_), Some(_)) => return Err(Reject::AmbiguousCredentials),
-        (Some(v), None) => {
-            let v = v.to_str().map_err(|_| Reject::InvalidCredentials)?;
-            let (scheme, rest) = v.split_once(' ').ok_or(Reject::InvalidCredentials)?;
-            if !scheme.eq_ignore_ascii_case("bearer") || rest.trim().is_empty() {
-                return Err(Reject::InvalidCredentials);
-            }
-            Some(BearerToken::new(rest.trim().to_string()))
-        }
+        (Some(v), None) => bearer_token(v.as_bytes())?,
     };
     let lines: Vec<&str> = headers
         .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
@@ -74,6 +73,20 @@ pub fn credential(headers: &HeaderMap) -> Result<Option<Credential>, Reject> {
     }))
 }
 
+/// The token of a `Bearer` Authorization value; `None` for another scheme (RFC 9110: the
+/// scheme is a token, case-insensitive, followed by a space).
+fn bearer_token(value: &[u8]) -> Result<Option<BearerToken>, Reject> {
+    let scheme_end = value.iter().position(|b| *b == b' ').unwrap_or(value.len());
+    if !value[..scheme_end].eq_ignore_ascii_case(b"bearer") {
+        return Ok(None);
+    }
+    let rest = std::str::from_utf8(&value[scheme_end..]).map_err(|_| Reject::InvalidCredentials)?;
+    match rest.trim() {
+        "" => Err(Reject::InvalidCredentials),
+        t => Ok(Some(BearerToken::new(t.to_string()))),
+    }
+}
+
 /// Why a backend did not produce an identity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -98,6 +111,10 @@ pub trait Authenticator: Send + Sync + 'static {
     async fn authenticate(&self, token: Option<&BearerToken>) -> Result<Identity, Reject>;
     /// For the start-up log.
     fn describe(&self) -> String;
+    /// The backend's own counters for `/metrics`, if it keeps some (`TokenReview` does).
+    fn review_metrics(&self) -> Option<Arc<ReviewMetrics>> {
+        None
+    }
 }
 
 /// No authentication: every caller is `anonymous`. Only with `--allow-unauthenticated`.
@@ -337,13 +354,26 @@ mod tests {
         assert_eq!(c.token.expose(), "sub-token");
         assert_eq!(c.echo_protocol.as_deref(), Some("v4.channel.k8s.io"));
         assert!(credential(&headers(&[])).unwrap().is_none());
+        // Other schemes are no credential (SkyPilot sends Basic for `user:pass@` URLs); a
+        // subprotocol token beside one is the credential.
+        for other in ["Basic YTpi", "basic", "Negotiate abc", "Bearerx abc"] {
+            let c = credential(&headers(&[("authorization", other)])).unwrap();
+            assert!(c.is_none(), "{other}");
+        }
+        let c = credential(&headers(&[
+            ("authorization", "Basic YTpi"),
+            ("sec-websocket-protocol", &sub),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.token.expose(), "sub-token");
         let cases: Vec<(Vec<(&'static str, &str)>, Reject)> = vec![
             (
-                vec![("authorization", "Basic YTpi")],
+                vec![("authorization", "Bearer")],
                 Reject::InvalidCredentials,
             ),
             (
-                vec![("authorization", "Bearer")],
+                vec![("authorization", "Bearer   ")],
                 Reject::InvalidCredentials,
             ),
             (

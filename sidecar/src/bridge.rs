@@ -17,9 +17,12 @@
 //! other side down instead of growing a queue, and untouched buffer pages cost nothing, so an
 //! idle session holds little.
 
+use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{ready, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -63,8 +66,10 @@ pub trait Observer: Send + Sync {
 /// How often timers (idle, age, keepalive) are checked.
 const TICK: Duration = Duration::from_millis(500);
 
-/// How long the closing frame may take to reach a client that is not reading.
-const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// How long the closing frame (behind any frame under way) may take to reach a client that is
+/// not reading; the session then ends without it. Shutting the connections down is bounded by
+/// the same again, so a session ends at most `2 × CLOSE_WAIT` after its reason.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Frames' payloads gathered into one `writev` at most (Linux's `IOV_MAX` is 1024), and replies
 /// queued per pass over the read buffer.
@@ -227,29 +232,14 @@ where
                     buf.put_u8(TYPE_DATA);
                 }
             }
+            // A write to the client is one arm among the others, never awaited inside one: a
+            // client that stops reading stalls only that arm, while the shutdown, the timers
+            // and the keepalive still fire. Nothing more is read (from the target, or replies
+            // from the other direction) until the frames queued for the client are out.
+            let idle = out.is_idle();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return CloseReason::Shutdown,
-                Some(f) = ctl_rx.recv() => {
-                    if out.send(f).await.is_err() {
-                        return CloseReason::ClientGone;
-                    }
-                }
-                r = read_chunk(&mut rd, &mut buf, cfg.max_frame) => match r {
-                    Ok(0) => return CloseReason::TargetClosed,
-                    Ok(n) => {
-                        let mut h = [0u8; MAX_SERVER_HEADER];
-                        let hl = server_header(&mut h, OP_BINARY, (hdr + n) as u64);
-                        let from = MAX_SERVER_HEADER - hl;
-                        buf[from..MAX_SERVER_HEADER].copy_from_slice(&h[from..]);
-                        if out.send(buf.split().freeze().slice(from..)).await.is_err() {
-                            return CloseReason::ClientGone;
-                        }
-                        obs.down(n as u64);
-                        touch();
-                    }
-                    Err(_) => return CloseReason::TargetError,
-                },
                 now = tick.tick() => {
                     let age = now.duration_since(start);
                     if cfg.max_age.is_some_and(|m| age >= m) {
@@ -264,13 +254,34 @@ where
                             if missed.fetch_add(1, Ordering::Relaxed) >= cfg.max_missed_pongs {
                                 return CloseReason::KeepaliveTimeout;
                             }
-                            if out.send(Bytes::from(server_frame(OP_PING, &[]))).await.is_err() {
-                                return CloseReason::ClientGone;
-                            }
+                            out.push(Bytes::from(server_frame(OP_PING, &[])));
                             next_ping = Some(now + every);
                         }
                     }
                 }
+                r = out.flush(), if !idle => {
+                    if r.is_err() {
+                        return CloseReason::ClientGone;
+                    }
+                }
+                Some(f) = ctl_rx.recv(), if idle => out.push(f),
+                r = read_chunk(&mut rd, &mut buf, cfg.max_frame), if idle => match r {
+                    Ok(0) => return CloseReason::TargetClosed,
+                    Ok(n) => {
+                        let mut h = [0u8; MAX_SERVER_HEADER];
+                        let hl = server_header(&mut h, OP_BINARY, (hdr + n) as u64);
+                        let from = MAX_SERVER_HEADER - hl;
+                        buf[from..MAX_SERVER_HEADER].copy_from_slice(&h[from..]);
+                        out.push(buf.split().freeze().slice(from..));
+                        // Most writes complete at once: try now rather than on the next turn.
+                        if out.try_flush().is_err() {
+                            return CloseReason::ClientGone;
+                        }
+                        obs.down(n as u64);
+                        touch();
+                    }
+                    Err(_) => return CloseReason::TargetError,
+                },
             }
         }
     };
@@ -281,18 +292,23 @@ where
     };
     if reason != CloseReason::ClientGone {
         // Replies asked for before the end (a pong for a ping just before the client's close)
-        // still go out, then the close frame.
-        let close = server_frame(OP_CLOSE, &close_payload(reason.code(), &reason.message()));
-        let last = async {
-            while let Ok(f) = ctl_rx.try_recv() {
-                out.send(f).await?;
-            }
-            out.send(Bytes::from(close)).await
-        };
-        let _ = tokio::time::timeout(CLOSE_WAIT, last).await;
+        // still go out, then the close frame, behind any frame already under way; a client
+        // that is not reading gets `CLOSE_WAIT` for all of it, then the connection is dropped.
+        while let Ok(f) = ctl_rx.try_recv() {
+            out.push(f);
+        }
+        out.push(Bytes::from(server_frame(
+            OP_CLOSE,
+            &close_payload(reason.code(), &reason.message()),
+        )));
+        let _ = tokio::time::timeout(CLOSE_WAIT, out.flush()).await;
     }
-    let _ = out.w.shutdown().await;
-    let _ = wr.shutdown().await;
+    // Shutting a socket down does not wait for the peer, but a generic writer might: bounded too.
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        let _ = out.w.shutdown().await;
+        let _ = wr.shutdown().await;
+    })
+    .await;
     reason
 }
 
@@ -357,6 +373,9 @@ fn next_frame(buf: &mut [u8], max: u64) -> Result<Next, CloseReason> {
 /// The client message that continuation frames extend.
 enum Incoming {
     Idle,
+    /// A typed message whose fragments so far were empty: its type byte is still to come
+    /// (RFC 6455 allows empty fragments).
+    Untyped,
     /// Session bytes: every further fragment is data as it comes.
     Data,
     /// A typed control message (ping, latency report) split over frames, gathered whole.
@@ -394,7 +413,7 @@ impl Incoming {
                     "continuation frame outside a message".into(),
                 ))
             }
-            (Incoming::Data | Incoming::Typed(_), true) => {
+            (Incoming::Untyped | Incoming::Data | Incoming::Typed(_), true) => {
                 return Err(CloseReason::Protocol(
                     "new message before the last one ended".into(),
                 ))
@@ -403,22 +422,26 @@ impl Incoming {
                 *self = Incoming::Data;
                 Part::Data(0)
             }
-            (Incoming::Idle, true) if framing == Framing::Raw => {
+            // A message's first byte, in its first frame or (after empty ones) a later one.
+            (Incoming::Idle | Incoming::Untyped, _) if framing == Framing::Raw => {
                 *self = Incoming::Data;
                 Part::Data(0)
             }
-            (Incoming::Idle, true) if payload.first() == Some(&TYPE_DATA) => {
+            (Incoming::Idle | Incoming::Untyped, _) if payload.first() == Some(&TYPE_DATA) => {
                 *self = Incoming::Data;
                 Part::Data(1)
             }
-            (Incoming::Idle, true) if payload.is_empty() && !h.fin => {
-                return Err(CloseReason::Frame(wsgate_core::framing::FrameError::Empty))
+            (Incoming::Idle | Incoming::Untyped, _) if payload.is_empty() && !h.fin => {
+                *self = Incoming::Untyped;
+                Part::Pending
             }
             (before, _) if !whole => {
                 *self = before;
                 return Ok(Part::Wait);
             }
-            (Incoming::Idle, true) => gather(framing, Vec::new(), h.fin, payload, max, self)?,
+            (Incoming::Idle | Incoming::Untyped, _) => {
+                gather(framing, Vec::new(), h.fin, payload, max, self)?
+            }
             (Incoming::Typed(so_far), false) => gather(framing, so_far, h.fin, payload, max, self)?,
         };
         if h.fin {
@@ -476,39 +499,65 @@ async fn write_ranges<W: AsyncWrite + Unpin>(
     Ok(total)
 }
 
-/// The client's write side, one whole frame at a time. Cancel-safe: a frame interrupted by the
-/// session ending is finished before the close frame, so the client never sees half a frame
-/// followed by another.
+/// The client's write side: frames queued whole and written in order, so the client never sees
+/// half a frame followed by another. `flush` is cancel-safe (progress is kept between calls),
+/// which lets the bridge race it against its timers instead of waiting on a client that does
+/// not read.
 struct FrameWriter<W> {
     w: W,
-    /// The frame being written and how much of it is out.
-    pending: Option<(Bytes, usize)>,
+    /// Frames for the client, in order. At most one data frame (nothing is read from the target
+    /// while frames wait), the replies taken with it, and a keepalive ping per interval: bounded
+    /// by the session's own limits.
+    queue: VecDeque<Bytes>,
+    /// How much of the first frame is out.
+    done: usize,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     fn new(w: W) -> Self {
-        FrameWriter { w, pending: None }
+        FrameWriter {
+            w,
+            queue: VecDeque::new(),
+            done: 0,
+        }
     }
 
-    /// Finishes any interrupted frame, then writes `frame`.
-    async fn send(&mut self, frame: Bytes) -> std::io::Result<()> {
-        self.flush_pending().await?;
-        self.pending = Some((frame, 0));
-        self.flush_pending().await
+    fn push(&mut self, frame: Bytes) {
+        self.queue.push_back(frame);
     }
 
-    async fn flush_pending(&mut self) -> std::io::Result<()> {
-        while let Some((f, done)) = &mut self.pending {
-            let n = self.w.write(&f[*done..]).await?;
+    /// Nothing waits to be written.
+    fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Writes until the queue is empty.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_flush_queue(cx)).await
+    }
+
+    /// Writes what the socket takes now, without waiting for it to take more.
+    fn try_flush(&mut self) -> std::io::Result<()> {
+        let waker = std::task::Waker::noop();
+        match self.poll_flush_queue(&mut std::task::Context::from_waker(waker)) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Ok(()),
+        }
+    }
+
+    fn poll_flush_queue(&mut self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        while let Some(f) = self.queue.front() {
+            let n = ready!(Pin::new(&mut self.w).poll_write(cx, &f[self.done..]))?;
             if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
-            *done += n;
-            if *done == f.len() {
-                self.pending = None;
+            self.done += n;
+            if self.done == f.len() {
+                self.queue.pop_front();
+                self.done = 0;
             }
         }
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -763,6 +812,129 @@ mod tests {
         assert_eq!(frames[0], (OP_PONG, b"p".to_vec()));
         assert_eq!(frames[1], (OP_BINARY, vec![1, 0, 0, 0, 9]));
         assert_eq!(close_of(&frames), 1000);
+    }
+
+    #[tokio::test]
+    async fn a_typed_message_may_start_with_empty_fragments() {
+        // RFC 6455 allows empty fragments: the type byte then comes in a later frame.
+        let (server, mut peer) = tokio::io::duplex(1 << 16);
+        let (target, mut sshd) = tokio::io::duplex(4096);
+        let mut bytes = raw_frame(OP_BINARY, b"");
+        bytes.extend(raw_frame(OP_CONTINUATION, b""));
+        bytes.extend(raw_frame(0x80 | OP_CONTINUATION, b"\x00ab"));
+        bytes.extend(raw_frame(OP_BINARY, b""));
+        bytes.extend(raw_frame(0x80 | OP_CONTINUATION, &[1, 0, 0, 0, 9]));
+        bytes.extend(raw_frame(0x80 | OP_CLOSE, &[]));
+        peer.write_all(&bytes).await.unwrap();
+        let c = cfg(Framing::Typed);
+        let reason = bridge(
+            server,
+            target,
+            &c,
+            &Seen::default(),
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(reason, CloseReason::ClientClosed);
+        let mut got = Vec::new();
+        sshd.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"ab");
+        let frames = server_frames(peer).await;
+        assert_eq!(frames[0], (OP_BINARY, vec![1, 0, 0, 0, 9]));
+        assert_eq!(close_of(&frames), 1000);
+
+        // A typed message that is empty as a whole still has no type: refused.
+        let (server, mut peer) = tokio::io::duplex(1 << 16);
+        let (target, _sshd) = tokio::io::duplex(64);
+        let mut bytes = raw_frame(OP_BINARY, b"");
+        bytes.extend(raw_frame(0x80 | OP_CONTINUATION, b""));
+        peer.write_all(&bytes).await.unwrap();
+        let reason = bridge(
+            server,
+            target,
+            &c,
+            &Seen::default(),
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(reason, CloseReason::Frame(FrameError::Empty));
+    }
+
+    /// A session whose client or target never reads, with `end` to end it; every such session
+    /// must end anyway, with the reason, and not much later than asked (time is paused: the
+    /// runtime jumps to each timer, and a hang would show as the one-hour guard firing).
+    async fn stuck(
+        client_reads: bool,
+        c: BridgeConfig,
+        stop: CancellationToken,
+    ) -> (CloseReason, Duration) {
+        // Small pipes, so the writer blocks soon.
+        let (server, mut peer) = tokio::io::duplex(1024);
+        let (target, mut sshd) = tokio::io::duplex(1024);
+        let t0 = Instant::now();
+        let seen = Seen::default();
+        let session = bridge(server, target, &c, &seen, stop);
+        let flood = async {
+            if client_reads {
+                // The client sends data frames without end; the target reads nothing.
+                let frame = raw_frame(0x80 | OP_BINARY, &[7u8; 1000]);
+                while peer.write_all(&frame).await.is_ok() {}
+            } else {
+                // The target sends without end; the client reads nothing.
+                while sshd.write_all(&[7u8; 1000]).await.is_ok() {}
+            }
+            std::future::pending::<()>().await
+        };
+        let reason = tokio::time::timeout(Duration::from_secs(3600), async {
+            tokio::select! {
+                r = session => r,
+                _ = flood => unreachable!(),
+            }
+        })
+        .await
+        .expect("the session outlived its limits");
+        (reason, t0.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limits_hold_when_a_side_stops_reading() {
+        for client_reads in [false, true] {
+            let mut c = cfg(Framing::Raw);
+            c.max_age = Some(Duration::from_secs(60));
+            let (reason, took) = stuck(client_reads, c, CancellationToken::new()).await;
+            assert_eq!(reason, CloseReason::MaxAge, "client reads: {client_reads}");
+            assert!(took < Duration::from_secs(60) + CLOSE_WAIT * 2 + TICK);
+
+            let mut c = cfg(Framing::Raw);
+            c.idle_timeout = Some(Duration::from_secs(30));
+            let (reason, took) = stuck(client_reads, c, CancellationToken::new()).await;
+            assert_eq!(
+                reason,
+                CloseReason::IdleTimeout,
+                "client reads: {client_reads}"
+            );
+            assert!(took < Duration::from_secs(30) + CLOSE_WAIT * 2 + TICK);
+
+            let stop = CancellationToken::new();
+            let cancel = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                cancel.cancel();
+            });
+            let (reason, took) = stuck(client_reads, cfg(Framing::Raw), stop).await;
+            assert_eq!(
+                reason,
+                CloseReason::Shutdown,
+                "client reads: {client_reads}"
+            );
+            assert!(took < Duration::from_secs(5) + CLOSE_WAIT * 2 + TICK);
+        }
+        // A client that reads nothing answers no ping either: the keepalive ends it.
+        let mut c = cfg(Framing::Raw);
+        c.ping_interval = Some(Duration::from_secs(10));
+        c.max_missed_pongs = 2;
+        let (reason, _) = stuck(false, c, CancellationToken::new()).await;
+        assert_eq!(reason, CloseReason::KeepaliveTimeout);
     }
 
     #[tokio::test]

@@ -35,6 +35,10 @@ pub enum Reject {
     Token(TokenError),
     #[error("authentication is unavailable; try again")]
     AuthUnavailable,
+    /// Too many token lookups at once or per second (a flood of unknown tokens): the lookup was
+    /// not sent. The value is the `Retry-After`, in seconds.
+    #[error("authentication is busy; retry in {0} s")]
+    AuthThrottled(u32),
     #[error("this user may not reach this cluster")]
     Forbidden,
     #[error("too many sessions for this user")]
@@ -65,9 +69,8 @@ impl Reject {
             MissingCredentials | InvalidCredentials => StatusCode::UNAUTHORIZED,
             Forbidden => StatusCode::FORBIDDEN,
             UserLimit => StatusCode::TOO_MANY_REQUESTS,
-            AuthUnavailable | GlobalLimit | Draining | ResolverUnavailable | TargetNotReady => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            AuthUnavailable | AuthThrottled(_) | GlobalLimit | Draining | ResolverUnavailable
+            | TargetNotReady => StatusCode::SERVICE_UNAVAILABLE,
             TargetUnreachable => StatusCode::BAD_GATEWAY,
             HandshakeTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -88,6 +91,7 @@ impl Reject {
             AmbiguousCredentials => "ambiguous_credentials",
             Token(e) => e.reason(),
             AuthUnavailable => "auth_unavailable",
+            AuthThrottled(_) => "auth_throttled",
             Forbidden => "forbidden",
             UserLimit => "user_limit",
             GlobalLimit => "global_limit",
@@ -108,6 +112,12 @@ impl IntoResponse for Reject {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        if let Reject::AuthThrottled(secs) = self {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
             );
         }
         resp
@@ -215,11 +225,24 @@ mod tests {
             (Reject::GlobalLimit, 503),
             (Reject::TargetUnreachable, 502),
             (Reject::AuthUnavailable, 503),
+            (Reject::AuthThrottled(1), 503),
             (Reject::Token(TokenError::MultipleTokens), 400),
         ];
         for (r, s) in cases {
             assert_eq!(r.status().as_u16(), s, "{r:?}");
         }
+    }
+
+    #[test]
+    fn throttled_says_when_to_retry() {
+        let resp = Reject::AuthThrottled(2).into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[axum::http::header::RETRY_AFTER], "2");
+        let resp = Reject::AuthUnavailable.into_response();
+        assert!(resp
+            .headers()
+            .get(axum::http::header::RETRY_AFTER)
+            .is_none());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -19,12 +19,14 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use sha2::{Digest, Sha256};
-use tracing::warn;
+use tracing::{warn, Level, Metadata};
+use tracing_subscriber::filter::FilterFn;
 use wsgate_core::token::BearerToken;
 
 use crate::auth::{Authenticator, Identity};
 use crate::authz::Authorizer;
 use crate::error::Reject;
+use crate::metrics::{ReviewMetrics, ReviewResult};
 use crate::target::TargetResolver;
 
 /// Failed reviews are remembered this long, so a flood of bad tokens does not become a flood
@@ -91,14 +93,119 @@ impl KubeApi {
 /// sha256(token) → (identity, or `None` for a rejected token; when it was cached).
 type ReviewCache = HashMap<[u8; 32], (Option<Identity>, Instant)>;
 
+/// How many `TokenReview`s may be in flight, and how many a second (`--token-review-*`).
+///
+/// Every token not in the cache costs one API call, and a flood of distinct bad tokens defeats
+/// any cache; past these bounds a lookup is refused with 503 and `Retry-After` instead of
+/// being sent. Cached tokens are looked up before the bounds, so they keep working in a flood.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReviewLimits {
+    /// Reviews in flight at once. A healthy API server answers in milliseconds, so 8 carry
+    /// hundreds a second; more only pile onto an API server that is already slow.
+    pub max_concurrency: usize,
+    /// Reviews a second, sustained (the token bucket's refill).
+    pub rate: f64,
+    /// Reviews that may go at once after a quiet spell (the bucket's size): a whole team
+    /// reconnecting after a restart, when the cache is empty.
+    pub burst: u32,
+}
+
+impl Default for ReviewLimits {
+    fn default() -> Self {
+        ReviewLimits {
+            max_concurrency: 8,
+            rate: 20.0,
+            burst: 40,
+        }
+    }
+}
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved up.
+#[derive(Debug)]
+struct Bucket {
+    /// Tokens now (fractional: refilled continuously).
+    tokens: f64,
+    /// When `tokens` was last brought up to date.
+    at: Instant,
+}
+
+/// The two bounds of [`ReviewLimits`], enforced.
+struct Throttle {
+    /// One permit per review in flight; taken without waiting (waiting callers would hold
+    /// connections and handshake slots, and the flood would queue ahead of real users).
+    in_flight: tokio::sync::Semaphore,
+    /// The rate bound (a lock held for a few arithmetic operations, once per cache miss).
+    bucket: Mutex<Bucket>,
+    /// As configured, for the bucket's arithmetic and the start-up log.
+    limits: ReviewLimits,
+    /// `Retry-After` for a throttled caller: the time one token takes to come back, at least 1 s.
+    retry_after: u32,
+}
+
+impl Throttle {
+    fn new(limits: ReviewLimits) -> Throttle {
+        let refill = (1.0 / limits.rate).ceil();
+        Throttle {
+            in_flight: tokio::sync::Semaphore::new(limits.max_concurrency),
+            bucket: Mutex::new(Bucket {
+                tokens: f64::from(limits.burst),
+                at: Instant::now(),
+            }),
+            limits,
+            retry_after: if refill.is_finite() {
+                refill.clamp(1.0, 3600.0) as u32
+            } else {
+                1
+            },
+        }
+    }
+
+    /// A permit to send one review, or the refusal.
+    fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Reject> {
+        let throttled = Reject::AuthThrottled(self.retry_after);
+        let permit = self
+            .in_flight
+            .try_acquire()
+            .map_err(|_| throttled.clone())?;
+        let mut b = self.bucket.lock().map_err(|_| throttled.clone())?;
+        let now = Instant::now();
+        let refilled = b.tokens + now.duration_since(b.at).as_secs_f64() * self.limits.rate;
+        b.tokens = refilled.min(f64::from(self.limits.burst));
+        b.at = now;
+        if b.tokens < 1.0 {
+            return Err(throttled);
+        }
+        b.tokens -= 1.0;
+        Ok(permit)
+    }
+}
+
 /// Authenticates bearer tokens with a `TokenReview`, caching results briefly.
 pub struct TokenReviewer {
+    /// The API server that reviews tokens.
     api: KubeApi,
     /// When set, the review must say the token was meant for one of these.
     audiences: Vec<String>,
+    /// How long an accepted token is remembered (`--auth-cache-ttl`).
     ttl: Duration,
     /// Keyed by hash so no token is kept in memory past its review.
     cache: Mutex<ReviewCache>,
+    /// Bounds the reviews a flood of uncached tokens can send.
+    throttle: Throttle,
+    /// Lookup results and round trips, rendered on `/metrics`.
+    metrics: Arc<ReviewMetrics>,
+}
+
+/// Where a `TokenReview` is created (cluster-scoped).
+const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
+/// The `reason` of an API error reply (`Status`), if it is one short word such as
+/// `Unauthorized`: never the message or the rest of the body, which may echo the request.
+fn status_reason(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let reason = v.get("reason")?.as_str()?;
+    (reason.len() <= 64 && reason.bytes().all(|b| b.is_ascii_alphabetic()))
+        .then(|| reason.to_string())
 }
 
 impl TokenReviewer {
@@ -108,7 +215,15 @@ impl TokenReviewer {
             audiences,
             ttl,
             cache: Mutex::new(HashMap::new()),
+            throttle: Throttle::new(ReviewLimits::default()),
+            metrics: Arc::new(ReviewMetrics::default()),
         }
+    }
+
+    /// The same with other bounds on the reviews sent.
+    pub fn limited(mut self, limits: ReviewLimits) -> TokenReviewer {
+        self.throttle = Throttle::new(limits);
+        self
     }
 
     fn cached(&self, key: &[u8; 32]) -> Option<Option<Identity>> {
@@ -135,6 +250,10 @@ impl TokenReviewer {
         }
     }
 
+    /// Sends the review and reads the reply itself rather than through `Api::create`: kube-rs
+    /// logs the raw body of a reply it cannot parse (at WARN) and puts error bodies into its
+    /// error messages, and a `TokenReview` reply echoes the token. Here no body is ever
+    /// logged; a reply that is not a well-formed review fails closed (503).
     async fn review(&self, token: &BearerToken) -> Result<Option<Identity>, Reject> {
         let review = TokenReview {
             spec: TokenReviewSpec {
@@ -143,7 +262,42 @@ impl TokenReviewer {
             },
             ..TokenReview::default()
         };
-        let reply = self.api.create_review(&review, "TokenReview").await?;
+        let body = serde_json::to_vec(&review).map_err(|_| Reject::AuthUnavailable)?;
+        let request = kube::core::Request::new(TOKEN_REVIEWS)
+            .create(&PostParams::default(), body)
+            .map_err(|e| {
+                warn!(error = %e, "TokenReview request not built");
+                Reject::AuthUnavailable
+            })?;
+        let client = &self.api.client;
+        let call = async {
+            let reply = client.send(request.map(kube::client::Body::from)).await?;
+            let status = reply.status();
+            let body = reply.into_body().collect_bytes().await?;
+            Ok::<_, kube::Error>((status, body))
+        };
+        let (status, body) = self
+            .api
+            .call("TokenReview", call, Reject::AuthUnavailable)
+            .await?;
+        if !status.is_success() {
+            warn!(
+                status = status.as_u16(),
+                reason = status_reason(&body).as_deref(),
+                "TokenReview failed"
+            );
+            return Err(Reject::AuthUnavailable);
+        }
+        let reply: TokenReview = serde_json::from_slice(&body).map_err(|e| {
+            // Where, not what: serde's message quotes the offending value.
+            warn!(
+                category = ?e.classify(),
+                line = e.line(),
+                column = e.column(),
+                "TokenReview reply is not a valid TokenReview (its body is not logged: it echoes the token)"
+            );
+            Reject::AuthUnavailable
+        })?;
         let Some(status) = reply.status else {
             return Ok(None);
         };
@@ -172,7 +326,18 @@ impl Authenticator for TokenReviewer {
         let who = match self.cached(&key) {
             Some(who) => who,
             None => {
-                let who = self.review(token).await?;
+                let _permit = self.throttle.admit().inspect_err(|_| {
+                    self.metrics.count(ReviewResult::Throttled);
+                })?;
+                let started = Instant::now();
+                let reviewed = self.review(token).await;
+                self.metrics.observe(started.elapsed());
+                self.metrics.count(match &reviewed {
+                    Ok(Some(_)) => ReviewResult::Authenticated,
+                    Ok(None) => ReviewResult::Rejected,
+                    Err(_) => ReviewResult::Failed,
+                });
+                let who = reviewed?;
                 self.remember(key, who.clone());
                 who
             }
@@ -181,11 +346,19 @@ impl Authenticator for TokenReviewer {
     }
 
     fn describe(&self) -> String {
+        let l = &self.throttle.limits;
         format!(
-            "Kubernetes TokenReview (audiences {:?}, cache {}s)",
+            "Kubernetes TokenReview (audiences {:?}, cache {}s, at most {} in flight and {}/s, burst {})",
             self.audiences,
-            self.ttl.as_secs()
+            self.ttl.as_secs(),
+            l.max_concurrency,
+            l.rate,
+            l.burst
         )
+    }
+
+    fn review_metrics(&self) -> Option<Arc<ReviewMetrics>> {
+        Some(Arc::clone(&self.metrics))
     }
 }
 
@@ -329,6 +502,50 @@ impl TargetResolver for PodResolver {
             self.namespace, self.selector_template, self.port
         )
     }
+}
+
+/// Libraries of the Kubernetes client's HTTP stack that print request or response bodies or
+/// headers at some level, and the most verbose level each may log at. A `TokenReview` request
+/// carries the caller's token and its reply echoes it; every request carries the sidecar's own
+/// service-account token. kube-rs logs a reply it cannot parse at WARN, error bodies at DEBUG
+/// and more at TRACE; the HTTP, HTTP/2 and TLS libraries below it dump messages at DEBUG and
+/// TRACE. kube-rs's own ERROR lines (a failed call's status) carry no body.
+const QUIET_TARGETS: [(&str, Level); 10] = [
+    ("kube_client", Level::ERROR),
+    ("kube", Level::ERROR),
+    ("hyper", Level::INFO),
+    ("hyper_util", Level::INFO),
+    ("h2", Level::INFO),
+    ("tower", Level::INFO),
+    ("tower_http", Level::INFO),
+    ("reqwest", Level::INFO),
+    ("rustls", Level::INFO),
+    ("http_body_util", Level::INFO),
+];
+
+/// Whether an event or span may be logged at all: false for [`QUIET_TARGETS`] above their
+/// level, whatever `WSGATE_LOG` asks for.
+pub fn may_log(meta: &Metadata<'_>) -> bool {
+    allowed(meta.target(), *meta.level())
+}
+
+fn allowed(target: &str, level: Level) -> bool {
+    for (name, most) in QUIET_TARGETS {
+        let inside = target
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"));
+        if inside {
+            return level <= most;
+        }
+    }
+    true
+}
+
+/// [`may_log`] as a global filter, layered over the subscriber beside `WSGATE_LOG`'s
+/// `EnvFilter` (which cannot be relied on for this: a more specific directive, or a span
+/// directive, would re-enable a target that a general one turned down).
+pub fn log_guard() -> FilterFn<fn(&Metadata<'_>) -> bool> {
+    FilterFn::new(may_log as fn(&Metadata<'_>) -> bool)
 }
 
 #[cfg(test)]
@@ -635,6 +852,184 @@ mod tests {
             assert_eq!(r.resolve("prod", 0).await, Err(Reject::ResolverUnavailable));
         };
         tokio::join!(server, client);
+    }
+
+    #[test]
+    fn body_printing_targets_are_held_down_whatever_the_filter() {
+        /// A target and level, and whether the guard lets it through.
+        struct Case {
+            target: &'static str,
+            level: Level,
+            logged: bool,
+        }
+        let cases = [
+            // kube-rs logs an unparsable reply's raw body here, at WARN.
+            Case {
+                target: "kube_client::client",
+                level: Level::WARN,
+                logged: false,
+            },
+            Case {
+                target: "kube_client::client",
+                level: Level::DEBUG,
+                logged: false,
+            },
+            Case {
+                target: "kube_client::client::builder",
+                level: Level::ERROR,
+                logged: true,
+            },
+            Case {
+                target: "hyper_util::client::legacy",
+                level: Level::DEBUG,
+                logged: false,
+            },
+            Case {
+                target: "h2::codec",
+                level: Level::TRACE,
+                logged: false,
+            },
+            Case {
+                target: "rustls::client",
+                level: Level::INFO,
+                logged: true,
+            },
+            Case {
+                target: "hyper",
+                level: Level::WARN,
+                logged: true,
+            },
+            // Prefixes only count at a path boundary.
+            Case {
+                target: "hyperion",
+                level: Level::TRACE,
+                logged: true,
+            },
+            Case {
+                target: "kubectl_like",
+                level: Level::DEBUG,
+                logged: true,
+            },
+            Case {
+                target: "wsgate_sidecar::server",
+                level: Level::TRACE,
+                logged: true,
+            },
+            Case {
+                target: "wsgate::audit",
+                level: Level::INFO,
+                logged: true,
+            },
+        ];
+        for c in cases {
+            assert_eq!(
+                allowed(c.target, c.level),
+                c.logged,
+                "{} at {}",
+                c.target,
+                c.level
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn token_review_bounds_concurrency_and_rate_before_the_api() {
+        let (api, mut h) = mock();
+        let limits = ReviewLimits {
+            max_concurrency: 2,
+            rate: 1.0,
+            burst: 3,
+        };
+        let tr = TokenReviewer::new(api, vec![], Duration::from_secs(60)).limited(limits);
+        let metrics = crate::metrics::Metrics::with_reviews(tr.review_metrics());
+        let rejected = json!({"status": {"authenticated": false}});
+        // Three reviews reach the API server, no more: two at once, then the bucket's last.
+        let server = async {
+            for _ in 0..3 {
+                answer(&mut h, "POST", TOKEN_REVIEWS, 201, rejected.clone()).await;
+            }
+        };
+        let client = async {
+            let tr = &tr;
+            let auth = |t: &'static str| async move { tr.authenticate(Some(&token(t))).await };
+            // `a` and `b` are in flight (unanswered) when `c` asks: past the concurrency.
+            let (a, b, c) = tokio::join!(auth("a"), auth("b"), auth("c"));
+            assert_eq!(a, Err(Reject::InvalidCredentials));
+            assert_eq!(b, Err(Reject::InvalidCredentials));
+            assert_eq!(c, Err(Reject::AuthThrottled(1)));
+            // The bucket (3) has one review left, then none.
+            assert_eq!(auth("d").await, Err(Reject::InvalidCredentials));
+            assert_eq!(auth("e").await, Err(Reject::AuthThrottled(1)));
+            // A token already reviewed is answered from the cache, bucket or not.
+            assert_eq!(auth("a").await, Err(Reject::InvalidCredentials));
+        };
+        tokio::join!(server, client);
+        let text = metrics.render();
+        for want in [
+            "wsgate_token_reviews_total{result=\"rejected\"} 3",
+            "wsgate_token_reviews_total{result=\"throttled\"} 2",
+            "wsgate_token_review_duration_seconds_count 3",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_malformed_review_reply_fails_closed() {
+        let (api, mut h) = mock();
+        let tr = TokenReviewer::new(api, vec![], Duration::from_secs(60));
+        /// A reply the API server (or something posing as it) might send.
+        struct Case {
+            name: &'static str,
+            status: u16,
+            reply: Value,
+            want: Result<&'static str, Reject>,
+        }
+        let cases = [
+            Case {
+                name: "authenticated as a string, token echoed",
+                status: 201,
+                reply: json!({"spec": {"token": "t"}, "status": {"authenticated": "true",
+                              "user": {"username": "mallory"}}}),
+                want: Err(Reject::AuthUnavailable),
+            },
+            Case {
+                name: "not JSON",
+                status: 201,
+                reply: json!("<html>t</html>"),
+                want: Err(Reject::AuthUnavailable),
+            },
+            Case {
+                name: "an error status with the token in a non-Status body",
+                status: 400,
+                reply: json!({"spec": {"token": "t"}}),
+                want: Err(Reject::AuthUnavailable),
+            },
+            Case {
+                name: "authenticated without a user name",
+                status: 201,
+                reply: json!({"status": {"authenticated": true, "user": {}}}),
+                want: Err(Reject::InvalidCredentials),
+            },
+            Case {
+                name: "well-formed",
+                status: 201,
+                reply: json!({"status": {"authenticated": true, "user": {"username": "alice"}}}),
+                want: Ok("alice"),
+            },
+        ];
+        for (i, c) in cases.iter().enumerate() {
+            // A fresh token each time: nothing comes from the cache.
+            let t = token(&format!("t{i}"));
+            let server = answer(&mut h, "POST", TOKEN_REVIEWS, c.status, c.reply.clone());
+            let (got, _) = tokio::join!(tr.authenticate(Some(&t)), server);
+            assert_eq!(
+                got.map(|w| w.user).as_deref().map_err(Clone::clone),
+                c.want,
+                "{}",
+                c.name
+            );
+        }
     }
 
     #[test]

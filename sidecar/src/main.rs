@@ -1,27 +1,20 @@
-//! `wsgate-sidecar`: reads an optional config file into the environment, parses flags, sets up
-//! logging (stderr), binds, and runs the server until SIGTERM or Ctrl-C.
+//! `wsgate-sidecar`: reads its settings (flags, `WSGATE_*` environment, optional config file),
+//! sets up logging (stderr), binds, and runs the server until SIGTERM or Ctrl-C.
 
 use anyhow::Context;
-use clap::Parser;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
-use wsgate_sidecar::config::{read_config_file, Args, AuthMode, LogFormat};
+use wsgate_sidecar::config::{Args, AuthMode, ConfigError, LogFormat};
 
 fn main() -> anyhow::Result<()> {
-    // The config file sets WSGATE_* variables that are not already set, before any thread
-    // exists (so setting the environment is safe) and before clap reads it.
-    let from_flag = std::env::args()
-        .skip_while(|a| a != "--config")
-        .nth(1)
-        .or_else(|| std::env::args().find_map(|a| a.strip_prefix("--config=").map(String::from)))
-        .or_else(|| std::env::var("WSGATE_CONFIG").ok());
-    if let Some(path) = from_flag {
-        for (k, v) in read_config_file(std::path::Path::new(&path))? {
-            if std::env::var_os(&k).is_none() {
-                std::env::set_var(k, v);
-            }
-        }
-    }
-    let args = Args::parse();
+    // Flags, then the environment, then the config file; an unknown WSGATE_* name stops here.
+    let args = match Args::load(std::env::args_os(), std::env::vars_os()) {
+        Ok(args) => args,
+        // Usage errors, --help and --version: clap prints them and picks the exit code.
+        Err(ConfigError::Clap(e)) => e.exit(),
+        Err(e) => return Err(e.into()),
+    };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -30,13 +23,22 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_env("WSGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // `--log` (WSGATE_LOG) picks the levels; the guard over it keeps the Kubernetes client's
+    // HTTP stack from logging bodies (tokens) whatever `--log` says.
+    let filter = EnvFilter::try_new(&args.log)
+        .with_context(|| format!("--log (WSGATE_LOG): {:?} is not a log filter", args.log))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    let guard = wsgate_sidecar::kube::log_guard();
     match args.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(guard)
+            .init(),
+        LogFormat::Text => builder.finish().with(guard).init(),
     }
     let sidecar = args.build().await?;
     if args.auth == AuthMode::None {

@@ -1,17 +1,148 @@
 //! Prometheus metrics, rendered as text on the admin listener's `/metrics`.
 //!
-//! Hand-written (a few atomics and one histogram) so that the hot path costs one relaxed atomic
-//! add per chunk and nothing else.
+//! Hand-written (a few atomics and histograms) so that the hot path costs one relaxed atomic
+//! add per chunk and nothing else; histograms are observed per handshake or per report, never
+//! per chunk.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-/// Latency buckets in seconds (the client's type-2 reports are milliseconds).
+/// Buckets (seconds) of the clients' latency reports. The reports (SkyPilot's type 2 frame,
+/// `!BQ`) are whole milliseconds, so no bound below 1 ms could ever split them: a LAN round
+/// trip arrives as 0 or 1 and lands in the first bucket. Durations the sidecar measures itself
+/// (below) have nanosecond resolution and get sub-millisecond buckets.
 const LATENCY_BUCKETS: [f64; 11] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
+
+/// Buckets (seconds) of durations the sidecar measures itself: from 100 µs (a handshake with
+/// a token file and a local sshd takes a few hundred µs; a TokenReview on a LAN about 1 ms) to
+/// 10 s (the default handshake timeout).
+pub const DURATION_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// A histogram of durations over [`DURATION_BUCKETS`].
+#[derive(Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative: rendering adds them up).
+    buckets: [AtomicU64; DURATION_BUCKETS.len()],
+    /// Observations above the last bound (they only count in `+Inf`).
+    over: AtomicU64,
+    /// Sum of all observations, in nanoseconds (u64: 584 years of them).
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        match DURATION_BUCKETS.iter().position(|le| secs <= *le) {
+            Some(i) => self.buckets[i].fetch_add(1, Ordering::Relaxed),
+            None => self.over.fetch_add(1, Ordering::Relaxed),
+        };
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// The `_bucket`, `_sum` and `_count` lines, with `labels` (e.g. `result="accepted",`,
+    /// ending in a comma, or empty) before `le`.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let r = Ordering::Relaxed;
+        let mut seen = 0;
+        for (i, le) in DURATION_BUCKETS.iter().enumerate() {
+            seen += self.buckets[i].load(r);
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {seen}");
+        }
+        seen += self.over.load(r);
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {seen}");
+        let sum = self.sum_ns.load(r) as f64 / 1e9;
+        let labels = match labels.trim_end_matches(',') {
+            "" => String::new(),
+            l => format!("{{{l}}}"),
+        };
+        let _ = writeln!(out, "{name}_sum{labels} {sum}");
+        let _ = writeln!(out, "{name}_count{labels} {seen}");
+    }
+}
+
+/// How one `TokenReview` lookup ended (cache hits are not lookups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReviewResult {
+    /// The API server accepted the token (for our audience).
+    Authenticated,
+    /// The API server did not.
+    Rejected,
+    /// No usable answer: unreachable, timed out, an error status, or a reply that did not
+    /// parse. The handshake got 503.
+    Failed,
+    /// Not sent: past `--token-review-max-concurrency` or `--token-review-rate`. The
+    /// handshake got 503 with `Retry-After`.
+    Throttled,
+}
+
+impl ReviewResult {
+    const ALL: [ReviewResult; 4] = [
+        ReviewResult::Authenticated,
+        ReviewResult::Rejected,
+        ReviewResult::Failed,
+        ReviewResult::Throttled,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            ReviewResult::Authenticated => "authenticated",
+            ReviewResult::Rejected => "rejected",
+            ReviewResult::Failed => "failed",
+            ReviewResult::Throttled => "throttled",
+        }
+    }
+}
+
+/// The `TokenReview` backend's counters, owned by it (`crate::kube::TokenReviewer`) and
+/// rendered with the rest when it is the authenticator.
+#[derive(Default)]
+pub struct ReviewMetrics {
+    /// Lookups by result, in [`ReviewResult::ALL`] order.
+    results: [AtomicU64; 4],
+    /// Round trips of the reviews actually sent (throttled ones are not).
+    duration: Histogram,
+}
+
+impl ReviewMetrics {
+    pub fn count(&self, result: ReviewResult) {
+        let i = ReviewResult::ALL
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(0);
+        self.results[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn observe(&self, d: Duration) {
+        self.duration.observe(d);
+    }
+
+    fn render(&self, out: &mut String) {
+        let name = "wsgate_token_reviews_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} TokenReview lookups (cache misses), by result.\n# TYPE {name} counter"
+        );
+        for (i, r) in ReviewResult::ALL.iter().enumerate() {
+            let v = self.results[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{result=\"{}\"}} {v}", r.label());
+        }
+        let name = "wsgate_token_review_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} TokenReview round trips to the API server.\n# TYPE {name} histogram"
+        );
+        self.duration.render(out, name, "");
+    }
+}
 
 #[derive(Default)]
 pub struct Metrics {
@@ -26,6 +157,13 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_ms: AtomicU64,
+    /// WebSocket handshakes (request head in → `101`), the ones that became sessions: how long
+    /// authentication, lookup and the target connect took.
+    handshakes_accepted: Histogram,
+    /// The same for refused handshakes (a slow refusal is a slow backend or a timeout).
+    handshakes_refused: Histogram,
+    /// The TokenReview backend's counters, when it is the authenticator.
+    reviews: Option<Arc<ReviewMetrics>>,
 }
 
 fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
@@ -35,6 +173,14 @@ fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
 }
 
 impl Metrics {
+    /// Metrics that also render the authenticator's `TokenReview` counters, if it has some.
+    pub fn with_reviews(reviews: Option<Arc<ReviewMetrics>>) -> Metrics {
+        Metrics {
+            reviews,
+            ..Metrics::default()
+        }
+    }
+
     pub fn session_opened(&self) {
         self.sessions_open.fetch_add(1, Ordering::Relaxed);
         self.sessions_total.fetch_add(1, Ordering::Relaxed);
@@ -47,6 +193,15 @@ impl Metrics {
 
     pub fn handshake_failed(&self, reason: &'static str) {
         bump(&self.handshake_failures, reason);
+    }
+
+    /// One WebSocket handshake, from complete request head to the answer.
+    pub fn observe_handshake(&self, took: Duration, accepted: bool) {
+        if accepted {
+            self.handshakes_accepted.observe(took);
+        } else {
+            self.handshakes_refused.observe(took);
+        }
     }
 
     pub fn add_up(&self, n: u64) {
@@ -74,7 +229,7 @@ impl Metrics {
 
     /// The Prometheus text exposition format (0.0.4).
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(2048);
+        let mut out = String::with_capacity(4096);
         let r = Ordering::Relaxed;
         let mut simple = |name: &str, kind: &str, help: &str, v: String| {
             let _ = writeln!(
@@ -128,7 +283,7 @@ impl Metrics {
             &self.closes,
         );
         let name = "wsgate_client_latency_seconds";
-        let _ = writeln!(out, "# HELP {name} Round trip reported by SkyPilot-framed clients (type 2).\n# TYPE {name} histogram");
+        let _ = writeln!(out, "# HELP {name} Round trip reported by SkyPilot-framed clients (type 2), in whole milliseconds.\n# TYPE {name} histogram");
         for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
             let _ = writeln!(
                 out,
@@ -144,6 +299,15 @@ impl Metrics {
             self.latency_sum_ms.load(r) as f64 / 1000.0
         );
         let _ = writeln!(out, "{name}_count {count}");
+        let name = "wsgate_handshake_duration_seconds";
+        let _ = writeln!(out, "# HELP {name} WebSocket handshakes, from complete request head to the answer (authentication, lookup, target connect), by result.\n# TYPE {name} histogram");
+        self.handshakes_accepted
+            .render(&mut out, name, "result=\"accepted\",");
+        self.handshakes_refused
+            .render(&mut out, name, "result=\"refused\",");
+        if let Some(reviews) = &self.reviews {
+            reviews.render(&mut out);
+        }
         out
     }
 }
@@ -174,6 +338,87 @@ mod tests {
             "wsgate_client_latency_seconds_bucket{le=\"0.05\"} 1",
             "wsgate_client_latency_seconds_bucket{le=\"+Inf\"} 1",
             "wsgate_client_latency_seconds_sum 0.03",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("wsgate_token_reviews_total"),
+            "no TokenReview backend"
+        );
+    }
+
+    #[test]
+    fn sub_millisecond_durations_land_in_sub_millisecond_buckets() {
+        /// One observation and the cumulative bucket lines it must produce.
+        struct Case {
+            took: Duration,
+            accepted: bool,
+            want: &'static [&'static str],
+        }
+        let cases = [
+            Case {
+                took: Duration::from_micros(80),
+                accepted: true,
+                want: &[
+                    "wsgate_handshake_duration_seconds_bucket{result=\"accepted\",le=\"0.0001\"} 1",
+                    "wsgate_handshake_duration_seconds_bucket{result=\"accepted\",le=\"+Inf\"} 1",
+                    "wsgate_handshake_duration_seconds_sum{result=\"accepted\"} 0.00008",
+                    "wsgate_handshake_duration_seconds_count{result=\"accepted\"} 1",
+                    "wsgate_handshake_duration_seconds_count{result=\"refused\"} 0",
+                ],
+            },
+            Case {
+                took: Duration::from_micros(300),
+                accepted: true,
+                want: &[
+                    "wsgate_handshake_duration_seconds_bucket{result=\"accepted\",le=\"0.00025\"} 0",
+                    "wsgate_handshake_duration_seconds_bucket{result=\"accepted\",le=\"0.0005\"} 1",
+                    "wsgate_handshake_duration_seconds_bucket{result=\"accepted\",le=\"0.001\"} 1",
+                ],
+            },
+            Case {
+                took: Duration::from_secs(30),
+                accepted: false,
+                want: &[
+                    "wsgate_handshake_duration_seconds_bucket{result=\"refused\",le=\"10\"} 0",
+                    "wsgate_handshake_duration_seconds_bucket{result=\"refused\",le=\"+Inf\"} 1",
+                    "wsgate_handshake_duration_seconds_sum{result=\"refused\"} 30",
+                ],
+            },
+        ];
+        for c in cases {
+            let m = Metrics::default();
+            m.observe_handshake(c.took, c.accepted);
+            let text = m.render();
+            for want in c.want {
+                assert!(
+                    text.contains(want),
+                    "{:?}: missing {want:?} in\n{text}",
+                    c.took
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn token_review_counters_render_when_attached() {
+        let reviews = Arc::new(ReviewMetrics::default());
+        let m = Metrics::with_reviews(Some(Arc::clone(&reviews)));
+        reviews.count(ReviewResult::Throttled);
+        reviews.count(ReviewResult::Throttled);
+        reviews.count(ReviewResult::Rejected);
+        reviews.observe(Duration::from_micros(700));
+        let text = m.render();
+        for want in [
+            "# TYPE wsgate_token_reviews_total counter",
+            "wsgate_token_reviews_total{result=\"throttled\"} 2",
+            "wsgate_token_reviews_total{result=\"rejected\"} 1",
+            "wsgate_token_reviews_total{result=\"authenticated\"} 0",
+            "# TYPE wsgate_token_review_duration_seconds histogram",
+            "wsgate_token_review_duration_seconds_bucket{le=\"0.0005\"} 0",
+            "wsgate_token_review_duration_seconds_bucket{le=\"0.001\"} 1",
+            "wsgate_token_review_duration_seconds_sum 0.0007",
+            "wsgate_token_review_duration_seconds_count 1",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

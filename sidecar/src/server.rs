@@ -6,12 +6,13 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::headtimeout::HeadTimeoutListener;
-use axum::extract::{Path, RawQuery, State};
+use crate::http::{serve as serve_http, HttpLimits};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -27,6 +28,7 @@ use crate::authz::Authorizer;
 use crate::bridge::{bridge, BridgeConfig, Observer};
 use crate::error::Reject;
 use crate::metrics::Metrics;
+use crate::origin::{Origin, PeerAddr, TrustedHops};
 use crate::sessions::{Admission, Registry, SessionInfo};
 use crate::target::TargetResolver;
 use crate::upgrade::{Connection, WsUpgrade};
@@ -46,13 +48,17 @@ pub struct Settings {
     pub max_sessions_per_user: usize,
     /// Framing is decided per session; the rest applies to all.
     pub bridge: BridgeConfig,
-    /// From connection to a complete request head (`crate::headtimeout`).
+    /// Each request head's deadline (`crate::http`).
     pub header_read_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request; zero: no keep-alive.
+    pub keepalive_timeout: Duration,
     /// From request to upgrade (authentication, lookup, connect).
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
     /// How long sessions may continue after SIGTERM before they are closed with 1001.
     pub shutdown_grace: Duration,
+    /// Proxies whose `X-Forwarded-For` / `x-envoy-external-address` the audit trail believes.
+    pub trusted_hops: TrustedHops,
 }
 
 /// The server's parts: settings and the three backends.
@@ -87,10 +93,11 @@ pub async fn run(
     let s = &sidecar.settings;
     let registry = Registry::new(s.max_sessions, s.max_sessions_per_user);
     let grace = s.shutdown_grace;
+    let reviews = sidecar.auth.review_metrics();
     let st = Arc::new(AppState {
         sidecar,
         registry,
-        metrics: Arc::new(Metrics::default()),
+        metrics: Arc::new(Metrics::with_reviews(reviews)),
         draining: AtomicBool::new(false),
         tracker: TaskTracker::new(),
         close_all: CancellationToken::new(),
@@ -100,19 +107,32 @@ pub async fn run(
         admin = %admin.local_addr()?,
         auth = %st.sidecar.auth.describe(),
         authz = %st.sidecar.authz.describe(),
-        target = %st.sidecar.resolver.describe(),
+        targets = %st.sidecar.resolver.describe(),
         "wsgate-sidecar {} serving",
         env!("CARGO_PKG_VERSION"),
     );
 
+    // Both listeners: a deadline on every request head and on keep-alive idle time; the
+    // handlers get the peer as `ConnectInfo<PeerAddr>` (the audit trail).
+    let limits = HttpLimits {
+        header_read_timeout: st.sidecar.settings.header_read_timeout,
+        keepalive_timeout: st.sidecar.settings.keepalive_timeout,
+    };
     let admin_stop = CancellationToken::new();
-    let admin_serve = axum::serve(admin, admin_router(Arc::clone(&st)))
-        .with_graceful_shutdown(admin_stop.clone().cancelled_owned());
-    let admin_task = tokio::spawn(async move { admin_serve.await });
+    let admin_task = tokio::spawn(serve_http(
+        admin,
+        admin_router(Arc::clone(&st)),
+        limits,
+        None,
+        admin_stop.clone().cancelled_owned(),
+    ));
     let drain_state = Arc::clone(&st);
-    let listener = HeadTimeoutListener::new(listener, st.sidecar.settings.header_read_timeout);
-    axum::serve(listener, router(Arc::clone(&st)))
-        .with_graceful_shutdown(async move {
+    serve_http(
+        listener,
+        router(Arc::clone(&st)),
+        limits,
+        Some(Arc::clone(&st.metrics)),
+        async move {
             shutdown.await;
             drain_state.draining.store(true, Ordering::SeqCst);
             info!(
@@ -120,8 +140,9 @@ pub async fn run(
                 grace_seconds = grace.as_secs(),
                 "shutting down: not accepting, draining sessions"
             );
-        })
-        .await?;
+        },
+    )
+    .await;
 
     st.tracker.close();
     if tokio::time::timeout(grace, st.tracker.wait())
@@ -133,7 +154,8 @@ pub async fn run(
             "grace period over: closing the remaining sessions with 1001"
         );
         st.close_all.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), st.tracker.wait()).await;
+        // Every session ends within 2 × CLOSE_WAIT of its cancel, whatever its peers do.
+        let _ = tokio::time::timeout(crate::bridge::CLOSE_WAIT * 3, st.tracker.wait()).await;
     }
     admin_stop.cancel();
     let _ = admin_task.await;
@@ -233,21 +255,23 @@ type Upgrade = Result<WsUpgrade, Reject>;
 
 async fn skypilot_endpoint(
     State(st): State<Arc<AppState>>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     ws: Upgrade,
 ) -> Response {
-    handshake(st, query, None, headers, ws).await
+    handshake(st, peer, query, None, headers, ws).await
 }
 
 async fn path_endpoint(
     State(st): State<Arc<AppState>>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     Path(cluster): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     ws: Upgrade,
 ) -> Response {
-    handshake(st, query, Some(cluster), headers, ws).await
+    handshake(st, peer, query, Some(cluster), headers, ws).await
 }
 
 /// A session ready to upgrade: every check passed, the target is connected.
@@ -260,29 +284,56 @@ struct Ready {
     echo_protocol: Option<String>,
 }
 
+/// What is known of a request so far, for its audit line: a refusal says as much as the checks
+/// before it had learnt (a user only once authenticated, a target only once resolved).
+#[derive(Debug)]
+struct Audit {
+    origin: Origin,
+    user: Option<String>,
+    cluster: Option<String>,
+    target: Option<String>,
+}
+
 async fn handshake(
     st: Arc<AppState>,
+    peer: SocketAddr,
     query: Option<String>,
     path_cluster: Option<String>,
     headers: HeaderMap,
     ws: Upgrade,
 ) -> Response {
+    let mut audit = Audit {
+        origin: Origin::new(peer, &headers, &st.sidecar.settings.trusted_hops),
+        user: None,
+        cluster: None,
+        target: None,
+    };
     let Ok(ws) = ws else {
-        return refuse(&st, Reject::NotWebSocket);
+        return refuse(&st, Reject::NotWebSocket, &audit);
     };
     let limit = st.sidecar.settings.handshake_timeout;
-    match tokio::time::timeout(limit, prepare(&st, query, path_cluster, &headers)).await {
-        Ok(Ok(ready)) => start_session(st, ready, ws),
-        Ok(Err(reject)) => refuse(&st, reject),
-        Err(_) => refuse(&st, Reject::HandshakeTimeout),
+    let prepared = tokio::time::timeout(
+        limit,
+        prepare(&st, query, path_cluster, &headers, &mut audit),
+    )
+    .await;
+    match prepared {
+        Ok(Ok(ready)) => start_session(st, ready, ws, audit.origin),
+        Ok(Err(reject)) => refuse(&st, reject, &audit),
+        Err(_) => refuse(&st, Reject::HandshakeTimeout, &audit),
     }
 }
 
-fn refuse(st: &AppState, reject: Reject) -> Response {
+fn refuse(st: &AppState, reject: Reject, audit: &Audit) -> Response {
     st.metrics.handshake_failed(reject.reason());
     info!(
         target: "wsgate::audit",
         event = "session_refused",
+        user = audit.user.as_deref(),
+        cluster = audit.cluster.as_deref(),
+        target_addr = audit.target.as_deref(),
+        peer_addr = %audit.origin.peer,
+        client_addr = %audit.origin.client,
         status = reject.status().as_u16(),
         reason = reject.reason(),
         "refused: {reject}"
@@ -290,29 +341,35 @@ fn refuse(st: &AppState, reject: Reject) -> Response {
     reject.into_response()
 }
 
+/// Every check, in an order that reveals nothing before the caller is authenticated: who is
+/// asking first (an anonymous caller gets 401 whatever it names, so it cannot tell allowed
+/// clusters from others), then what they ask for and whether they may.
 async fn prepare(
     st: &AppState,
     query: Option<String>,
     path_cluster: Option<String>,
     headers: &HeaderMap,
+    audit: &mut Audit,
 ) -> Result<Ready, Reject> {
     if st.draining.load(Ordering::SeqCst) {
         return Err(Reject::Draining);
     }
     let s = &st.sidecar.settings;
-    let ask = parse_query(query.as_deref(), path_cluster)?;
-    if s.allowed_clusters
-        .as_ref()
-        .is_some_and(|a| !a.contains(&ask.cluster))
-    {
-        return Err(Reject::UnknownCluster);
-    }
     let cred = credential(headers)?;
     let who = st
         .sidecar
         .auth
         .authenticate(cred.as_ref().map(|c| &c.token))
         .await?;
+    audit.user = Some(who.user.clone());
+    let ask = parse_query(query.as_deref(), path_cluster)?;
+    audit.cluster = Some(ask.cluster.clone());
+    if s.allowed_clusters
+        .as_ref()
+        .is_some_and(|a| !a.contains(&ask.cluster))
+    {
+        return Err(Reject::UnknownCluster);
+    }
     st.sidecar.authz.authorize(&who, &ask.cluster).await?;
     let admission = st.registry.admit(&who.user)?;
     let addr = st
@@ -320,14 +377,15 @@ async fn prepare(
         .resolver
         .resolve(&ask.cluster, ask.worker)
         .await?;
+    audit.target = Some(addr.clone());
     let stream = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(&addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            warn!(target = %addr, error = %e, "target unreachable");
+            warn!(target_addr = %addr, error = %e, "target unreachable");
             return Err(Reject::TargetUnreachable);
         }
         Err(_) => {
-            warn!(target = %addr, "target connect timed out");
+            warn!(target_addr = %addr, "target connect timed out");
             return Err(Reject::TargetUnreachable);
         }
     };
@@ -362,12 +420,12 @@ impl Observer for SessionObserver {
     }
 }
 
-fn start_session(st: Arc<AppState>, ready: Ready, ws: WsUpgrade) -> Response {
+fn start_session(st: Arc<AppState>, ready: Ready, ws: WsUpgrade, origin: Origin) -> Response {
     let (resp, conn) = ws.accept(ready.echo_protocol.as_deref());
     let tracker = st.tracker.clone();
     tracker.spawn(async move {
         match conn.await {
-            Ok(conn) => session(st, ready, conn).await,
+            Ok(conn) => session(st, ready, conn, origin).await,
             Err(e) => {
                 st.metrics.handshake_failed("upgrade_failed");
                 warn!(error = %e, "WebSocket upgrade failed");
@@ -377,7 +435,7 @@ fn start_session(st: Arc<AppState>, ready: Ready, ws: WsUpgrade) -> Response {
     resp
 }
 
-async fn session(st: Arc<AppState>, ready: Ready, socket: Connection) {
+async fn session(st: Arc<AppState>, ready: Ready, socket: Connection, origin: Origin) {
     let Ready {
         who,
         ask,
@@ -393,11 +451,15 @@ async fn session(st: Arc<AppState>, ready: Ready, socket: Connection) {
         .list_session(&who.user, &ask.cluster, ask.worker, &addr);
     st.metrics.session_opened();
     info!(
+        target: "wsgate::audit",
+        event = "session_start",
         id = listed.info.id,
         user = %who.user,
         cluster = %ask.cluster,
         worker = ask.worker,
-        target = %addr,
+        target_addr = %addr,
+        peer_addr = %origin.peer,
+        client_addr = %origin.client,
         framing = ?cfg.framing,
         "session started"
     );
@@ -416,6 +478,8 @@ async fn session(st: Arc<AppState>, ready: Ready, socket: Connection) {
         cluster = %ask.cluster,
         worker = ask.worker,
         target_addr = %addr,
+        peer_addr = %origin.peer,
+        client_addr = %origin.client,
         bytes_up = listed.info.bytes_up.load(Ordering::Relaxed),
         bytes_down = listed.info.bytes_down.load(Ordering::Relaxed),
         duration_ms = started.elapsed().as_millis() as u64,

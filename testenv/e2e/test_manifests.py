@@ -49,6 +49,38 @@ def test_overlays_cover_the_three_deployments():
     assert {"central", "pod-side", "envoyfilter", "local-file"} <= set(OVERLAYS)
 
 
+def kustomize(path: Path) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl missing: run testenv/setup.sh (make test does)"
+    r = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    return [d for d in yaml.safe_load_all(r.stdout) if d]
+
+
+def sidecar_pod_specs(docs: list[dict]) -> list[tuple[str, dict]]:
+    """(kind/name, pod spec) of every workload that runs a wsgate-sidecar container."""
+    out = []
+    for d in docs:
+        spec = d.get("spec") or {}
+        pod = spec if d["kind"] == "Pod" else (spec.get("template") or {}).get("spec")
+        if pod and any(c.get("name") == "wsgate-sidecar" or "wsgate-sidecar" in c.get("image", "")
+                       for c in pod.get("containers", []) + pod.get("initContainers", [])):
+            out.append((f"{d['kind']}/{d['metadata']['name']}", pod))
+    return out
+
+
+@pytest.mark.parametrize("path", ["sidecar-central", "sidecar-pod-side", *(f"overlays/{o}" for o in OVERLAYS)])
+def test_pods_running_the_sidecar_get_no_service_links(path):
+    """The sidecar refuses unknown WSGATE_* variables, and Kubernetes gives every pod variables
+    named after each Service of its namespace (a Service `wsgate-sidecar` makes
+    `WSGATE_SIDECAR_SERVICE_HOST`, `WSGATE_SIDECAR_PORT_8080_TCP`, ...): every pod that runs the
+    sidecar turns service links off, or it would not start."""
+    pods = sidecar_pod_specs(kustomize(ISTIO / path))
+    assert pods, f"{path}: no workload runs wsgate-sidecar"
+    for name, pod in pods:
+        assert pod.get("enableServiceLinks") is False, f"{path}: {name} lacks enableServiceLinks: false"
+
+
 def test_test_bed_envoy_matches_what_istio_generates(tls):
     """Istio builds a Gateway server with `tls.httpsRedirect: true` into a virtual host with
     `require_tls: ALL` (pilot/pkg/networking/core/gateway.go, buildGatewayHTTPRouteConfig:

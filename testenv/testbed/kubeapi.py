@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -18,6 +20,15 @@ class KubeApiStub:
         self.pods = pods  # label selector → pod objects
         self.requests: list[tuple[str, str, dict | None]] = []
         self.failing = False  # answer 500 to everything (API server down)
+        # TokenReview: seconds each takes (a loaded API server), and an optional reply of its
+        # own: request body -> (status, reply object), e.g. a malformed one.
+        self.review_delay = 0.0
+        self.review_reply: Callable[[dict], tuple[int, dict]] | None = None
+        # TokenReviews received, and the most ever in progress at once (the sidecar's bound).
+        self.token_reviews = 0
+        self.reviews_in_flight = 0
+        self.max_reviews_in_flight = 0
+        self._lock = threading.Lock()
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -40,11 +51,23 @@ class KubeApiStub:
                 if stub.failing:
                     return self._reply(500, {"kind": "Status", "status": "Failure", "code": 500})
                 if path.endswith("/tokenreviews"):
-                    who = stub.tokens.get(body["spec"].get("token", ""))
-                    status = {"authenticated": False}
-                    if who:
-                        status = {"authenticated": True, "user": {"username": who[0], "groups": who[1]}}
-                    return self._reply(201, {**body, "status": status})
+                    with stub._lock:
+                        stub.token_reviews += 1
+                        stub.reviews_in_flight += 1
+                        stub.max_reviews_in_flight = max(stub.max_reviews_in_flight, stub.reviews_in_flight)
+                    time.sleep(stub.review_delay)
+                    if stub.review_reply:
+                        code, reply = stub.review_reply(body)
+                    else:
+                        who = stub.tokens.get(body["spec"].get("token", ""))
+                        status = {"authenticated": False}
+                        if who:
+                            status = {"authenticated": True, "user": {"username": who[0], "groups": who[1]}}
+                        code, reply = 201, {**body, "status": status}
+                    # Done before the reply leaves, so the count never overlaps the next review.
+                    with stub._lock:
+                        stub.reviews_in_flight -= 1
+                    return self._reply(code, reply)
                 if path.endswith("/subjectaccessreviews"):
                     spec = body["spec"]
                     ok = (spec["user"], spec["resourceAttributes"]["name"]) in stub.allowed
@@ -60,7 +83,11 @@ class KubeApiStub:
                 items = stub.pods.get(selector, [])
                 self._reply(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 1024  # a flood must reach the handler, not die in the backlog
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

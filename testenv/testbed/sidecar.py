@@ -47,6 +47,14 @@ def standard_args(workdir: Path, target: str, *extra: str) -> list[str]:
     ]
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [k for k, _ in pairs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise AssertionError(f"a JSON log line has the keys {dup} twice")
+    return dict(pairs)
+
+
 @dataclass
 class Sidecar:
     workdir: Path
@@ -64,11 +72,12 @@ class Sidecar:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def events(self) -> list[dict]:
-        """The JSON log lines (the audit trail is part of them)."""
+        """The JSON log lines (the audit trail is part of them). A key twice in one line fails
+        the test: log pipelines drop or reject such lines."""
         out = []
         for line in self.log().splitlines():
             try:
-                out.append(json.loads(line))
+                out.append(json.loads(line, object_pairs_hook=_unique_keys))
             except ValueError:
                 pass
         return out
