@@ -81,6 +81,32 @@ def test_pods_running_the_sidecar_get_no_service_links(path):
         assert pod.get("enableServiceLinks") is False, f"{path}: {name} lacks enableServiceLinks: false"
 
 
+def seconds(duration: str) -> float:
+    """A Kubernetes/Istio duration such as `5s`, `500ms`, `1m`."""
+    for unit, factor in (("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)):
+        if duration.endswith(unit) and duration[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(duration[: -len(unit)]) * factor
+    raise ValueError(duration)
+
+
+@pytest.mark.parametrize("path", ["sidecar-central", "sidecar-pod-side"])
+def test_the_gateway_closes_idle_connections_before_the_sidecar_does(path):
+    """Every Service in front of the sidecar has a DestinationRule whose HTTP idle timeout is
+    below the sidecar's --keepalive-timeout: otherwise the gateway may send a request on a
+    pooled connection the sidecar is closing at that moment."""
+    docs = kustomize(ISTIO / path)
+    args = [a for _, pod in sidecar_pod_specs(docs) for c in pod["containers"] for a in c.get("args", [])]
+    keepalive = next((a.split("=", 1)[1] for a in args if a.startswith("--keepalive-timeout=")), "10s")
+    rules = {d["spec"]["host"].split(".")[0]: d for d in docs if d["kind"] == "DestinationRule"}
+    services = [d for d in docs if d["kind"] == "Service" and any(p.get("name") == "http-ws" for p in d["spec"]["ports"])]
+    assert services, f"{path}: no Service in front of the sidecar"
+    for svc in services:
+        name = svc["metadata"]["name"]
+        assert name in rules, f"{path}: no DestinationRule for Service {name}"
+        idle = rules[name]["spec"]["trafficPolicy"]["connectionPool"]["http"]["idleTimeout"]
+        assert seconds(idle) < seconds(keepalive), (name, idle, keepalive)
+
+
 def test_test_bed_envoy_matches_what_istio_generates(tls):
     """Istio builds a Gateway server with `tls.httpsRedirect: true` into a virtual host with
     `require_tls: ALL` (pilot/pkg/networking/core/gateway.go, buildGatewayHTTPRouteConfig:
