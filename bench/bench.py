@@ -12,7 +12,7 @@ bench/results.md (or --out):
 3. Filter overhead in Envoy: plain requests and WebSocket handshakes through Envoy with no
    filter, the wsgate filter (token rewrite + routing) and a Lua filter doing the token rewrite.
 4. Sidecar scale: RSS at rest and per idle session, and a burst of handshakes.
-Then the goals from issue 6, each with the figure measured and whether it is met.
+Then the performance goals, each with the figure measured and whether it is met.
 
 These machines are noisy (a figure can move 2× between rounds): every path runs in each round,
 interleaved, and comparisons are ratios within this run. The load side is `wsgate-bench` (Rust),
@@ -606,7 +606,7 @@ def goals(res: dict) -> str:
         goal("Filter vs Lua equivalent (handshakes/s)", "faster", f"{wasm / lua:.2f}×", wasm > lua)
         kib = res["filter"]["wasm_kib"]
         goal("`.wasm` size", "≤ 250 KiB", f"{kib:.0f} KiB", kib <= 250)
-    return table("Goals (issue 6)", ["goal", "target", "measured", "met"], rows)
+    return table("Goals", ["goal", "target", "measured", "met"], rows)
 
 
 def machine() -> str:

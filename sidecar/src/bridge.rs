@@ -224,6 +224,11 @@ where
         let mut buf = BytesMut::new();
         let mut tick = tokio::time::interval_at(start + TICK, TICK);
         let mut next_ping = cfg.ping_interval.map(|p| start + p);
+        // Ping intervals in a row in which not one byte reached a client that has frames
+        // waiting: a client that does not read cannot answer pings, but it could send pongs
+        // blindly, so this counts on its own.
+        let mut stalled = 0u32;
+        let mut written_at_ping = 0u64;
         loop {
             if buf.is_empty() {
                 buf.reserve(front + cfg.max_frame);
@@ -251,11 +256,21 @@ where
                     }
                     if let (Some(at), Some(every)) = (next_ping, cfg.ping_interval) {
                         if now >= at {
+                            next_ping = Some(now + every);
+                            if !out.is_idle() && out.written == written_at_ping {
+                                // No ping is queued behind frames the client is not taking.
+                                stalled += 1;
+                                if stalled > cfg.max_missed_pongs {
+                                    return CloseReason::KeepaliveTimeout;
+                                }
+                                continue;
+                            }
+                            stalled = 0;
+                            written_at_ping = out.written;
                             if missed.fetch_add(1, Ordering::Relaxed) >= cfg.max_missed_pongs {
                                 return CloseReason::KeepaliveTimeout;
                             }
                             out.push(Bytes::from(server_frame(OP_PING, &[])));
-                            next_ping = Some(now + every);
                         }
                     }
                 }
@@ -506,11 +521,13 @@ async fn write_ranges<W: AsyncWrite + Unpin>(
 struct FrameWriter<W> {
     w: W,
     /// Frames for the client, in order. At most one data frame (nothing is read from the target
-    /// while frames wait), the replies taken with it, and a keepalive ping per interval: bounded
-    /// by the session's own limits.
+    /// while frames wait), the replies taken with it, and a keepalive ping per interval in which
+    /// the client took bytes (the keepalive gives up on one that takes none).
     queue: VecDeque<Bytes>,
     /// How much of the first frame is out.
     done: usize,
+    /// Bytes written in all: whether a client with frames waiting is taking any.
+    written: u64,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -519,6 +536,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             w,
             queue: VecDeque::new(),
             done: 0,
+            written: 0,
         }
     }
 
@@ -552,6 +570,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                 return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
             self.done += n;
+            self.written += n as u64;
             if self.done == f.len() {
                 self.queue.pop_front();
                 self.done = 0;
@@ -864,7 +883,7 @@ mod tests {
     /// must end anyway, with the reason, and not much later than asked (time is paused: the
     /// runtime jumps to each timer, and a hang would show as the one-hour guard firing).
     async fn stuck(
-        client_reads: bool,
+        target_stuck: bool,
         c: BridgeConfig,
         stop: CancellationToken,
     ) -> (CloseReason, Duration) {
@@ -875,7 +894,7 @@ mod tests {
         let seen = Seen::default();
         let session = bridge(server, target, &c, &seen, stop);
         let flood = async {
-            if client_reads {
+            if target_stuck {
                 // The client sends data frames without end; the target reads nothing.
                 let frame = raw_frame(0x80 | OP_BINARY, &[7u8; 1000]);
                 while peer.write_all(&frame).await.is_ok() {}
@@ -898,20 +917,20 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn limits_hold_when_a_side_stops_reading() {
-        for client_reads in [false, true] {
+        for target_stuck in [false, true] {
             let mut c = cfg(Framing::Raw);
             c.max_age = Some(Duration::from_secs(60));
-            let (reason, took) = stuck(client_reads, c, CancellationToken::new()).await;
-            assert_eq!(reason, CloseReason::MaxAge, "client reads: {client_reads}");
+            let (reason, took) = stuck(target_stuck, c, CancellationToken::new()).await;
+            assert_eq!(reason, CloseReason::MaxAge, "target stuck: {target_stuck}");
             assert!(took < Duration::from_secs(60) + CLOSE_WAIT * 2 + TICK);
 
             let mut c = cfg(Framing::Raw);
             c.idle_timeout = Some(Duration::from_secs(30));
-            let (reason, took) = stuck(client_reads, c, CancellationToken::new()).await;
+            let (reason, took) = stuck(target_stuck, c, CancellationToken::new()).await;
             assert_eq!(
                 reason,
                 CloseReason::IdleTimeout,
-                "client reads: {client_reads}"
+                "target stuck: {target_stuck}"
             );
             assert!(took < Duration::from_secs(30) + CLOSE_WAIT * 2 + TICK);
 
@@ -921,11 +940,11 @@ mod tests {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 cancel.cancel();
             });
-            let (reason, took) = stuck(client_reads, cfg(Framing::Raw), stop).await;
+            let (reason, took) = stuck(target_stuck, cfg(Framing::Raw), stop).await;
             assert_eq!(
                 reason,
                 CloseReason::Shutdown,
-                "client reads: {client_reads}"
+                "target stuck: {target_stuck}"
             );
             assert!(took < Duration::from_secs(5) + CLOSE_WAIT * 2 + TICK);
         }
@@ -934,6 +953,41 @@ mod tests {
         c.ping_interval = Some(Duration::from_secs(10));
         c.max_missed_pongs = 2;
         let (reason, _) = stuck(false, c, CancellationToken::new()).await;
+        assert_eq!(reason, CloseReason::KeepaliveTimeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn blind_pongs_do_not_keep_a_client_that_reads_nothing() {
+        // The target floods; the client reads nothing but sends a pong every 3 s: pings cannot
+        // reach it, none is queued, and the stalled intervals end the session.
+        let (server, mut peer) = tokio::io::duplex(1024);
+        let (target, mut sshd) = tokio::io::duplex(1024);
+        let mut c = cfg(Framing::Raw);
+        c.ping_interval = Some(Duration::from_secs(10));
+        c.max_missed_pongs = 2;
+        let seen = Seen::default();
+        let session = bridge(server, target, &c, &seen, CancellationToken::new());
+        let flood = async {
+            while sshd.write_all(&[7u8; 1000]).await.is_ok() {}
+            std::future::pending::<()>().await
+        };
+        let pongs = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                if peer.write_all(&raw_frame(0x80 | OP_PONG, b"")).await.is_err() {
+                    std::future::pending::<()>().await
+                }
+            }
+        };
+        let reason = tokio::time::timeout(Duration::from_secs(3600), async {
+            tokio::select! {
+                r = session => r,
+                _ = flood => unreachable!(),
+                _ = pongs => unreachable!(),
+            }
+        })
+        .await
+        .expect("the session outlived its keepalive");
         assert_eq!(reason, CloseReason::KeepaliveTimeout);
     }
 

@@ -17,7 +17,7 @@ def test_bench_smoke_run_writes_every_table(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     report = out.read_text()
     for title in ("## 1. Bridge", "## 2. SSH end to end", "## 3. Filter overhead in Envoy",
-                  "## 4. Sidecar scale", "## Goals (issue 6)"):
+                  "## 4. Sidecar scale", "## Goals"):
         assert title in report
     for row in ("| raw TCP (no bridge) |", "| wsgate proxy → wsgate-sidecar |",
                 "| python websockets client → python bridge |", "| direct ssh |",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates a kind cluster with a local registry, installs Istio (pinned, minimal + ingress
-# gateway, with the wsgate stats matcher), builds and pushes the images, and applies the
+# gateway, with the `reason` stat tag), builds and pushes the images, and applies the
 # pod-side overlay with a test pod (sshd + wsgate-sidecar) and a throwaway TLS certificate.
 # shellcheck source=testenv/kind/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
