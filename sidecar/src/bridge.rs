@@ -974,7 +974,11 @@ mod tests {
         let pongs = async {
             loop {
                 tokio::time::sleep(Duration::from_secs(3)).await;
-                if peer.write_all(&raw_frame(0x80 | OP_PONG, b"")).await.is_err() {
+                if peer
+                    .write_all(&raw_frame(0x80 | OP_PONG, b""))
+                    .await
+                    .is_err()
+                {
                     std::future::pending::<()>().await
                 }
             }
