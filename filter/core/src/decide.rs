@@ -18,14 +18,35 @@ use crate::upgrade::{classify, is_multiplexed, UpgradeKind};
 /// What the glue reads from Envoy for one request.
 #[derive(Clone, Copy)]
 pub struct RequestView<'a> {
-    /// Request headers including pseudo-headers (`:path`, `:authority`), every line.
+    /// Request headers including pseudo-headers (`:path`, `:authority`), every line, as text:
+    /// a value that was not UTF-8 (HTTP obs-text, bytes 0x80-0xFF) has U+FFFD in their place.
     pub headers: Headers<'a>,
+    /// The names of the lines whose value was not UTF-8 (empty on almost every request). Their
+    /// text is good for decisions but is not what the client sent: a decision never writes such
+    /// a header back (the request is refused with `non_utf8_header` instead), so the filter
+    /// forwards only the client's own bytes or values it made itself.
+    pub non_utf8: &'a [String],
     /// Envoy's `request.protocol` property (`HTTP/1.1`, `HTTP/2`, ...). Asked for only when
     /// needed (requests with `upgrade`): in the filter each property is a host call.
     pub protocol: &'a dyn Fn() -> String,
     /// The downstream peer (Envoy's `source.address`), for the plaintext allowance; asked for
     /// only when that allowance could apply.
     pub source: &'a dyn Fn() -> Option<IpAddr>,
+}
+
+impl RequestView<'_> {
+    /// Whether some line of `name` was not UTF-8.
+    fn is_non_utf8(&self, name: &str) -> bool {
+        self.non_utf8.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    /// A refusal if `name`, which the decision is about to rewrite from its text, was not UTF-8.
+    fn rewritable(&self, name: &'static str) -> Result<(), Rejection> {
+        if self.is_non_utf8(name) {
+            return Err(Rejection::NonUtf8Header(name));
+        }
+        Ok(())
+    }
 }
 
 /// One change to the request headers. `Set` replaces every line of that name.
@@ -148,6 +169,10 @@ pub fn decide(
             let r = routed.route;
             d.ops.push(set(&r.header, routed.cluster));
             if let Some(p) = routed.new_path {
+                // The stripped path is the rest of the client's: its text, not its bytes.
+                if let Err(refused) = view.rewritable(":path") {
+                    return d.reply(refused, Outcome::NonUtf8Header);
+                }
                 d.ops.push(set(":path", p));
             }
             if let Some(a) = &r.authority {
@@ -174,21 +199,26 @@ pub fn decide(
             Ok(None) => {}
             Ok(Some(found)) => {
                 let has_auth = h.has("authorization");
-                match (has_auth, t.existing_authorization) {
+                let keep_existing = match (has_auth, t.existing_authorization) {
                     (true, ExistingAuthorization::Reject) => {
                         return d.reply(
                             Rejection::AuthorizationConflict,
                             Outcome::AuthorizationConflict,
                         );
                     }
-                    (true, ExistingAuthorization::KeepExisting) => {
-                        d.outcomes.push(Outcome::AuthorizationKept);
-                    }
-                    _ => {
-                        let bearer = format!("Bearer {}", found.token.expose());
-                        d.ops.push(set("authorization", bearer));
-                        d.outcomes.push(Outcome::TokenRewritten);
-                    }
+                    (true, ExistingAuthorization::KeepExisting) => true,
+                    _ => false,
+                };
+                // The remaining entries are rejoined from their text, not their bytes.
+                if let Err(refused) = view.rewritable("sec-websocket-protocol") {
+                    return d.reply(refused, Outcome::NonUtf8Header);
+                }
+                if keep_existing {
+                    d.outcomes.push(Outcome::AuthorizationKept);
+                } else {
+                    let bearer = format!("Bearer {}", found.token.expose());
+                    d.ops.push(set("authorization", bearer));
+                    d.outcomes.push(Outcome::TokenRewritten);
                 }
                 d.ops.push(set("sec-websocket-protocol", found.remaining));
             }
@@ -354,10 +384,23 @@ mod tests {
     }
 
     fn run(headers: &[(String, String)], protocol: &str, source: &str, p: &Policy) -> Decision {
+        run_lossy(headers, &[], protocol, source, p)
+    }
+
+    /// `run`, with the named lines marked as not UTF-8 (as the glue reads obs-text).
+    fn run_lossy(
+        headers: &[(String, String)],
+        non_utf8: &[&str],
+        protocol: &str,
+        source: &str,
+        p: &Policy,
+    ) -> Decision {
         let protocol = || protocol.to_string();
         let source = || source.parse().ok();
+        let non_utf8: Vec<String> = non_utf8.iter().map(|n| n.to_string()).collect();
         let view = RequestView {
             headers: Headers(headers),
+            non_utf8: &non_utf8,
             protocol: &protocol,
             source: &source,
         };
@@ -909,6 +952,230 @@ mod tests {
             let path = || view.first(":path").map(String::from);
             let alone = leaves_alone(&path, &|n| view.has(n), &p);
             assert_eq!(alone, d.changes_nothing(), "{}: leaves_alone", c.name);
+        }
+    }
+
+    /// A header value that was not UTF-8 reaches the core as text with U+FFFD in place of the
+    /// client's bytes. The filter never writes such a text back: a request whose non-UTF-8
+    /// header it would rewrite is refused (400 `non_utf8_header`, naming the header); one whose
+    /// non-UTF-8 headers it only reads goes on with those headers untouched (no op on them).
+    #[test]
+    fn non_utf8_headers_are_refused_not_altered() {
+        struct Case {
+            name: &'static str,
+            headers: Vec<(String, String)>,
+            /// The lines the glue found not UTF-8.
+            non_utf8: &'static [&'static str],
+            config: &'static str,
+            /// `Some((status, reason, header))`: refused; `None`: continues.
+            refused: Option<(u32, &'static str, Option<&'static str>)>,
+            /// When it continues: every `Set` of these client-derived headers, in order.
+            sets: &'static [(&'static str, &'static str)],
+        }
+        // U+FFFD where the client's obs-text byte was, as the glue's lossy read has it.
+        let entry = tok("sekret");
+        let lossy_line = format!("{entry}, v5.channel.k8s.io, caf\u{FFFD}");
+        let routes = r#"{"routes": [
+          {"name": "sky", "prefix": "/kubernetes-pod-ssh-proxy", "clusterQueryParam": "cluster_name"},
+          {"name": "ui", "pattern": "/c/{cluster}", "stripPrefix": true, "authority": "ui.internal",
+           "removeHeaders": ["user-agent"]}
+        ]}"#;
+        const SWP: &str = "sec-websocket-protocol";
+        let cases = vec![
+            Case {
+                name: "token and an obs-text entry on one line",
+                headers: ws(&[(SWP, &lossy_line)]),
+                non_utf8: &[SWP],
+                config: "{}",
+                refused: Some((400, "non_utf8_header", Some(SWP))),
+                sets: &[],
+            },
+            Case {
+                name: "token line, obs-text on another line",
+                headers: ws(&[
+                    (SWP, &format!("{entry}, v5.channel.k8s.io")),
+                    (SWP, "x\u{FFFD}"),
+                ]),
+                non_utf8: &[SWP],
+                config: "{}",
+                refused: Some((400, "non_utf8_header", Some(SWP))),
+                sets: &[],
+            },
+            Case {
+                name: "keepExisting would still drop the token entry",
+                headers: ws(&[(SWP, &lossy_line), ("authorization", "Bearer a")]),
+                non_utf8: &[SWP],
+                config: r#"{"tokenRewrite": {"existingAuthorization": "keepExisting"}}"#,
+                refused: Some((400, "non_utf8_header", Some(SWP))),
+                sets: &[],
+            },
+            Case {
+                name: "reject: the conflict is the answer (nothing would be rewritten)",
+                headers: ws(&[(SWP, &lossy_line), ("authorization", "Bearer a")]),
+                non_utf8: &[SWP],
+                config: "{}",
+                refused: Some((400, "authorization_conflict", None)),
+                sets: &[],
+            },
+            Case {
+                name: "obs-text inside the token entry: its encoding is the error",
+                headers: ws(&[(SWP, &format!("{entry}\u{FFFD}, v5.channel.k8s.io"))]),
+                non_utf8: &[SWP],
+                config: "{}",
+                refused: Some((400, "invalid_encoding", None)),
+                sets: &[],
+            },
+            Case {
+                name: "no token: only read, untouched",
+                headers: ws(&[(SWP, "v5.channel.k8s.io, caf\u{FFFD}")]),
+                non_utf8: &[SWP],
+                config: "{}",
+                refused: None,
+                sets: &[],
+            },
+            Case {
+                name: "bare prefix: untouched",
+                headers: ws(&[(SWP, &format!("{BEARER_PROTOCOL_PREFIX}, caf\u{FFFD}"))]),
+                non_utf8: &[SWP],
+                config: "{}",
+                refused: None,
+                sets: &[],
+            },
+            Case {
+                name: "token rewrite off: untouched",
+                headers: ws(&[(SWP, &lossy_line)]),
+                non_utf8: &[SWP],
+                config: r#"{"tokenRewrite": {"enabled": false}}"#,
+                refused: None,
+                sets: &[],
+            },
+            Case {
+                name: "a U+FFFD the client really sent (UTF-8) is its own: rewritten",
+                headers: ws(&[(SWP, &lossy_line)]),
+                non_utf8: &[],
+                config: "{}",
+                refused: None,
+                sets: &[(SWP, "v5.channel.k8s.io,caf\u{FFFD}")],
+            },
+            Case {
+                name: "obs-text elsewhere: the token is still rewritten",
+                headers: ws(&[
+                    (SWP, &format!("{entry}, v5.channel.k8s.io")),
+                    ("x-junk", "\u{FFFD}"),
+                ]),
+                non_utf8: &["x-junk"],
+                config: "{}",
+                refused: None,
+                sets: &[(SWP, "v5.channel.k8s.io")],
+            },
+            Case {
+                name: "stripPrefix route, obs-text path",
+                headers: hdrs(&[(":path", "/c/dev/caf\u{FFFD}")]),
+                non_utf8: &[":path"],
+                config: routes,
+                refused: Some((400, "non_utf8_header", Some(":path"))),
+                sets: &[],
+            },
+            Case {
+                name: "stripPrefix route, obs-text path, invalid cluster: the route's answer",
+                headers: hdrs(&[(":path", "/c/D\u{FFFD}/x")]),
+                non_utf8: &[":path"],
+                config: routes,
+                refused: Some((400, "invalid_cluster", None)),
+                sets: &[],
+            },
+            Case {
+                name: "query route, obs-text path: routed, path untouched",
+                headers: ws(&[(
+                    ":path",
+                    "/kubernetes-pod-ssh-proxy?cluster_name=prod&x=\u{FFFD}",
+                )]),
+                non_utf8: &[":path"],
+                config: routes,
+                refused: None,
+                sets: &[],
+            },
+            Case {
+                name: "no route matches an obs-text path: untouched",
+                headers: hdrs(&[(":path", "/caf\u{FFFD}")]),
+                non_utf8: &[":path"],
+                config: routes,
+                refused: None,
+                sets: &[],
+            },
+            Case {
+                name: "obs-text authority: replaced whole by the configured one",
+                headers: hdrs(&[(":path", "/c/dev/x"), (":authority", "gw\u{FFFD}")]),
+                non_utf8: &[":authority"],
+                config: routes,
+                refused: None,
+                sets: &[(":path", "/x"), (":authority", "ui.internal")],
+            },
+            Case {
+                name: "obs-text in a removed header: removed, nothing written",
+                headers: hdrs(&[(":path", "/c/dev/x"), ("user-agent", "caf\u{FFFD}")]),
+                non_utf8: &["user-agent"],
+                config: routes,
+                refused: None,
+                sets: &[(":path", "/x"), (":authority", "ui.internal")],
+            },
+        ];
+        let client_derived = [":path", ":authority", SWP];
+        for c in cases {
+            let p = policy(c.config);
+            let d = run_lossy(&c.headers, c.non_utf8, "HTTP/1.1", "", &p);
+            match (&d.action, c.refused) {
+                (Action::Reply(r), Some((st, reason, header))) => {
+                    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+                    assert_eq!(
+                        (r.status, body["reason"].as_str()),
+                        (st, Some(reason)),
+                        "{}",
+                        c.name
+                    );
+                    assert_eq!(body["header"].as_str(), header, "{}", c.name);
+                    assert_eq!(
+                        d.outcomes.contains(&Outcome::NonUtf8Header),
+                        reason == "non_utf8_header",
+                        "{}",
+                        c.name
+                    );
+                    assert!(!r.body.contains('\u{FFFD}'), "{}: a value echoed", c.name);
+                    assert!(
+                        !r.body.contains("sekret") && !r.body.contains(&entry),
+                        "{}",
+                        c.name
+                    );
+                }
+                (Action::Continue, None) => {
+                    let sets: Vec<(&str, &str)> = d
+                        .ops
+                        .iter()
+                        .filter_map(|op| match op {
+                            HeaderOp::Set { name, value }
+                                if client_derived.contains(&name.as_str()) =>
+                            {
+                                Some((name.as_str(), value.as_str()))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    assert_eq!(sets, c.sets, "{}", c.name);
+                    assert!(!d.outcomes.contains(&Outcome::NonUtf8Header), "{}", c.name);
+                }
+                (got, want) => panic!("{}: got {got:?}, want {want:?}", c.name),
+            }
+            // Whatever happened, no header is written from a text that was not the client's.
+            for op in &d.ops {
+                if let HeaderOp::Set { name, value } = op {
+                    let from_config = name == ":authority" && value == "ui.internal";
+                    assert!(
+                        from_config || !c.non_utf8.contains(&name.as_str()),
+                        "{}: wrote {name} back from its lossy text",
+                        c.name
+                    );
+                }
+            }
         }
     }
 

@@ -19,9 +19,19 @@ use crate::wsframe::{self, HeaderError};
 
 /// Fuzzer bytes as text lines (lossy UTF-8: header values reach the filter as Rust strings).
 fn lines(data: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(data)
-        .split('\n')
-        .map(str::to_string)
+    lines_marked(data).into_iter().map(|(l, _)| l).collect()
+}
+
+/// [`lines`], each with whether it was UTF-8 (the glue reads header values the same way, and
+/// tells the core which were not).
+fn lines_marked(data: &[u8]) -> Vec<(String, bool)> {
+    data.split(|b| *b == b'\n')
+        .map(|l| {
+            (
+                String::from_utf8_lossy(l).into_owned(),
+                std::str::from_utf8(l).is_ok(),
+            )
+        })
         .collect()
 }
 
@@ -126,9 +136,11 @@ const DECIDE_POLICY: &str = r#"{
 /// A request as `name: value` lines (the first line is the peer address): whatever the
 /// headers, every header the filter sets is a valid name with a value Envoy accepts (no control
 /// characters but HTAB; `authorization` none at all), a routed cluster is a DNS label, no
-/// client-sent routing header is forwarded, and no reply carries a subprotocol token. Checked
-/// with every feature on and with `{}`. Requests Envoy could not deliver (header values with
-/// other control characters: its codecs refuse them) are skipped.
+/// client-sent routing header is forwarded, no reply carries a subprotocol token, and no header
+/// is written with a U+FFFD the client did not send (one standing for bytes that were not
+/// UTF-8: the filter must not alter what it forwards). Checked with every feature on and with
+/// `{}`. Requests Envoy could not deliver (header values with other control characters: its
+/// codecs refuse them) are skipped.
 pub fn check_decide(data: &[u8]) -> Result<(), String> {
     for config in [DECIDE_POLICY, "{}"] {
         let policy =
@@ -139,10 +151,12 @@ pub fn check_decide(data: &[u8]) -> Result<(), String> {
 }
 
 fn check_decide_with(data: &[u8], policy: &Policy) -> Result<(), String> {
-    let mut lines = lines(data).into_iter();
-    let peer = lines.next().unwrap_or_default();
+    let mut lines = lines_marked(data).into_iter();
+    let peer = lines.next().map(|(l, _)| l).unwrap_or_default();
+    let mut non_utf8 = Vec::new();
+    let mut sent_replacement = false;
     let headers: Vec<(String, String)> = lines
-        .filter_map(|l| {
+        .filter_map(|(l, utf8)| {
             let (pseudo, rest) = match l.strip_prefix(':') {
                 Some(r) => (true, r),
                 None => (false, l.as_str()),
@@ -153,6 +167,11 @@ fn check_decide_with(data: &[u8], policy: &Policy) -> Result<(), String> {
             } else {
                 n.to_ascii_lowercase()
             };
+            if !utf8 {
+                non_utf8.push(name.clone());
+            } else if l.contains(REPLACEMENT) {
+                sent_replacement = true;
+            }
             Some((name, v.trim_start().to_string()))
         })
         .collect();
@@ -173,6 +192,7 @@ fn check_decide_with(data: &[u8], policy: &Policy) -> Result<(), String> {
     };
     let view = RequestView {
         headers: Headers(&headers),
+        non_utf8: &non_utf8,
         protocol: &protocol,
         source: &source,
     };
@@ -206,6 +226,11 @@ fn check_decide_with(data: &[u8], policy: &Policy) -> Result<(), String> {
                 return Err(format!(
                     "set a bad header {name:?} (value of {} bytes)",
                     value.len()
+                ));
+            }
+            if value.contains(REPLACEMENT) && !sent_replacement {
+                return Err(format!(
+                    "set {name:?} with a U+FFFD standing for bytes that were not UTF-8"
                 ));
             }
             if name == "x-wsgate-cluster" && !crate::route::is_dns_label(value) {
@@ -255,6 +280,7 @@ fn check_decide_with(data: &[u8], policy: &Policy) -> Result<(), String> {
                 .collect();
             let view = RequestView {
                 headers: Headers(&swapped),
+                non_utf8: &non_utf8,
                 protocol: &protocol,
                 source: &source,
             };
@@ -269,6 +295,9 @@ fn check_decide_with(data: &[u8], policy: &Policy) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// What a lossy read puts in place of bytes that are not UTF-8.
+const REPLACEMENT: char = '\u{FFFD}';
 
 /// An RFC 9110 field value as Envoy's codecs accept it: no control characters except HTAB.
 fn field_value(v: &str) -> bool {
@@ -450,6 +479,11 @@ mod tests {
         check_token(format!("{entry}\n{entry}").as_bytes()).unwrap();
         let req = format!("127.0.0.1\n:method: GET\n:path: /kubernetes-pod-ssh-proxy?cluster_name=prod\nupgrade: websocket\nconnection: upgrade\nsec-websocket-protocol: {entry}, x");
         check_decide(req.as_bytes()).unwrap();
+        // Obs-text beside a token, or in a path a route strips: refused, not rewritten.
+        let mut obs = req.into_bytes();
+        obs.extend_from_slice(b", caf\xe9");
+        check_decide(&obs).unwrap();
+        check_decide(b"127.0.0.1\n:method: GET\n:path: /c/dev/caf\xe9").unwrap();
         check_config(DECIDE_POLICY.as_bytes()).unwrap();
         check_config(b"{\"routes\": 7}").unwrap();
         check_framing(&[1, 0, 0, 0, 9]).unwrap();

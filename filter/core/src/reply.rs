@@ -1,6 +1,7 @@
 //! Every refusal the filter answers itself, mapped in one place to an HTTP status and JSON body.
 //!
-//! Bodies are `{"error": "<sentence>", "reason": "<code>"}` (plus `url` for the redirect guard).
+//! Bodies are `{"error": "<sentence>", "reason": "<code>"}` (plus `url` for the redirect guard,
+//! and the header's name, `header`, for `non_utf8_header`).
 //! Nothing the client sent is echoed except the authority and path in the `wss://` hint, and
 //! never a token.
 
@@ -23,6 +24,9 @@ pub enum Rejection {
     Route(RouteError),
     /// An upgrade was answered with a redirect (`status`), which no WebSocket client can follow.
     UpgradeRedirected { status: u32, url: Option<String> },
+    /// A header the filter would have to rewrite (named here) is not UTF-8: its text has U+FFFD
+    /// in place of the client's bytes, and forwarding that would alter what the client sent.
+    NonUtf8Header(&'static str),
 }
 
 /// A response the filter sends instead of forwarding (or instead of the upstream's answer).
@@ -36,7 +40,9 @@ pub struct LocalReply {
 impl Rejection {
     pub fn status(&self) -> u32 {
         match self {
-            Rejection::Token(_) | Rejection::AuthorizationConflict => 400,
+            Rejection::Token(_)
+            | Rejection::AuthorizationConflict
+            | Rejection::NonUtf8Header(_) => 400,
             Rejection::Route(RouteError::UnknownCluster) => 404,
             Rejection::Route(_) => 400,
             Rejection::UpgradeRedirected { .. } => 426,
@@ -50,6 +56,7 @@ impl Rejection {
             Rejection::AuthorizationConflict => "authorization_conflict",
             Rejection::Route(e) => e.reason(),
             Rejection::UpgradeRedirected { .. } => "upgrade_redirected",
+            Rejection::NonUtf8Header(_) => "non_utf8_header",
         }
     }
 
@@ -71,6 +78,13 @@ impl Rejection {
                 }
                 m
             }
+            Rejection::NonUtf8Header(":path") => "the request path has bytes that are not UTF-8 \
+                 and this route rewrites it; percent-encode them"
+                .to_string(),
+            Rejection::NonUtf8Header(name) => format!(
+                "the {name} header has bytes that are not UTF-8 and the gateway must rewrite it; \
+                 send it as ASCII"
+            ),
         }
     }
 
@@ -86,10 +100,15 @@ impl Rejection {
         if let Some(url) = url {
             headers.push((WEBSOCKET_URL_HEADER.to_string(), url.to_string()));
         }
+        let header = match self {
+            Rejection::NonUtf8Header(name) => Some(*name),
+            _ => None,
+        };
         let body = Body {
             error: self.message(),
             reason: self.reason(),
             url,
+            header,
         };
         LocalReply {
             status: self.status(),
@@ -108,6 +127,9 @@ struct Body<'a> {
     reason: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     url: Option<&'a str>,
+    /// The header's name (never its value), for `non_utf8_header`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    header: Option<&'static str>,
 }
 
 #[cfg(test)]
@@ -145,6 +167,12 @@ mod tests {
                 426,
                 "upgrade_redirected",
             ),
+            (
+                Rejection::NonUtf8Header("sec-websocket-protocol"),
+                400,
+                "non_utf8_header",
+            ),
+            (Rejection::NonUtf8Header(":path"), 400, "non_utf8_header"),
         ];
         for (r, status, reason) in cases {
             let reply = r.to_reply();
@@ -152,6 +180,10 @@ mod tests {
             let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
             assert_eq!(body["reason"], reason);
             assert!(body["error"].as_str().is_some_and(|s| !s.is_empty()));
+            match &r {
+                Rejection::NonUtf8Header(name) => assert_eq!(body["header"], *name),
+                _ => assert!(body.get("header").is_none(), "{r:?}"),
+            }
         }
     }
 

@@ -143,17 +143,26 @@ impl HttpContext for Request {
         //
         // Values are read as bytes: Envoy delivers header values that are not UTF-8 (obs-text),
         // and the SDK's `String` getters panic on them, which kills the VM (every later request
-        // on that worker gets a 503). Decisions are made on the lossy text, and any value the
-        // filter writes back is built from that same text.
+        // on that worker gets a 503). Decisions are made on the lossy text. The core is also
+        // told which lines were not UTF-8, and never writes one of those back (it refuses the
+        // request instead): what is forwarded is the client's own bytes or values the filter
+        // made, never a U+FFFD standing for bytes the client sent.
         let path = || self.get_http_request_header_bytes(":path").map(text);
         let has_header = |name: &str| self.get_http_request_header_bytes(name).is_some();
         if leaves_alone(&path, &has_header, &self.policy) {
             return WasmAction::Continue;
         }
+        let mut non_utf8: Vec<String> = Vec::new();
         let headers: Vec<(String, String)> = self
             .get_http_request_headers_bytes()
             .into_iter()
-            .map(|(name, value)| (name, text(value)))
+            .map(|(name, value)| match String::from_utf8(value) {
+                Ok(value) => (name, value),
+                Err(e) => {
+                    non_utf8.push(name.clone());
+                    (name, String::from_utf8_lossy(e.as_bytes()).into_owned())
+                }
+            })
             .collect();
         // Properties are host calls: fetched only if the core asks (upgrade requests).
         let protocol = || self.property(&["request", "protocol"]).unwrap_or_default();
@@ -163,6 +172,7 @@ impl HttpContext for Request {
         };
         let view = RequestView {
             headers: Headers(&headers),
+            non_utf8: &non_utf8,
             protocol: &protocol,
             source: &source,
         };
