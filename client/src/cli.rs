@@ -9,7 +9,7 @@ use crate::connect::{self, Request};
 use crate::credentials::{self, Sources};
 use crate::endpoint::{self, Endpoint};
 use crate::error::ClientError;
-use crate::proxy::{self, Setting};
+use crate::proxy::{self, Proxy, Setting};
 use crate::session::{self, End, Options};
 use crate::{stdio, text, tls};
 
@@ -34,8 +34,10 @@ pub enum Command {
     ///
     /// Proxies: --proxy, else wss_proxy (ws_proxy for http://), else https_proxy (http_proxy),
     /// else all_proxy (each in lower case, then upper case), unless no_proxy (NO_PROXY) lists
-    /// the server. http:// proxies are asked to CONNECT (credentials from the proxy URL, as
-    /// Basic); socks5h:// proxies resolve the name, socks5:// ones are given an address.
+    /// the server. A loopback server (localhost, 127.0.0.0/8, ::1) never goes through the
+    /// environment's proxy; --proxy applies to it, but then a token over http:// needs
+    /// --allow-plaintext. http:// proxies are asked to CONNECT (credentials from the proxy URL,
+    /// as Basic); socks5h:// proxies resolve the name, socks5:// ones are given an address.
     ///
     /// Credentials: on a SkyPilot redirect to another origin (scheme, host or port), the token
     /// and the --header values are not sent; only the headers the redirect names are.
@@ -51,10 +53,11 @@ pub enum Command {
     ///   7  TLS failed, or the scheme does not match the port (https:// to a plain-HTTP
     ///      port: use http://; http:// to a TLS port: use https://)
     ///   8  cannot connect to the server (or no answer in --connect-timeout)
-    ///   9  refusing to send a token over plaintext to a remote host
+    ///   9  refusing to send a token over plaintext to a remote host or through a proxy
     ///  10  WebSocket protocol error, or the server ended the session with an error
     ///  11  the token could not be read (flag, file, kubeconfig, exec plugin)
-    ///  12  the proxy failed: unreachable, refused, or wants (other) credentials
+    ///  12  the proxy failed: unreachable, refused, no answer in --connect-timeout, or wants
+    ///      (other) credentials
     ///  13  the server is shutting down (close code 1001): connect again
     #[command(verbatim_doc_comment)]
     Proxy(ProxyArgs),
@@ -73,8 +76,8 @@ pub struct Connection {
     #[arg(long)]
     pub insecure_skip_tls_verify: bool,
 
-    /// Send a token over plaintext ws:// to a non-loopback host anyway (e.g. a private network
-    /// that you trust end to end).
+    /// Send a token over plaintext ws:// to a non-loopback host, or through a proxy, anyway
+    /// (e.g. a private network that you trust end to end).
     #[arg(long)]
     pub allow_plaintext: bool,
 
@@ -202,7 +205,6 @@ pub async fn proxy(a: ProxyArgs) -> Result<(), ClientError> {
         context: a.conn.context.clone(),
     };
     let token = credentials::resolve(&sources).await?;
-    check_plaintext(&endpoint, token.is_some(), a.conn.allow_plaintext)?;
     if a.conn.insecure_skip_tls_verify {
         tracing::warn!("--insecure-skip-tls-verify: the server's identity is NOT checked; anyone on the path can read this session and take the token");
     }
@@ -218,6 +220,15 @@ pub async fn proxy(a: ProxyArgs) -> Result<(), ClientError> {
     let mut current = endpoint;
     let mut extra: Vec<(String, String)> = Vec::new();
     for attempt in 0..2 {
+        let proxy = proxy::choose(&proxy_setting, &current.url, |k| std::env::var(k).ok())?;
+        // After a redirect, the headers it names may carry credentials of their own.
+        let sends_credentials = attempt > 0 || token.is_some();
+        check_plaintext(
+            &current,
+            sends_credentials,
+            a.conn.allow_plaintext,
+            proxy.as_ref(),
+        )?;
         if !current.plaintext && tls.is_none() {
             tls = Some(tls::client_config(
                 a.conn.ca_file.as_deref(),
@@ -227,7 +238,6 @@ pub async fn proxy(a: ProxyArgs) -> Result<(), ClientError> {
         // The user's credentials (token, --header) go to the origin they were given for, and
         // to a redirect that stays on it; never to another origin.
         let same_origin = endpoint::same_origin(&origin, &current.url);
-        let proxy = proxy::choose(&proxy_setting, &current.url, |k| std::env::var(k).ok())?;
         if let Some(p) = &proxy {
             tracing::info!(proxy = %p.described(), "connecting through a proxy");
         }
@@ -242,6 +252,7 @@ pub async fn proxy(a: ProxyArgs) -> Result<(), ClientError> {
             timeout: a.connect_timeout,
             extra: &extra,
             proxy: proxy.as_ref(),
+            cross_origin: !same_origin,
         };
         let conn = connect::open(&req).await?;
         let (io, read_ahead) = (conn.io, conn.read_ahead);
@@ -268,7 +279,6 @@ pub async fn proxy(a: ProxyArgs) -> Result<(), ClientError> {
                     "following the server's redirect{}",
                     if keeps { "" } else { " (another origin: the token and --header values stay here)" }
                 );
-                check_plaintext(&current, true, a.conn.allow_plaintext)?;
                 extra = info["headers"]
                     .as_object()
                     .map(|m| {
@@ -302,10 +312,19 @@ async fn hangup() {
     }
 }
 
-fn check_plaintext(e: &Endpoint, has_token: bool, allowed: bool) -> Result<(), ClientError> {
-    if e.plaintext && has_token && !e.loopback && !allowed {
+/// A token goes over plaintext `ws://` only where nothing but this machine sees it (a
+/// loopback server, no proxy on the path), or with `--allow-plaintext`.
+fn check_plaintext(
+    e: &Endpoint,
+    has_token: bool,
+    allowed: bool,
+    proxy: Option<&Proxy>,
+) -> Result<(), ClientError> {
+    let stays_here = e.loopback && proxy.is_none();
+    if e.plaintext && has_token && !stays_here && !allowed {
         return Err(ClientError::PlaintextToken {
             host: e.host.clone(),
+            via: proxy.map(Proxy::described),
         });
     }
     Ok(())
@@ -379,15 +398,66 @@ mod tests {
         let local = endpoint::build("http://127.0.0.1:8080", "a", 0, "x").unwrap();
         let tls = endpoint::build("https://gw.example.com", "a", 0, "x").unwrap();
         assert_eq!(
-            check_plaintext(&remote, true, false)
+            check_plaintext(&remote, true, false, None)
                 .unwrap_err()
                 .exit_code(),
             9
         );
-        assert!(check_plaintext(&remote, true, true).is_ok());
-        assert!(check_plaintext(&remote, false, false).is_ok());
-        assert!(check_plaintext(&local, true, false).is_ok());
-        assert!(check_plaintext(&tls, true, false).is_ok());
+        assert!(check_plaintext(&remote, true, true, None).is_ok());
+        assert!(check_plaintext(&remote, false, false, None).is_ok());
+        assert!(check_plaintext(&local, true, false, None).is_ok());
+        assert!(check_plaintext(&tls, true, false, None).is_ok());
+    }
+
+    /// Through a proxy, a loopback server's token would leave the machine in clear (to the
+    /// proxy, and to whatever the proxy's loopback is): --allow-plaintext is needed.
+    #[test]
+    fn a_proxy_voids_the_loopback_exemption() {
+        let Setting::Flag(p) =
+            proxy::setting_from_flag(Some("http://u:hunter2@proxy.corp:3128")).unwrap()
+        else {
+            panic!()
+        };
+        for server in [
+            "http://127.0.0.1:8080",
+            "http://localhost",
+            "http://[::1]:80",
+        ] {
+            let local = endpoint::build(server, "a", 0, "x").unwrap();
+            let e = check_plaintext(&local, true, false, Some(&p)).unwrap_err();
+            assert_eq!(e.exit_code(), 9, "{server}");
+            let m = e.to_string();
+            assert!(
+                m.contains("through the proxy http://proxy.corp:3128 (from --proxy)")
+                    && m.contains("--allow-plaintext")
+                    && m.contains("--proxy none")
+                    && !m.contains("hunter2"),
+                "{m}"
+            );
+            assert!(check_plaintext(&local, true, true, Some(&p)).is_ok());
+            assert!(check_plaintext(&local, false, false, Some(&p)).is_ok());
+        }
+        let tls = endpoint::build("https://127.0.0.1", "a", 0, "x").unwrap();
+        assert!(check_plaintext(&tls, true, false, Some(&p)).is_ok());
+    }
+
+    /// End to end through `choose`: the environment's proxy is not used for a loopback
+    /// server, so its token over ws:// needs no flag; `--proxy` is, so it does.
+    #[test]
+    fn the_environment_never_proxies_a_loopback_token() {
+        let local = endpoint::build("http://127.0.0.1:8080", "a", 0, "x").unwrap();
+        let env = |k: &str| (k == "http_proxy").then(|| "http://proxy.corp:3128".to_string());
+        let chosen = proxy::choose(&Setting::FromEnv, &local.url, env).unwrap();
+        assert!(chosen.is_none());
+        assert!(check_plaintext(&local, true, false, chosen.as_ref()).is_ok());
+        let flag = proxy::setting_from_flag(Some("http://proxy.corp:3128")).unwrap();
+        let chosen = proxy::choose(&flag, &local.url, env).unwrap();
+        assert_eq!(
+            check_plaintext(&local, true, false, chosen.as_ref())
+                .unwrap_err()
+                .exit_code(),
+            9
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -32,7 +33,7 @@ use wsgate_core::token::BEARER_PROTOCOL_PREFIX;
 
 use crate::credentials::Token;
 use crate::endpoint::{server_url_for, Endpoint};
-use crate::error::ClientError;
+use crate::error::{ClientError, TokenUse, Withheld};
 use crate::proxy::{self, Proxy};
 use crate::text;
 
@@ -67,6 +68,50 @@ pub struct Request<'a> {
     pub extra: &'a [(String, String)],
     /// The proxy to go through, if any.
     pub proxy: Option<&'a Proxy>,
+    /// This is a SkyPilot redirect's target on another origin: the user's token and headers
+    /// were left out on purpose (`token` is `None`, `headers` empty), and a 401 or 403 says so.
+    pub cross_origin: bool,
+}
+
+/// When the handshake must be done by: `--connect-timeout` from its start. The proxy's part
+/// (up to the open tunnel) and the rest share it.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    pub at: Instant,
+    /// The whole allowance, for messages.
+    pub limit: Duration,
+}
+
+impl Deadline {
+    pub fn after(limit: Duration) -> Self {
+        Deadline {
+            at: Instant::now() + limit,
+            limit,
+        }
+    }
+
+    /// The allowance as the command line writes it (`30s`, `500ms`).
+    pub fn shown(&self) -> String {
+        if self.limit.subsec_millis() == 0 {
+            format!("{}s", self.limit.as_secs())
+        } else {
+            format!("{}ms", self.limit.as_millis())
+        }
+    }
+}
+
+/// What messages add when the connection goes through a proxy: ` (through the proxy …)`.
+fn through(proxy: Option<&Proxy>) -> String {
+    proxy
+        .map(|p| format!(" (through the proxy {})", p.described()))
+        .unwrap_or_default()
+}
+
+/// Whether `first` starts like a TLS server's first record: an alert (21) or a handshake
+/// (22), record version 3.x. (A server's first record is never change-cipher-spec,
+/// application data or heartbeat.)
+fn is_tls_record(first: &[u8]) -> bool {
+    matches!(first, [0x15 | 0x16, 3, ..])
 }
 
 /// Connects and upgrades, all within `r.timeout`.
@@ -107,8 +152,9 @@ pub async fn open(r: &Request<'_>) -> Result<Conn, ClientError> {
         let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| bad())?;
         h.insert(name, HeaderValue::from_str(v).map_err(|_| bad())?);
     }
+    let deadline = Deadline::after(r.timeout);
     let handshake = async {
-        let io = connect(r).await?;
+        let io = connect(r, deadline).await?;
         let mut recorder = Recorder {
             io: Some(io),
             seen: Vec::new(),
@@ -116,7 +162,7 @@ pub async fn open(r: &Request<'_>) -> Result<Conn, ClientError> {
         // Frame limits are the session's (16 MiB): tungstenite reads no frame here.
         let result = tokio_tungstenite::client_async(req, &mut recorder).await;
         if let Err(e) = result {
-            return Err(classify(r, e, &recorder.seen).await);
+            return Err(classify(r, e, &recorder.seen, deadline).await);
         }
         let io = recorder.io.take().ok_or_else(|| {
             ClientError::Protocol("the connection was lost during the handshake".into())
@@ -124,16 +170,12 @@ pub async fn open(r: &Request<'_>) -> Result<Conn, ClientError> {
         let read_ahead = after_head(&recorder.seen).to_vec();
         Ok(Conn { io, read_ahead })
     };
-    match tokio::time::timeout(r.timeout, handshake).await {
+    // A timeout while the proxy opens the tunnel is the proxy's error, from `proxy::dial` (its
+    // timer has the same deadline and is polled first); what is left is the server's.
+    match tokio::time::timeout_at(deadline.at, handshake).await {
         Err(_) => Err(ClientError::Connect {
             addr: r.endpoint.host.clone(),
-            detail: format!(
-                "no answer within {}s{}",
-                r.timeout.as_secs(),
-                r.proxy
-                    .map(|p| format!(" (through the proxy {})", p.described()))
-                    .unwrap_or_default()
-            ),
+            detail: format!("no answer within {}{}", deadline.shown(), through(r.proxy)),
         }),
         Ok(res) => res,
     }
@@ -152,10 +194,10 @@ fn host_port(r: &Request<'_>) -> Result<(String, u16), ClientError> {
 }
 
 /// TCP to the server, directly or through the proxy (no Nagle: ssh's keystrokes are small).
-async fn dial(r: &Request<'_>) -> Result<TcpStream, ClientError> {
+async fn dial(r: &Request<'_>, deadline: Deadline) -> Result<TcpStream, ClientError> {
     let (host, port) = host_port(r)?;
     if let Some(p) = r.proxy {
-        return proxy::dial(p, &host, port).await;
+        return proxy::dial(p, &host, port, deadline).await;
     }
     let tcp = TcpStream::connect((host.as_str(), port))
         .await
@@ -168,8 +210,8 @@ async fn dial(r: &Request<'_>) -> Result<TcpStream, ClientError> {
 }
 
 /// TCP, then TLS for `wss://`.
-async fn connect(r: &Request<'_>) -> Result<Box<dyn Io>, ClientError> {
-    let tcp = dial(r).await?;
+async fn connect(r: &Request<'_>, deadline: Deadline) -> Result<Box<dyn Io>, ClientError> {
+    let tcp = dial(r, deadline).await?;
     let Some(tls) = &r.tls else {
         return Ok(Box::new(tcp));
     };
@@ -214,8 +256,7 @@ async fn tls_handshake(
 /// what to do about it.
 fn tls_error(r: &Request<'_>, e: io::Error, first: &[u8]) -> ClientError {
     let host = r.endpoint.host.clone();
-    let tls_record = first.len() >= 2 && (20..=24).contains(&first[0]) && first[1] == 3;
-    if !first.is_empty() && !tls_record {
+    if !first.is_empty() && !is_tls_record(first) {
         let line = first
             .split(|&b| b == b'\r' || b == b'\n')
             .next()
@@ -330,13 +371,13 @@ fn header_value(v: &str) -> Result<HeaderValue, ClientError> {
 }
 
 /// A failed WebSocket handshake; `seen` is what the server sent.
-async fn classify(r: &Request<'_>, e: WsError, seen: &[u8]) -> ClientError {
+async fn classify(r: &Request<'_>, e: WsError, seen: &[u8], deadline: Deadline) -> ClientError {
     let host = r.endpoint.host.clone();
     if let WsError::Http(resp) = &e {
         return http_error(r, resp);
     }
     // A TLS server's answer to our plaintext request: an alert or a handshake record.
-    if r.tls.is_none() && seen.len() >= 2 && matches!(seen[0], 0x15 | 0x16) && seen[1] == 3 {
+    if r.tls.is_none() && is_tls_record(seen) {
         return ClientError::SpeaksTls {
             host,
             evidence: "it answered the plaintext request with a TLS record".into(),
@@ -345,7 +386,7 @@ async fn classify(r: &Request<'_>, e: WsError, seen: &[u8]) -> ClientError {
     let closed = matches!(e, WsError::Protocol(ProtocolError::HandshakeIncomplete))
         || matches!(&e, WsError::Io(io) if matches!(io.kind(),
             io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof | io::ErrorKind::BrokenPipe));
-    if r.tls.is_none() && seen.is_empty() && closed && speaks_tls(r).await {
+    if r.tls.is_none() && seen.is_empty() && closed && speaks_tls(r, deadline).await {
         return ClientError::SpeaksTls {
             host,
             evidence: "it closed the plaintext request unanswered and answers a TLS handshake"
@@ -364,9 +405,7 @@ async fn classify(r: &Request<'_>, e: WsError, seen: &[u8]) -> ClientError {
         },
         WsError::Protocol(ProtocolError::HandshakeIncomplete) => ClientError::Protocol(format!(
             "{host} closed the connection without answering the WebSocket request{}",
-            r.proxy
-                .map(|p| format!(" (through the proxy {})", p.described()))
-                .unwrap_or_default()
+            through(r.proxy)
         )),
         other => ClientError::Protocol(format!(
             "WebSocket handshake with {host} failed: {}",
@@ -377,8 +416,8 @@ async fn classify(r: &Request<'_>, e: WsError, seen: &[u8]) -> ClientError {
 
 /// Whether the server answers a TLS handshake (certificate not checked: nothing is sent over
 /// it). Asked only to explain a plaintext request closed without an answer.
-async fn speaks_tls(r: &Request<'_>) -> bool {
-    let Ok(tcp) = dial(r).await else {
+async fn speaks_tls(r: &Request<'_>, deadline: Deadline) -> bool {
+    let Ok(tcp) = dial(r, deadline).await else {
         return false;
     };
     let Ok((host, _)) = host_port(r) else {
@@ -390,8 +429,32 @@ async fn speaks_tls(r: &Request<'_>) -> bool {
     let probe = tls_handshake(config, &host, tcp);
     match tokio::time::timeout(Duration::from_secs(3), probe).await {
         Ok(Ok(_)) => true,
-        Ok(Err((_, first))) => first.len() >= 2 && matches!(first[0], 0x15 | 0x16) && first[1] == 3,
+        Ok(Err((_, first))) => is_tls_record(&first),
         Err(_) => false,
+    }
+}
+
+/// What became of the user's token on this request, for a 401 or 403. `path` is the endpoint
+/// path, for the server URL that would reach a redirect target directly.
+fn token_use(r: &Request<'_>, path: &str) -> TokenUse {
+    if r.cross_origin {
+        return TokenUse::Withheld(Box::new(Withheld {
+            origin: text::escape(&r.endpoint.url.origin().ascii_serialization()).into_owned(),
+            named: r
+                .extra
+                .iter()
+                .map(|(k, _)| text::escape(&k.to_ascii_lowercase()).into_owned())
+                .collect(),
+            use_instead: server_url_for(r.endpoint.url.as_str(), path)
+                .map(|u| text::escape(&u).into_owned()),
+        }));
+    }
+    match r.token {
+        Some(t) => TokenUse::Sent {
+            source: t.source.clone(),
+            hint: t.hint.clone(),
+        },
+        None => TokenUse::NoneGiven,
     }
 }
 
@@ -437,28 +500,17 @@ fn http_error(r: &Request<'_>, resp: &Response<Option<Vec<u8>>>) -> ClientError 
                 use_instead,
             }
         }
-        401 => {
-            let (source_desc, hint) = match r.token {
-                Some(t) => (t.source.clone(), t.hint.clone()),
-                None => (
-                    "nowhere: no token was sent".to_string(),
-                    "Pass one with --token, WSGATE_TOKEN, --token-file or --kubeconfig."
-                        .to_string(),
-                ),
-            };
-            ClientError::Auth {
-                status,
-                host,
-                reason,
-                source_desc,
-                hint,
-            }
-        }
+        401 => ClientError::Auth {
+            status,
+            host,
+            reason,
+            token: token_use(r, &path),
+        },
         403 => ClientError::Forbidden {
             host,
             cluster: r.endpoint.cluster.clone(),
             reason,
-            token_source: r.token.map(|t| t.source.clone()),
+            token: token_use(r, &path),
         },
         404 => ClientError::NotFound {
             host,
@@ -536,7 +588,17 @@ mod tests {
     }
 
     async fn open_at(server: &str) -> Result<Conn, ClientError> {
+        open_with(server, None, false, Duration::from_secs(5)).await
+    }
+
+    async fn open_with(
+        server: &str,
+        proxy: Option<&Proxy>,
+        cross_origin: bool,
+        timeout: Duration,
+    ) -> Result<Conn, ClientError> {
         let endpoint = crate::endpoint::build(server, "prod", 0, "/ssh").unwrap();
+        let extra = [("X-Redirect-Ticket".to_string(), "t-1".to_string())];
         let req = Request {
             endpoint: &endpoint,
             endpoint_path: "/ssh",
@@ -544,11 +606,130 @@ mod tests {
             token_in_subprotocol: false,
             headers: &[],
             tls: None,
-            timeout: Duration::from_secs(5),
-            extra: &[],
-            proxy: None,
+            timeout,
+            extra: if cross_origin { &extra } else { &[] },
+            proxy,
+            cross_origin,
         };
         open(&req).await
+    }
+
+    #[test]
+    fn what_counts_as_a_tls_record() {
+        for (first, want) in [
+            (&b"\x16\x03\x01\x00\x2a"[..], true),
+            (b"\x15\x03\x03\x00\x02\x02\x28", true),
+            (b"\x16\x03", true),
+            (b"\x14\x03\x03", false),
+            (b"\x17\x03\x03", false),
+            (b"\x18\x03\x03", false),
+            (b"\x16\x02\x00", false),
+            (b"\x16", false),
+            (b"", false),
+            (b"HTTP/1.1 400 Bad Request", false),
+        ] {
+            assert_eq!(is_tls_record(first), want, "{first:?}");
+        }
+    }
+
+    #[test]
+    fn deadlines_are_shown_as_written() {
+        assert_eq!(Deadline::after(Duration::from_secs(30)).shown(), "30s");
+        assert_eq!(Deadline::after(Duration::from_millis(500)).shown(), "500ms");
+        assert_eq!(
+            Deadline::after(Duration::from_millis(1500)).shown(),
+            "1500ms"
+        );
+    }
+
+    /// A 401 from a redirect target on another origin: no token went there, on purpose, and
+    /// the message says so rather than asking for a token (which would be left out again).
+    #[tokio::test]
+    async fn a_401_after_a_cross_origin_redirect_says_the_token_was_withheld() {
+        let answer = |_: &str| b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n".to_vec();
+        let server = serve_once(answer).await;
+        let e = open_with(&server, None, true, Duration::from_secs(5))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.exit_code(), 4);
+        let m = e.to_string();
+        let origin = server.replace("http://", "ws://");
+        assert!(
+            m.contains(&format!("no token was sent, on purpose: the server redirected this session to another origin ({origin})"))
+                && m.contains("only the headers the redirect named were sent: x-redirect-ticket")
+                && m.contains(&format!("`wsgate proxy {server} ...`"))
+                && !m.contains("pass one with"),
+            "{m}"
+        );
+        // The same answer on the user's own origin asks for a token.
+        let server = serve_once(answer).await;
+        let m = open_at(&server).await.err().unwrap().to_string();
+        assert!(
+            m.contains("no token was sent: pass one with --token"),
+            "{m}"
+        );
+    }
+
+    /// Accepts connections and says nothing; `answer` is written to each first if given.
+    async fn silent(answer: &'static [u8]) -> (u16, tokio::task::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut s, _)) = l.accept().await {
+                let _ = s.write_all(answer).await;
+                held.push(s);
+            }
+        });
+        (port, task)
+    }
+
+    /// Up to the open tunnel, a timeout is the proxy's (exit 12, naming it without its
+    /// credentials); once the tunnel is open, a silent server is a connection failure (exit 8).
+    #[tokio::test]
+    async fn a_timeout_is_the_proxys_until_the_tunnel_is_open() {
+        let (proxy_port, proxy_task) = silent(b"").await;
+        let p = proxy::parse(
+            &format!("http://u:hunter2@127.0.0.1:{proxy_port}"),
+            "https_proxy",
+        )
+        .unwrap();
+        let e = open_with(
+            "http://gw.example.com:8080",
+            Some(&p),
+            false,
+            Duration::from_millis(300),
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(e.exit_code(), 12, "{e}");
+        let m = e.to_string();
+        assert!(
+            m.starts_with(&format!("proxy http://127.0.0.1:{proxy_port} (from https_proxy): the proxy accepted the connection but did not answer CONNECT gw.example.com:8080 within 300ms")),
+            "{m}"
+        );
+        assert!(!m.contains("hunter2"), "{m}");
+        proxy_task.abort();
+
+        let (proxy_port, proxy_task) = silent(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
+        let p = proxy::parse(&format!("http://127.0.0.1:{proxy_port}"), "--proxy").unwrap();
+        let e = open_with(
+            "http://gw.example.com:8080",
+            Some(&p),
+            false,
+            Duration::from_millis(300),
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(e.exit_code(), 8, "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!("cannot connect to gw.example.com:8080: no answer within 300ms (through the proxy http://127.0.0.1:{proxy_port} (from --proxy))")
+        );
+        proxy_task.abort();
     }
 
     /// The server's first frame can arrive in the same segment as its `101`: the session gets

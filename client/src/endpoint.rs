@@ -3,6 +3,9 @@
 //! validated, `{cluster}` in the endpoint path filled in, SkyPilot's query. Also what a
 //! redirect frame's URL becomes, and whether it keeps the origin (credentials go only there).
 
+use std::borrow::Cow;
+use std::net::IpAddr;
+
 use url::Url;
 use wsgate_core::route::is_dns_label;
 
@@ -19,7 +22,9 @@ pub struct Endpoint {
     /// `host[:port]`, for messages.
     pub host: String,
     pub plaintext: bool,
-    /// Loopback hosts may get a token over plaintext (nothing leaves the machine).
+    /// `localhost` or a loopback address ([`is_loopback_host`]): it may get a token over
+    /// plaintext when no proxy is on the path (nothing leaves the machine), and the
+    /// environment's proxy is not used for it.
     pub loopback: bool,
     pub cluster: String,
 }
@@ -32,27 +37,22 @@ pub fn build(
     worker: u32,
     endpoint: &str,
 ) -> Result<Endpoint, ClientError> {
-    let with_scheme;
-    let server = if server.contains("://") {
-        server
-    } else {
-        with_scheme = format!("https://{server}");
+    let given = server;
+    let server = with_default_scheme(given, "https");
+    if matches!(server, Cow::Owned(_)) {
         tracing::info!(
-            "no scheme in the server URL {server:?}: assuming https:// (wss://); write http://{server} for a plaintext port"
+            "no scheme in the server URL {given:?}: assuming https:// (wss://); write http://{given} for a plaintext port"
         );
-        &with_scheme
-    };
+    }
+    let server = server.as_ref();
     let mut url = Url::parse(server)
         .map_err(|e| ClientError::Usage(format!("server URL {server:?}: {e}")))?;
-    let scheme = match url.scheme() {
-        "https" | "wss" => "wss",
-        "http" | "ws" => "ws",
-        other => {
-            return Err(ClientError::Usage(format!(
-                "server URL scheme {other:?}: use https:// (or http:// on a trusted network)"
-            )))
-        }
-    };
+    let scheme = websocket_scheme(url.scheme()).ok_or_else(|| {
+        ClientError::Usage(format!(
+            "server URL scheme {:?}: use https:// (or http:// on a trusted network)",
+            url.scheme()
+        ))
+    })?;
     url.set_scheme(scheme)
         .map_err(|_| ClientError::Usage(format!("cannot use scheme {scheme} with {server:?}")))?;
     let host = url
@@ -82,12 +82,41 @@ pub fn endpoint_path(endpoint: &str, cluster: &str) -> String {
     endpoint.trim_matches('/').replace("{cluster}", cluster)
 }
 
-fn from_url(url: Url, host: String, cluster: String) -> Endpoint {
-    let loopback = host == "localhost"
+/// `raw` with `default://` in front when it names no scheme (a bare `host[:port]`); borrowed
+/// when it has one.
+pub fn with_default_scheme<'a>(raw: &'a str, default: &str) -> Cow<'a, str> {
+    if raw.contains("://") {
+        Cow::Borrowed(raw)
+    } else {
+        Cow::Owned(format!("{default}://{raw}"))
+    }
+}
+
+/// The WebSocket scheme for a URL scheme the user or a redirect may give: `https`/`wss` →
+/// `wss`, `http`/`ws` → `ws`; `None` for anything else.
+pub fn websocket_scheme(scheme: &str) -> Option<&'static str> {
+    match scheme {
+        "https" | "wss" => Some("wss"),
+        "http" | "ws" => Some("ws"),
+        _ => None,
+    }
+}
+
+/// Whether a URL's host (`host_str()`, IPv6 in brackets or not) is this machine by itself:
+/// `localhost` or a loopback address (`127.0.0.0/8`, `::1`, and `::ffff:127.x.y.z`). Names are
+/// not resolved: `localhost` is the only name trusted. A token may go to such a host over
+/// plaintext when nothing else is on the path, and the environment's proxy is never used for
+/// it (it could not reach our loopback anyway).
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
         || host
-            .trim_matches(|c| c == '[' || c == ']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+fn from_url(url: Url, host: String, cluster: String) -> Endpoint {
+    let loopback = is_loopback_host(&host);
     let shown = match url.port() {
         Some(p) => format!("{host}:{p}"),
         None => host,
@@ -111,11 +140,8 @@ pub fn redirect_target(raw: &str, cluster: &str) -> Result<Endpoint, ClientError
         ))
     };
     let mut url = Url::parse(raw).map_err(|e| bad(e.to_string()))?;
-    let scheme = match url.scheme() {
-        "wss" | "https" => "wss",
-        "ws" | "http" => "ws",
-        _ => return Err(bad("not a ws://, wss://, http:// or https:// URL".into())),
-    };
+    let scheme = websocket_scheme(url.scheme())
+        .ok_or_else(|| bad("not a ws://, wss://, http:// or https:// URL".into()))?;
     url.set_scheme(scheme)
         .map_err(|_| bad("cannot use it as a WebSocket URL".into()))?;
     let host = url
@@ -256,6 +282,52 @@ mod tests {
         }
         let e = redirect_target("\x1b[31m", "a").unwrap_err().to_string();
         assert!(e.contains("\\x1b[31m") && !e.contains('\x1b'), "{e}");
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for (host, want) in [
+            ("localhost", true),
+            ("LocalHost", true),
+            ("127.0.0.1", true),
+            ("127.1.2.3", true),
+            ("::1", true),
+            ("[::1]", true),
+            ("[::ffff:127.0.0.1]", true),
+            ("[::ffff:7f00:1]", true),
+            ("localhost.", false),
+            ("a.localhost", false),
+            ("0.0.0.0", false),
+            ("[::]", false),
+            ("[::ffff:10.0.0.1]", false),
+            ("10.0.0.1", false),
+            ("gw.example.com", false),
+        ] {
+            assert_eq!(is_loopback_host(host), want, "{host}");
+        }
+    }
+
+    #[test]
+    fn schemes() {
+        assert_eq!(with_default_scheme("gw:8443", "https"), "https://gw:8443");
+        assert!(matches!(
+            with_default_scheme("http://gw", "https"),
+            Cow::Borrowed("http://gw")
+        ));
+        assert_eq!(
+            with_default_scheme("proxy:3128", "http"),
+            "http://proxy:3128"
+        );
+        for (given, want) in [
+            ("https", Some("wss")),
+            ("wss", Some("wss")),
+            ("http", Some("ws")),
+            ("ws", Some("ws")),
+            ("ftp", None),
+            ("HTTPS", None),
+        ] {
+            assert_eq!(websocket_scheme(given), want, "{given}");
+        }
     }
 
     #[test]

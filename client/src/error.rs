@@ -42,24 +42,27 @@ pub enum ClientError {
         /// The server URL (https://...) to pass instead, when it can be worked out.
         use_instead: Option<String>,
     },
-    #[error("{status} from {host}: {}; the token came from {source_desc}. {hint}", reason.as_deref().unwrap_or("not authorized"))]
+    #[error("{status} from {host}: {}; {}", reason.as_deref().unwrap_or("not authorized"), match token {
+        TokenUse::Sent { source, hint } => format!("the token came from {source}. {hint}"),
+        TokenUse::NoneGiven => "no token was sent: pass one with --token, WSGATE_TOKEN, --token-file or --kubeconfig".to_string(),
+        TokenUse::Withheld(w) => w.advice(),
+    })]
     Auth {
         status: u16,
         host: String,
         reason: Option<String>,
-        source_desc: String,
-        hint: String,
+        token: TokenUse,
     },
-    #[error("403 from {host}: {}; {}", reason.as_deref().unwrap_or("forbidden"), match token_source {
-        Some(s) => format!("the token (from {s}) was accepted, but its identity has no access to cluster {cluster:?}: ask the cluster's owner for access or check the cluster name (getting a new token will not help)"),
-        None => format!("no token was sent, so the server does not know who you are: pass one with --token, WSGATE_TOKEN, --token-file or --kubeconfig (cluster {cluster:?})"),
+    #[error("403 from {host}: {}; {}", reason.as_deref().unwrap_or("forbidden"), match token {
+        TokenUse::Sent { source, .. } => format!("the token (from {source}) was accepted, but its identity has no access to cluster {cluster:?}: ask the cluster's owner for access or check the cluster name (getting a new token will not help)"),
+        TokenUse::NoneGiven => format!("no token was sent, so the server does not know who you are: pass one with --token, WSGATE_TOKEN, --token-file or --kubeconfig (cluster {cluster:?})"),
+        TokenUse::Withheld(w) => w.advice(),
     })]
     Forbidden {
         host: String,
         cluster: String,
         reason: Option<String>,
-        /// Where the token came from; `None` when none was sent.
-        token_source: Option<String>,
+        token: TokenUse,
     },
     #[error("404 from {host}: {}", match reason {
         Some(r) => r.clone(),
@@ -100,8 +103,16 @@ pub enum ClientError {
     SpeaksTls { host: String, evidence: String },
     #[error("cannot connect to {addr}: {detail}")]
     Connect { addr: String, detail: String },
-    #[error("refusing to send a token over plaintext ws:// to {host}: use https:// (or --allow-plaintext if a trusted network protects this hop)")]
-    PlaintextToken { host: String },
+    #[error("refusing to send a token over plaintext ws:// to {host}{}", match via {
+        None => ": use https:// (or --allow-plaintext if a trusted network protects this hop)".to_string(),
+        Some(p) => format!(" through the proxy {p} (the proxy, and the network to it, would read it): use https://, --proxy none to connect directly, or --allow-plaintext if a trusted network protects this hop"),
+    })]
+    PlaintextToken {
+        host: String,
+        /// The proxy the request would go through (without credentials), if any: with one,
+        /// even a loopback server's token would leave the machine in clear.
+        via: Option<String>,
+    },
     #[error("{0}")]
     Protocol(String),
     #[error("token: {0}")]
@@ -121,6 +132,54 @@ pub enum ClientError {
         /// The close reason (escaped).
         reason: String,
     },
+}
+
+/// What became of the user's token on a request the server answered with 401 or 403.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenUse {
+    /// Sent: where it came from, and what to do if it is refused.
+    Sent { source: String, hint: String },
+    /// The user gave none.
+    NoneGiven,
+    /// Not sent, on purpose: a SkyPilot redirect sent the session to another origin (boxed:
+    /// errors stay small).
+    Withheld(Box<Withheld>),
+}
+
+/// The user's token and `--header` values were left out on purpose: a SkyPilot redirect sent
+/// the session to another origin, and credentials stay with the origin they were given for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Withheld {
+    /// The redirect target's origin (escaped).
+    pub origin: String,
+    /// The headers the redirect frame named, which were sent (escaped).
+    pub named: Vec<String>,
+    /// The server URL that would reach the target directly, when it can be worked out.
+    pub use_instead: Option<String>,
+}
+
+impl Withheld {
+    /// Why nothing of the user's went to the redirect target, and what can be done.
+    fn advice(&self) -> String {
+        let origin = &self.origin;
+        let sent = if self.named.is_empty() {
+            "the redirect named no headers to send".to_string()
+        } else {
+            format!(
+                "only the headers the redirect named were sent: {}",
+                self.named.join(", ")
+            )
+        };
+        let direct = match &self.use_instead {
+            Some(u) => format!(
+                ", or, if you trust {origin} with your token, connect to it directly: `wsgate proxy {u} ...`"
+            ),
+            None => String::new(),
+        };
+        format!(
+            "no token was sent, on purpose: the server redirected this session to another origin ({origin}), and the token and --header values stay with the origin they were given for ({sent}); the redirecting server must name what {origin} needs in its redirect{direct}"
+        )
+    }
 }
 
 impl ClientError {
@@ -191,8 +250,10 @@ mod tests {
             status: 401,
             host: "gw".into(),
             reason: Some("invalid_credentials".into()),
-            source_desc: "WSGATE_TOKEN".into(),
-            hint: "Refresh it.".into(),
+            token: TokenUse::Sent {
+                source: "WSGATE_TOKEN".into(),
+                hint: "Refresh it.".into(),
+            },
         };
         assert_eq!(
             e.to_string(),
@@ -202,7 +263,10 @@ mod tests {
             host: "gw".into(),
             cluster: "prod".into(),
             reason: Some("forbidden".into()),
-            token_source: Some("WSGATE_TOKEN".into()),
+            token: TokenUse::Sent {
+                source: "WSGATE_TOKEN".into(),
+                hint: String::new(),
+            },
         }
         .to_string();
         assert!(
@@ -237,6 +301,83 @@ mod tests {
         );
     }
 
+    /// A redirect to another origin got no token on purpose: a 401 or 403 from there says so,
+    /// instead of telling the user to pass a token (which would not be sent either).
+    #[test]
+    fn a_withheld_token_is_not_a_missing_one() {
+        let withheld = TokenUse::Withheld(Box::new(Withheld {
+            origin: "wss://other.example.com:8443".into(),
+            named: vec!["x-redirect-ticket".into()],
+            use_instead: Some("https://other.example.com:8443".into()),
+        }));
+        let unauthorized = ClientError::Auth {
+            status: 401,
+            host: "other.example.com:8443".into(),
+            reason: None,
+            token: withheld.clone(),
+        }
+        .to_string();
+        let forbidden = ClientError::Forbidden {
+            host: "other.example.com:8443".into(),
+            cluster: "prod".into(),
+            reason: None,
+            token: withheld,
+        }
+        .to_string();
+        for m in [&unauthorized, &forbidden] {
+            assert!(
+                m.contains("no token was sent, on purpose: the server redirected this session to another origin (wss://other.example.com:8443)")
+                    && m.contains("stay with the origin they were given for")
+                    && m.contains("only the headers the redirect named were sent: x-redirect-ticket")
+                    && m.contains("`wsgate proxy https://other.example.com:8443 ...`"),
+                "{m}"
+            );
+            assert!(!m.contains("pass one with"), "{m}");
+        }
+        assert!(unauthorized.starts_with("401 from other.example.com:8443: not authorized; "));
+        assert!(forbidden.starts_with("403 from other.example.com:8443: forbidden; "));
+        let m = ClientError::Auth {
+            status: 401,
+            host: "gw".into(),
+            reason: None,
+            token: TokenUse::Withheld(Box::new(Withheld {
+                origin: "ws://10.0.0.2:80".into(),
+                named: Vec::new(),
+                use_instead: None,
+            })),
+        }
+        .to_string();
+        assert!(
+            m.contains("the redirect named no headers to send")
+                && m.ends_with("must name what ws://10.0.0.2:80 needs in its redirect"),
+            "{m}"
+        );
+        let m = ClientError::Auth {
+            status: 401,
+            host: "gw".into(),
+            reason: None,
+            token: TokenUse::NoneGiven,
+        }
+        .to_string();
+        assert!(
+            m.contains("no token was sent: pass one with --token"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_token_through_a_proxy_is_refused_naming_the_proxy() {
+        let m = ClientError::PlaintextToken {
+            host: "127.0.0.1:8080".into(),
+            via: Some("http://proxy.corp:3128 (from --proxy)".into()),
+        }
+        .to_string();
+        assert_eq!(
+            m,
+            "refusing to send a token over plaintext ws:// to 127.0.0.1:8080 through the proxy http://proxy.corp:3128 (from --proxy) (the proxy, and the network to it, would read it): use https://, --proxy none to connect directly, or --allow-plaintext if a trusted network protects this hop"
+        );
+    }
+
     /// One class, one code; the classes that share a code are listed.
     #[test]
     fn exit_codes_are_distinct_per_class() {
@@ -251,8 +392,7 @@ mod tests {
                 status: 401,
                 host: String::new(),
                 reason: None,
-                source_desc: String::new(),
-                hint: String::new(),
+                token: TokenUse::NoneGiven,
             },
             ClientError::NotFound {
                 host: String::new(),
@@ -276,6 +416,7 @@ mod tests {
             },
             ClientError::PlaintextToken {
                 host: String::new(),
+                via: None,
             },
             ClientError::Protocol(String::new()),
             ClientError::Token(String::new()),
@@ -306,7 +447,7 @@ mod tests {
                     host: String::new(),
                     cluster: String::new(),
                     reason: None,
-                    token_source: None,
+                    token: TokenUse::NoneGiven,
                 },
                 exit::AUTH,
             ),

@@ -3,19 +3,30 @@
 //! ways through one: HTTP `CONNECT` (Basic credentials from the proxy URL's userinfo) and SOCKS5
 //! (`socks5h://`: the proxy resolves the name; `socks5://`: we do), with RFC 1929 credentials.
 //!
+//! The environment's proxy is never used for a loopback server (`localhost`, `127.0.0.0/8`,
+//! `::1`), as with Go's `httpproxy` (kubectl): a remote proxy cannot reach our loopback, and a
+//! plaintext token meant to stay on this machine would go to it in clear. `--proxy` still
+//! applies; the caller then refuses a plaintext token without `--allow-plaintext`.
+//!
 //! Only how the TCP connection is opened changes: once through, the connection is the same
 //! `TcpStream` as without a proxy (nothing is read past the proxy's answer), so the session's
-//! data path is untouched. Proxy credentials are never logged or printed: messages name the
-//! proxy as `scheme://host:port` and where the setting came from.
+//! data path is untouched. Everything up to the open tunnel (connecting to the proxy, its
+//! answer) is the proxy's part: a failure or a timeout there is a proxy error. Proxy
+//! credentials are never logged or printed: messages name the proxy as `scheme://host:port`
+//! and where the setting came from.
 
 use std::fmt;
 use std::net::IpAddr;
 
+use percent_encoding::percent_decode_str;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::timeout_at;
 use url::Url;
 use wsgate_core::base64::encode_std;
 
+use crate::connect::Deadline;
+use crate::endpoint::{is_loopback_host, with_default_scheme};
 use crate::error::ClientError;
 use crate::text;
 
@@ -63,12 +74,7 @@ impl Proxy {
             Kind::Socks5 { remote_dns: true } => "socks5h",
             Kind::Socks5 { remote_dns: false } => "socks5",
         };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        format!("{scheme}://{host}:{}", self.port)
+        format!("{scheme}://{}", authority(&self.host, self.port))
     }
 
     /// The name messages use: the URL and where it came from.
@@ -113,15 +119,8 @@ pub fn setting_from_flag(raw: Option<&str>) -> Result<Setting, ClientError> {
 /// A proxy URL: `http://[user:password@]host[:port]` (the scheme may be left out, as curl
 /// allows), `socks5h://...` or `socks5://...`. The error says why, without the value.
 pub fn parse(raw: &str, source: &str) -> Result<Proxy, String> {
-    let raw = raw.trim();
-    let with_scheme;
-    let raw = if raw.contains("://") {
-        raw
-    } else {
-        with_scheme = format!("http://{raw}");
-        &with_scheme
-    };
-    let url = Url::parse(raw).map_err(|e| format!("not a proxy URL ({e})"))?;
+    let raw = with_default_scheme(raw.trim(), "http");
+    let url = Url::parse(&raw).map_err(|e| format!("not a proxy URL ({e})"))?;
     let (kind, default_port) = match url.scheme() {
         "http" => (Kind::Http, 80),
         "socks5h" => (Kind::Socks5 { remote_dns: true }, 1080),
@@ -145,12 +144,12 @@ pub fn parse(raw: &str, source: &str) -> Result<Proxy, String> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
+    // The URL parser leaves the userinfo percent-encoded; a `%` not followed by two hex digits
+    // stays as it is.
+    let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
     let credentials = match (url.username(), url.password()) {
         ("", None) => None,
-        (user, pass) => Some((
-            percent_decode(user),
-            percent_decode(pass.unwrap_or_default()),
-        )),
+        (user, pass) => Some((decode(user), decode(pass.unwrap_or_default()))),
     };
     Ok(Proxy {
         kind,
@@ -159,32 +158,6 @@ pub fn parse(raw: &str, source: &str) -> Result<Proxy, String> {
         credentials,
         source: source.to_string(),
     })
-}
-
-/// `%XX` sequences decoded (what the URL parser left encoded in the userinfo); a `%` not
-/// followed by two hex digits is kept as is.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The variables consulted for a `ws`/`wss` URL, in order (lowercase first, as curl does).
@@ -211,7 +184,7 @@ fn env_names(secure: bool) -> [&'static str; 6] {
 }
 
 /// The proxy for a connection to `target` (a `ws://` or `wss://` URL); `env` reads a variable
-/// (empty values count as unset).
+/// (empty values count as unset). A loopback target never gets the environment's proxy.
 pub fn choose(
     setting: &Setting,
     target: &Url,
@@ -222,6 +195,14 @@ pub fn choose(
         Setting::Flag(p) => return Ok(Some(p.clone())),
         Setting::FromEnv => {}
     }
+    let host = target.host_str().unwrap_or_default();
+    if is_loopback_host(host) {
+        tracing::debug!(
+            host,
+            "a loopback server: connecting directly (the environment's proxy is not used for loopback)"
+        );
+        return Ok(None);
+    }
     let get = |name: &str| env(name).filter(|v| !v.trim().is_empty());
     let secure = target.scheme() == "wss";
     let Some((name, value)) = env_names(secure)
@@ -230,7 +211,6 @@ pub fn choose(
     else {
         return Ok(None);
     };
-    let host = target.host_str().unwrap_or_default();
     let port = target.port_or_known_default().unwrap_or(80);
     if let Some((no_name, list)) = ["no_proxy", "NO_PROXY"]
         .into_iter()
@@ -252,7 +232,7 @@ pub fn choose(
 /// Whether `no_proxy` exempts `host:port`: a comma (or space) list of `*`, domains (`example.com`
 /// and `.example.com` both match the domain and every name under it), IP addresses, CIDR
 /// ranges (`10.0.0.0/8`), any of them with `:port` to exempt that port only. No implicit
-/// entries: loopback goes through the proxy unless listed, as with curl.
+/// entries here: loopback servers are left out of the proxy before this is asked (`choose`).
 pub fn bypassed(no_proxy: &str, host: &str, port: u16) -> bool {
     let host = host
         .trim_start_matches('[')
@@ -330,19 +310,82 @@ fn in_network(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
 }
 
 /// A TCP connection to `host:port` through `proxy`, ready for TLS or the WebSocket request.
-pub async fn dial(proxy: &Proxy, host: &str, port: u16) -> Result<TcpStream, ClientError> {
-    let mut tcp = TcpStream::connect((proxy.host.as_str(), proxy.port))
-        .await
-        .map_err(|e| proxy.error(format!("cannot connect to the proxy: {e}")))?;
+/// The tunnel must be open by `deadline`: a proxy that does not accept the connection, or
+/// accepts it and does not answer, is a proxy error naming it.
+pub async fn dial(
+    proxy: &Proxy,
+    host: &str,
+    port: u16,
+    deadline: Deadline,
+) -> Result<TcpStream, ClientError> {
+    // With socks5:// the name is resolved here, before the proxy is involved; with socks5h://
+    // (and CONNECT) the proxy resolves it.
+    let ip = match (proxy.kind, host.parse::<IpAddr>()) {
+        (_, Ok(ip)) => Some(ip),
+        (Kind::Socks5 { remote_dns: false }, Err(_)) => Some(resolve(host, port, deadline).await?),
+        _ => None,
+    };
+    let connected = timeout_at(
+        deadline.at,
+        TcpStream::connect((proxy.host.as_str(), proxy.port)),
+    )
+    .await;
+    let mut tcp = match connected {
+        Ok(tcp) => tcp.map_err(|e| proxy.error(format!("cannot connect to the proxy: {e}")))?,
+        Err(_) => {
+            return Err(proxy.error(format!(
+                "the proxy did not accept the connection within {} (--connect-timeout): check its host and port, and that it can be reached from here",
+                deadline.shown()
+            )))
+        }
+    };
     let _ = tcp.set_nodelay(true);
-    match proxy.kind {
-        Kind::Http => connect_tunnel(proxy, &mut tcp, host, port).await?,
-        Kind::Socks5 { remote_dns } => socks5(proxy, &mut tcp, host, port, remote_dns).await?,
+    let tunnel = async {
+        match proxy.kind {
+            Kind::Http => connect_tunnel(proxy, &mut tcp, host, port).await,
+            Kind::Socks5 { .. } => socks5(proxy, &mut tcp, host, ip, port).await,
+        }
+    };
+    match timeout_at(deadline.at, tunnel).await {
+        Ok(opened) => opened?,
+        Err(_) => {
+            return Err(proxy.error(match proxy.kind {
+                Kind::Http => format!(
+                    "the proxy accepted the connection but did not answer CONNECT {} within {} (--connect-timeout): check that it is an HTTP proxy (socks5h:// for a SOCKS one) and that it is working",
+                    authority(host, port),
+                    deadline.shown()
+                ),
+                Kind::Socks5 { .. } => format!(
+                    "the proxy accepted the connection but did not complete the SOCKS5 exchange within {} (--connect-timeout): check that it is a SOCKS5 proxy (http:// for an HTTP one) and that it is working",
+                    deadline.shown()
+                ),
+            }))
+        }
     }
     tracing::debug!(proxy = %proxy.shown(), "tunnel open");
     Ok(tcp)
 }
 
+/// The address `host` resolves to here (for socks5://), by `deadline`.
+async fn resolve(host: &str, port: u16, deadline: Deadline) -> Result<IpAddr, ClientError> {
+    let failed = |detail: String| ClientError::Connect {
+        addr: authority(host, port),
+        detail: format!("{detail} (with socks5h:// the proxy resolves it)"),
+    };
+    match timeout_at(deadline.at, tokio::net::lookup_host((host, port))).await {
+        Err(_) => Err(failed(format!(
+            "the name did not resolve within {}",
+            deadline.shown()
+        ))),
+        Ok(addrs) => addrs
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .map(|a| a.ip())
+            .ok_or_else(|| failed("the name does not resolve here".into())),
+    }
+}
+
+/// `host:port`, an IPv6 host in brackets.
 fn authority(host: &str, port: u16) -> String {
     if host.contains(':') {
         format!("[{host}]:{port}")
@@ -470,13 +513,14 @@ async fn read_head(tcp: &mut TcpStream) -> Result<Vec<u8>, HeadError> {
     }
 }
 
-/// SOCKS5 (RFC 1928) `CONNECT`, with user name and password (RFC 1929) when the URL has them.
+/// SOCKS5 (RFC 1928) `CONNECT` to `ip` if given, else to the name `host` (the proxy resolves
+/// it), with user name and password (RFC 1929) when the URL has them.
 async fn socks5(
     proxy: &Proxy,
     tcp: &mut TcpStream,
     host: &str,
+    ip: Option<IpAddr>,
     port: u16,
-    remote_dns: bool,
 ) -> Result<(), ClientError> {
     let lost = |e: std::io::Error| {
         proxy.error(if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -533,23 +577,6 @@ async fn socks5(
         }
     }
     let mut req = vec![5, 1, 0];
-    let ip = match host.parse::<IpAddr>() {
-        Ok(ip) => Some(ip),
-        Err(_) if remote_dns => None,
-        Err(_) => Some(
-            tokio::net::lookup_host((host, port))
-                .await
-                .ok()
-                .and_then(|mut addrs| addrs.next())
-                .map(|a| a.ip())
-                .ok_or_else(|| ClientError::Connect {
-                    addr: authority(host, port),
-                    detail:
-                        "the name does not resolve here (with socks5h:// the proxy resolves it)"
-                            .into(),
-                })?,
-        ),
-    };
     match ip {
         Some(IpAddr::V4(v4)) => {
             req.push(1);
@@ -610,7 +637,12 @@ async fn socks5(
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::time::Duration;
     use tokio::net::TcpListener;
+
+    fn soon() -> Deadline {
+        Deadline::after(Duration::from_secs(5))
+    }
 
     fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = vars
@@ -671,7 +703,8 @@ mod tests {
                 "{debug}"
             );
         }
-        assert_eq!(percent_decode("a%20b%3a%zz%"), "a b:%zz%");
+        let p = parse("http://a%20b:%3a%zz%@proxy", "test").unwrap();
+        assert_eq!(p.credentials, Some(("a b".into(), ":%zz%".into())));
         for bad in ["https://proxy:443", "socks4://proxy", "http://"] {
             assert!(parse(bad, "test").is_err(), "{bad}");
         }
@@ -742,6 +775,57 @@ mod tests {
                 c.want,
                 "{:?}",
                 c.vars
+            );
+        }
+        // A loopback server never gets the environment's proxy, whatever no_proxy says (it
+        // could not reach our loopback, and a token meant to stay here would go to it).
+        let everything = [
+            ("http_proxy", "http://p:1"),
+            ("https_proxy", "http://p:1"),
+            ("ws_proxy", "http://p:1"),
+            ("wss_proxy", "http://p:1"),
+            ("ALL_PROXY", "socks5h://s:1"),
+            ("no_proxy", "other.com"),
+        ];
+        for target in [
+            "ws://127.0.0.1:8080/x",
+            "wss://127.0.0.1/x",
+            "ws://127.9.9.9/x",
+            "ws://localhost:8080/x",
+            "wss://LOCALHOST/x",
+            "ws://[::1]:8080/x",
+            "ws://[::ffff:127.0.0.1]/x",
+        ] {
+            let target = Url::parse(target).unwrap();
+            assert!(
+                choose(&Setting::FromEnv, &target, env(&everything))
+                    .unwrap()
+                    .is_none(),
+                "{target}"
+            );
+            // --proxy applies to every server, loopback included (the caller then wants
+            // --allow-plaintext before a token goes over ws://).
+            let flag = setting_from_flag(Some("http://f:2")).unwrap();
+            assert_eq!(
+                choose(&flag, &target, env(&everything))
+                    .unwrap()
+                    .map(|p| p.described())
+                    .as_deref(),
+                Some("http://f:2 (from --proxy)"),
+                "{target}"
+            );
+        }
+        for target in [
+            "ws://0.0.0.0:8080/x",
+            "ws://localhost.example.com/x",
+            "ws://10.0.0.1/x",
+        ] {
+            let target = Url::parse(target).unwrap();
+            assert!(
+                choose(&Setting::FromEnv, &target, env(&everything))
+                    .unwrap()
+                    .is_some(),
+                "{target}"
             );
         }
         let target = Url::parse("wss://gw.example.com").unwrap();
@@ -959,7 +1043,7 @@ mod tests {
             "test",
         )
         .unwrap();
-        let mut tcp = dial(&p, "gw.example.com", 443).await.unwrap();
+        let mut tcp = dial(&p, "gw.example.com", 443, soon()).await.unwrap();
         let mut first = [0u8; 6];
         tcp.read_exact(&mut first).await.unwrap();
         assert_eq!(&first, b"tunnel");
@@ -1013,7 +1097,7 @@ mod tests {
         for c in cases {
             let (port, _task) = http_proxy(c.answer, b"").await;
             let p = parse(&format!("{}:{port}", c.url), "https_proxy").unwrap();
-            let e = dial(&p, "gw", 443).await.unwrap_err();
+            let e = dial(&p, "gw", 443, soon()).await.unwrap_err();
             let m = e.to_string();
             assert!(m.contains(c.want), "{m}");
             assert!(
@@ -1033,7 +1117,7 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         drop(l);
         let p = parse(&format!("http://u:hunter2@127.0.0.1:{port}"), "--proxy").unwrap();
-        let m = dial(&p, "gw", 443).await.unwrap_err().to_string();
+        let m = dial(&p, "gw", 443, soon()).await.unwrap_err().to_string();
         assert!(
             m.starts_with(&format!(
                 "proxy http://127.0.0.1:{port} (from --proxy): cannot connect to the proxy"
@@ -1041,6 +1125,42 @@ mod tests {
             "{m}"
         );
         assert!(!m.contains("hunter2"), "{m}");
+    }
+
+    /// A proxy that accepts the connection and never answers (CONNECT or SOCKS greeting): a
+    /// proxy failure (exit 12) that names the proxy, not a connection failure to the server.
+    #[tokio::test]
+    async fn a_proxy_that_never_answers_is_a_proxy_error() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                conns.push(s);
+            }
+        });
+        for (url, want) in [
+            (
+                format!("http://u:hunter2@127.0.0.1:{port}"),
+                format!("proxy http://127.0.0.1:{port} (from --proxy): the proxy accepted the connection but did not answer CONNECT gw:443 within 300ms (--connect-timeout)"),
+            ),
+            (
+                format!("socks5h://u:hunter2@127.0.0.1:{port}"),
+                format!("proxy socks5h://127.0.0.1:{port} (from --proxy): the proxy accepted the connection but did not complete the SOCKS5 exchange within 300ms (--connect-timeout)"),
+            ),
+        ] {
+            let p = parse(&url, "--proxy").unwrap();
+            let dialled = dial(&p, "gw", 443, Deadline::after(Duration::from_millis(300)));
+            let e = tokio::time::timeout(Duration::from_secs(5), dialled)
+                .await
+                .expect("dial gave up by itself")
+                .unwrap_err();
+            assert_eq!(e.exit_code(), 12, "{e}");
+            let m = e.to_string();
+            assert!(m.starts_with(&want), "{m}");
+            assert!(!m.contains("hunter2"), "{m}");
+        }
+        held.abort();
     }
 
     /// A scripted SOCKS5 server: checks the greeting, credentials and request, then answers.
@@ -1065,7 +1185,7 @@ mod tests {
             (greeting, auth, req)
         });
         let p = parse(&format!("socks5h://u:pw@127.0.0.1:{port}"), "test").unwrap();
-        let mut tcp = dial(&p, "gw.example.com", 443).await.unwrap();
+        let mut tcp = dial(&p, "gw.example.com", 443, soon()).await.unwrap();
         let mut first = [0u8; 1];
         tcp.read_exact(&mut first).await.unwrap();
         assert_eq!(&first, b"x", "the bound address was read whole");

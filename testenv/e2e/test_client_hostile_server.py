@@ -179,6 +179,30 @@ def test_a_redirect_within_the_origin_keeps_the_credentials(servers):
     assert again["x-redirect-ticket"] == ["t-2"], again
 
 
+@pytest.mark.parametrize("status", ["401 Unauthorized", "403 Forbidden"])
+def test_a_refusal_after_a_cross_origin_redirect_says_the_token_was_withheld(servers, status):
+    """The redirect target (another origin) refuses the session: the user's token was left
+    out there on purpose, and the message says so (and why), instead of asking for a token
+    that would be left out again."""
+    body = json.dumps({"error": "who are you", "reason": "unauthenticated"}).encode()
+    target = servers(lambda head, conn: http_answer(conn, status, "application/json", body))
+    url = f"ws://127.0.0.1:{target.port}/kubernetes-pod-ssh-proxy?cluster_name=prod"
+    first = servers(lambda head, conn: upgrade(head, conn, redirect_frame(url, {"X-Redirect-Ticket": "t-1"})))
+    r = run_wsgate(*proxy_args(first.port), env={"WSGATE_TOKEN": TOKEN})
+    err = r.stderr.decode()
+    assert r.returncode == 4, err
+    assert err.count("\n") == 1 and err.startswith(f"wsgate: {status[:3]} from 127.0.0.1:{target.port}: "), err
+    for needle in (
+        f"no token was sent, on purpose: the server redirected this session to another origin (ws://127.0.0.1:{target.port})",
+        "the token and --header values stay with the origin they were given for",
+        "only the headers the redirect named were sent: x-redirect-ticket",
+        f"`wsgate proxy http://127.0.0.1:{target.port} ...`",
+    ):
+        assert needle in err, (needle, err)
+    assert "pass one with" not in err and TOKEN not in err and "cookie-s3cret" not in err, err
+    assert "authorization" not in target.requests[0]["headers"], target.requests[0]
+
+
 def assert_escaped(stderr: bytes, *expected: str) -> str:
     err = stderr.decode()
     assert err.count("\n") == 1 and err.endswith("\n"), repr(err)

@@ -63,6 +63,20 @@ class _Process:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def settled_log(self, quiet: float = 0.3, timeout: float = 5.0) -> str:
+        """The log once nothing has been added to it for `quiet` seconds (a proxy logs a
+        connection, such as the start-up check's, a moment after it): compare two of these
+        to tell whether anything reached the proxy in between."""
+        deadline = time.monotonic() + timeout
+        last = self.log()
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            now = self.log()
+            if now == last:
+                return now
+            last = now
+        return last
+
     def _run(self, cmd: list[str]) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(self.log_path, "ab"),
