@@ -115,18 +115,23 @@ pub struct Args {
 
     /// --auth token-review: TokenReviews in flight at once; past it, a token not in the cache
     /// gets 503 with Retry-After (cached tokens are not affected). A healthy API server answers
-    /// in milliseconds, so 8 carry hundreds a second; more only load a struggling one.
-    #[arg(long, env = "WSGATE_TOKEN_REVIEW_MAX_CONCURRENCY", default_value_t = 8)]
+    /// in milliseconds, so the default carries hundreds a second; more only load a struggling
+    /// one.
+    #[arg(
+        long,
+        env = "WSGATE_TOKEN_REVIEW_MAX_CONCURRENCY",
+        default_value_t = ReviewLimits::DEFAULT.max_concurrency
+    )]
     pub token_review_max_concurrency: usize,
 
     /// --auth token-review: TokenReviews per second, sustained (a flood of distinct bad tokens
     /// costs the API server at most this); past it, 503 with Retry-After.
-    #[arg(long, env = "WSGATE_TOKEN_REVIEW_RATE", default_value_t = 20.0)]
+    #[arg(long, env = "WSGATE_TOKEN_REVIEW_RATE", default_value_t = ReviewLimits::DEFAULT.rate)]
     pub token_review_rate: f64,
 
     /// --auth token-review: TokenReviews that may go at once after a quiet spell (a team
     /// reconnecting after a restart, with an empty cache), above --token-review-rate.
-    #[arg(long, env = "WSGATE_TOKEN_REVIEW_BURST", default_value_t = 40)]
+    #[arg(long, env = "WSGATE_TOKEN_REVIEW_BURST", default_value_t = ReviewLimits::DEFAULT.burst)]
     pub token_review_burst: u32,
 
     /// Confirms --auth none: anyone who reaches the port gets a shell prompt from sshd.
@@ -167,6 +172,14 @@ pub struct Args {
     #[arg(long, env = "WSGATE_MAX_SESSIONS_PER_USER", default_value_t = 32)]
     pub max_sessions_per_user: usize,
 
+    /// Client connections open at once on --listen, HTTP and upgraded sessions alike (each
+    /// holds a file descriptor; a session holds a second one, to its target). Past it, new
+    /// connections wait in the kernel's listen queue, unanswered, until one closes; idle and
+    /// slow ones are closed by --keepalive-timeout and --header-read-timeout. At least
+    /// --max-sessions. The admin listener has its own limit of 64.
+    #[arg(long, env = "WSGATE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
     /// Largest WebSocket frame payload, both ways (bytes).
     #[arg(long, env = "WSGATE_MAX_FRAME_SIZE", default_value_t = 65536)]
     pub max_frame_size: usize,
@@ -188,7 +201,7 @@ pub struct Args {
 
     /// Each request head must be complete within this (the first from the connection, a later
     /// one on a kept-alive connection from its first byte); slower clients are disconnected
-    /// (slowloris).
+    /// (slowloris). A `101` answer must be taken by the client within it too.
     #[arg(long, env = "WSGATE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
 
@@ -200,7 +213,8 @@ pub struct Args {
     #[arg(long, env = "WSGATE_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub keepalive_timeout: Duration,
 
-    /// From request to upgrade: authentication, target lookup and connect.
+    /// From request to upgrade: authentication, target lookup and connect. An upgrade whose
+    /// `101` is not delivered within it again is given up (`upgrade_failed`).
     #[arg(long, env = "WSGATE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
 
@@ -216,7 +230,8 @@ pub struct Args {
     #[arg(long, env = "WSGATE_MAX_SESSION_AGE", default_value = "0s", value_parser = humantime::parse_duration)]
     pub max_session_age: Duration,
 
-    /// After SIGTERM, how long sessions may go on before they are closed with 1001.
+    /// After SIGTERM, how long sessions may go on before they are closed with 1001; requests
+    /// still in progress then are dropped.
     #[arg(long, env = "WSGATE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
@@ -381,26 +396,6 @@ impl Origin {
     }
 }
 
-/// Levenshtein distance (names are short; no crate needed).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    // One row of the table at a time: `prev[j]` is the distance from a's prefix so far to b[..j].
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let replace = prev
-                .get(j)
-                .map_or(usize::MAX, |d| d + usize::from(ca != *cb));
-            let delete = prev.get(j + 1).map_or(usize::MAX, |d| d + 1);
-            let insert = cur.get(j).map_or(usize::MAX, |d| d + 1);
-            cur.push(replace.min(delete).min(insert));
-        }
-        prev = cur;
-    }
-    prev.last().copied().unwrap_or(0)
-}
-
 /// The known name closest to `name` (compared upper-case, with the prefix added if it lacks
 /// it), if close enough to be a likely typo: at most 2 edits, or a third of the length after
 /// the prefix for longer names.
@@ -413,7 +408,7 @@ fn closest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&
     };
     known
         .into_iter()
-        .map(|k| (edit_distance(&name, k), k))
+        .map(|k| (strsim::levenshtein(&name, k), k))
         .filter(|(d, k)| *d <= 2.max(k.len().saturating_sub(ENV_PREFIX.len()) / 3))
         .min()
         .map(|(_, k)| k)
@@ -676,6 +671,10 @@ impl Args {
     }
 }
 
+/// The largest `--max-connections`: far above any file descriptor limit, and what a counter
+/// of places can hold everywhere.
+const MAX_CONNECTIONS: usize = 1 << 20;
+
 fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
@@ -725,6 +724,15 @@ impl Args {
         }
         if self.max_sessions == 0 || self.max_sessions_per_user == 0 {
             return Err(flag("max-sessions", "must be at least 1"));
+        }
+        if self.max_connections < self.max_sessions || self.max_connections > MAX_CONNECTIONS {
+            return Err(flag(
+                "max-connections",
+                format!(
+                    "must be between --max-sessions ({}) and {MAX_CONNECTIONS}: every session holds a connection",
+                    self.max_sessions
+                ),
+            ));
         }
         if self.target.is_some() && self.kube_selector.is_some() {
             return Err(flag(
@@ -835,6 +843,7 @@ impl Args {
                 allowed_clusters: (!allowed.is_empty()).then_some(allowed),
                 max_sessions: self.max_sessions,
                 max_sessions_per_user: self.max_sessions_per_user,
+                max_connections: self.max_connections,
                 bridge: BridgeConfig {
                     framing: Framing::Raw,
                     max_frame: self.max_frame_size,
@@ -958,6 +967,28 @@ mod tests {
                     "head",
                 ],
                 "--kube-head-label:",
+            ),
+            (
+                &[
+                    "--auth",
+                    "none",
+                    "--allow-unauthenticated",
+                    "--max-sessions",
+                    "100",
+                    "--max-connections",
+                    "99",
+                ],
+                "--max-connections: must be between --max-sessions (100) and",
+            ),
+            (
+                &[
+                    "--auth",
+                    "none",
+                    "--allow-unauthenticated",
+                    "--max-sessions",
+                    "5000",
+                ],
+                "--max-connections:",
             ),
         ];
         for (a, want) in cases {
@@ -1392,53 +1423,9 @@ mod tests {
             .collect();
         for (name, _) in OTHER_PROGRAMS {
             for s in &settings {
-                let d = edit_distance(name, s);
+                let d = strsim::levenshtein(name, s);
                 assert!(d >= 3, "{name} is {d} edits from the setting {s}");
             }
-        }
-    }
-
-    #[test]
-    fn edit_distances() {
-        struct Case {
-            a: &'static str,
-            b: &'static str,
-            want: usize,
-        }
-        for c in [
-            Case {
-                a: "",
-                b: "",
-                want: 0,
-            },
-            Case {
-                a: "abc",
-                b: "",
-                want: 3,
-            },
-            Case {
-                a: "",
-                b: "ab",
-                want: 2,
-            },
-            Case {
-                a: "kitten",
-                b: "sitting",
-                want: 3,
-            },
-            Case {
-                a: "WSGATE_AUTHZ_POLICIES",
-                b: "WSGATE_AUTHZ_POLICY",
-                want: 3,
-            },
-            Case {
-                a: "WSGATE_TARGET",
-                b: "WSGATE_TARGET",
-                want: 0,
-            },
-        ] {
-            assert_eq!(edit_distance(c.a, c.b), c.want, "{} / {}", c.a, c.b);
-            assert_eq!(edit_distance(c.b, c.a), c.want, "{} / {}", c.b, c.a);
         }
     }
 
@@ -1616,5 +1603,19 @@ mod tests {
         assert_eq!(s.settings.bridge.idle_timeout, None);
         assert!(s.settings.allowed_clusters.is_none());
         assert_eq!(s.resolver.describe(), "fixed target 127.0.0.1:22");
+        assert_eq!(s.settings.max_connections, 4096);
+        assert!(s.settings.max_connections >= s.settings.max_sessions);
+    }
+
+    /// The TokenReview bounds have one set of defaults, the flags' and the backend's.
+    #[test]
+    fn token_review_defaults_are_the_backend_s() {
+        let a = args(&[]);
+        let flags = ReviewLimits {
+            max_concurrency: a.token_review_max_concurrency,
+            rate: a.token_review_rate,
+            burst: a.token_review_burst,
+        };
+        assert_eq!(flags, ReviewLimits::default());
     }
 }

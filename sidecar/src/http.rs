@@ -1,5 +1,7 @@
-//! Serving HTTP/1.1 connections with a deadline on every request head and on keep-alive idle
-//! time, so no connection that is not an upgraded session can be held open for free.
+//! Serving HTTP/1.1 connections with a deadline on every request head, on keep-alive idle time
+//! and on the delivery of a `101`, and a cap on how many connections are open, so no connection
+//! that is not an upgraded session can be held open for free and no flood of them can take
+//! every file descriptor.
 //!
 //! The accept loop and the per-connection hyper server live here (both listeners use them);
 //! what happens on a request is the router's business, never this module's.
@@ -11,17 +13,25 @@
 //! | head | accept, or the first byte after an idle wait | `--header-read-timeout` |
 //! | busy | a complete head reached the router | none here (`--handshake-timeout` bounds it) |
 //! | idle | the answer left the router (keep-alive) | `--keepalive-timeout` |
-//! | upgraded | the answer was `101` | none: a session, with its own limits |
+//! | switching | the answer was `101`; hyper is writing it | `--header-read-timeout` |
+//! | upgraded | hyper handed the connection over, the `101` written | none: a session, with its own limits |
 //!
 //! Leading blank lines are bytes of a head (RFC 9112 lets a server skip them; hyper does), so
 //! trickling them does not restart anything. The deadline also fails writes, so a client that
-//! never reads its answer is cut as well. This is Go's `ReadHeaderTimeout` + `IdleTimeout`
+//! never reads its answer is cut as well; the `101` included: hyper hands the connection over
+//! only once the `101` is written, and a client that pipelines requests without reading can
+//! keep that write from finishing, which without a deadline would hold the session's admission
+//! and its target connection for ever. This is Go's `ReadHeaderTimeout` + `IdleTimeout`
 //! (nginx: `client_header_timeout` + `keepalive_timeout`). hyper's own `header_read_timeout`
 //! covers heads too (on a kept-alive connection its timer starts when the connection goes idle,
 //! and blank lines are inside it), but it cannot tell idle time from head time, so it could not
 //! give keep-alive its own limit; it is turned off and this module keeps one clock per
 //! connection instead. After the upgrade the wrapper is a plain pass-through: one predictable
 //! branch per read or write, nothing on the session's data path that could be measured.
+//!
+//! `--max-connections` places are taken before `accept`: past the cap, new connections wait in
+//! the kernel's listen queue (they cost no descriptor here) until one closes. The place belongs
+//! to the connection's I/O, so an upgraded session keeps it until its socket is closed.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -39,52 +49,99 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 use crate::origin::PeerAddr;
 
-/// The limits every connection of one listener gets.
+/// The limits of one listener and of each of its connections.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
     /// From accept (or from the first byte of a kept-alive connection's next request) to a
-    /// complete request head.
+    /// complete request head; also from a `101` to its last byte written.
     pub header_read_timeout: Duration,
     /// How long a kept-alive connection may wait for the first byte of its next request; zero
     /// turns keep-alive off (every answer closes its connection).
     pub keepalive_timeout: Duration,
+    /// Connections open at once, upgraded ones included (each holds a file descriptor); past
+    /// it, new ones wait in the listen queue.
+    pub max_connections: usize,
+    /// After the stop, how long connections still in HTTP may take to finish the request they
+    /// are on; past it they are dropped.
+    pub drain: Duration,
 }
 
 /// The connection's phase as the router's side sees it, read by the I/O wrapper ([`Guarded`]).
-/// The low two bits are the phase; the rest counts changes, so the wrapper notices every one,
-/// also `busy → idle → busy` between two of its polls.
+/// The low three bits are the phase; the rest counts changes, so the wrapper notices every
+/// one, also `busy → idle → busy` between two of its polls.
 #[derive(Debug, Default)]
 struct Phase(AtomicU32);
 
+/// The bits of [`Phase`] that hold the phase.
+const PHASE_BITS: u32 = 7;
 /// Waiting for (or reading) a request head; the initial phase.
 const HEAD: u32 = 0;
 /// The router has the request.
 const BUSY: u32 = 1;
 /// The answer is out; keep-alive is waiting for the next request.
 const IDLE: u32 = 2;
-/// The answer was `101`: the connection is a session now.
-const UPGRADED: u32 = 3;
+/// The answer is `101`: hyper writes it, then hands the connection over.
+const SWITCHING: u32 = 3;
+/// hyper handed the connection over: it is a session now.
+const UPGRADED: u32 = 4;
 
 impl Phase {
     fn set(&self, phase: u32) {
-        // Only the connection's own task writes (the service runs inside its hyper connection).
+        // Only the connection's own task writes (the service runs inside its hyper connection,
+        // and the connection marks the handover itself), so a plain load and store suffice.
         let word = self.0.load(Ordering::Relaxed);
-        self.0
-            .store((word & !3).wrapping_add(4) | phase, Ordering::Release);
+        self.0.store(
+            (word & !PHASE_BITS).wrapping_add(PHASE_BITS + 1) | phase,
+            Ordering::Release,
+        );
     }
 
     fn word(&self) -> u32 {
         self.0.load(Ordering::Acquire)
+    }
+
+    fn get(&self) -> u32 {
+        self.word() & PHASE_BITS
+    }
+}
+
+/// One of a listener's `max_connections` places, owned by the connection's I/O (the HTTP
+/// server's, then the session's after an upgrade), so it comes back when the socket closes.
+struct Slot {
+    /// The place itself.
+    _permit: OwnedSemaphorePermit,
+    /// Counts the open connections (`wsgate_connections_open`), on the session listener.
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, metrics: Option<Arc<Metrics>>) -> Slot {
+        if let Some(m) = &metrics {
+            m.connection_opened();
+        }
+        Slot {
+            _permit: permit,
+            metrics,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(m) = &self.metrics {
+            m.connection_closed();
+        }
     }
 }
 
@@ -93,7 +150,8 @@ impl Phase {
 pub struct Guarded<T> {
     /// The accepted TCP stream (a duplex pipe in tests).
     inner: T,
-    /// Shared with the connection's service, which moves it through `busy`, `idle`, `upgraded`.
+    /// Shared with the connection's service, which moves it through `busy`, `idle`,
+    /// `switching`, and with the connection's task, which marks `upgraded`.
     phase: Arc<Phase>,
     /// The phase word last acted on.
     seen: u32,
@@ -105,10 +163,13 @@ pub struct Guarded<T> {
     awaiting_request: bool,
     /// Upgraded: every call goes straight to `inner` from now on.
     passthrough: bool,
+    /// The listener's place this connection holds, for as long as the socket is open (`None`
+    /// in tests of the wrapper alone). Never touched: only dropped with the connection.
+    _slot: Option<Slot>,
 }
 
 impl<T> Guarded<T> {
-    fn new(inner: T, phase: Arc<Phase>, limits: HttpLimits) -> Self {
+    fn new(inner: T, phase: Arc<Phase>, limits: HttpLimits, slot: Option<Slot>) -> Self {
         let mut g = Guarded {
             inner,
             seen: phase.word(),
@@ -117,13 +178,18 @@ impl<T> Guarded<T> {
             deadline: None,
             awaiting_request: false,
             passthrough: false,
+            _slot: slot,
         };
         g.arm(limits.header_read_timeout);
         g
     }
 
     fn arm(&mut self, after: Duration) {
-        let at = Instant::now() + after;
+        // A limit past the end of time (`--header-read-timeout 1000years`) is thirty years.
+        let now = Instant::now();
+        let at = now
+            .checked_add(after)
+            .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86400));
         match self.deadline.as_mut() {
             Some(d) => d.as_mut().reset(at),
             None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
@@ -135,7 +201,7 @@ impl<T> Guarded<T> {
         let word = self.phase.word();
         if word != self.seen {
             self.seen = word;
-            match word & 3 {
+            match word & PHASE_BITS {
                 // Never set by the service: a head starts at accept or with an idle byte.
                 HEAD => {}
                 BUSY => {
@@ -152,6 +218,10 @@ impl<T> Guarded<T> {
                     };
                     self.arm(idle);
                 }
+                SWITCHING => {
+                    self.awaiting_request = false;
+                    self.arm(self.limits.header_read_timeout);
+                }
                 _ => {
                     // UPGRADED, the only value left.
                     self.deadline = None;
@@ -163,6 +233,8 @@ impl<T> Guarded<T> {
             if d.as_mut().poll(cx).is_ready() {
                 let what = if self.awaiting_request {
                     "keep-alive connection idle too long"
+                } else if self.seen & PHASE_BITS == SWITCHING {
+                    "the 101 answer was not taken in time"
                 } else {
                     "request head not complete in time"
                 };
@@ -248,10 +320,14 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
+/// How often at most the log says that the connection cap is reached.
+const FULL_LOG_EVERY: Duration = Duration::from_secs(60);
+
 /// Serves `app` on `listener` until `until` resolves; then stops accepting (the listening
 /// socket is closed at once), lets each connection finish the request it is on (an idle one is
-/// closed), and returns when every connection is done. Upgraded connections are not waited
-/// for: they belong to their sessions. `metrics`, when given, times the WebSocket handshakes.
+/// closed), and returns when every connection is done, or after `limits.drain`, dropping the
+/// ones left. Upgraded connections are not waited for: they belong to their sessions.
+/// `metrics`, when given, times the WebSocket handshakes and counts the open connections.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -260,9 +336,30 @@ pub async fn serve(
     until: impl Future<Output = ()>,
 ) {
     let stop = CancellationToken::new();
+    let cut = CancellationToken::new();
     let connections = TaskTracker::new();
+    let places = Arc::new(Semaphore::new(
+        limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
+    let mut said_full: Option<Instant> = None;
     let mut until = std::pin::pin!(until);
     loop {
+        // A place first: past the cap, connections wait in the kernel's queue, not here.
+        let place = tokio::select! {
+            () = until.as_mut() => break,
+            p = Arc::clone(&places).acquire_owned() => p,
+        };
+        // The semaphore is never closed.
+        let Ok(place) = place else { break };
+        if places.available_permits() == 0
+            && said_full.is_none_or(|t| t.elapsed() >= FULL_LOG_EVERY)
+        {
+            said_full = Some(Instant::now());
+            warn!(
+                max_connections = limits.max_connections,
+                "connection limit reached: new connections wait in the listen queue"
+            );
+        }
         let accepted = tokio::select! {
             () = until.as_mut() => break,
             r = listener.accept() => r,
@@ -280,34 +377,52 @@ pub async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
+        let slot = Slot::new(place, metrics.clone());
         connections.spawn(connection(
             tcp,
             peer,
             app.clone(),
             limits,
             metrics.clone(),
-            stop.clone(),
+            slot,
+            (stop.clone(), cut.clone()),
         ));
     }
     drop(listener);
     stop.cancel();
     connections.close();
-    connections.wait().await;
+    if tokio::time::timeout(limits.drain, connections.wait())
+        .await
+        .is_err()
+    {
+        info!(
+            connections = connections.len(),
+            "connections still in HTTP after the drain time: dropped"
+        );
+        cut.cancel();
+        connections.wait().await;
+    }
 }
 
 /// One connection: hyper's HTTP/1.1 server with upgrades, the deadlines, and graceful stop.
-async fn connection(
-    tcp: TcpStream,
+/// `stops.0` asks it to finish the request it is on; `stops.1` drops it.
+async fn connection<T>(
+    io: T,
     peer: SocketAddr,
     app: Router,
     limits: HttpLimits,
     metrics: Option<Arc<Metrics>>,
-    stop: CancellationToken,
-) {
+    slot: Slot,
+    stops: (CancellationToken, CancellationToken),
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (stop, cut) = stops;
     let phase = Arc::new(Phase::default());
-    let io = TokioIo::new(Guarded::new(tcp, Arc::clone(&phase), limits));
+    let io = TokioIo::new(Guarded::new(io, Arc::clone(&phase), limits, Some(slot)));
+    let handler_phase = Arc::clone(&phase);
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        let (app, phase, metrics) = (app.clone(), Arc::clone(&phase), metrics.clone());
+        let (app, phase, metrics) = (app.clone(), Arc::clone(&handler_phase), metrics.clone());
         async move {
             phase.set(BUSY);
             // The handlers read the peer as `ConnectInfo<PeerAddr>` (the audit trail).
@@ -319,7 +434,7 @@ async fn connection(
                 Err(never) => match never {},
             };
             let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-            phase.set(if upgraded { UPGRADED } else { IDLE });
+            phase.set(if upgraded { SWITCHING } else { IDLE });
             if let (true, Some(m)) = (handshake, &metrics) {
                 m.observe_handshake(started.elapsed(), upgraded);
             }
@@ -339,10 +454,28 @@ async fn connection(
     let ended = match ended {
         Some(r) => r,
         None => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+            // A graceful stop while the `101` is being written would make hyper hand the
+            // connection over at once, the rest of the `101` unwritten; the switching deadline
+            // bounds that write anyway.
+            if phase.get() != SWITCHING {
+                conn.as_mut().graceful_shutdown();
+            }
+            tokio::select! {
+                // An upgrade handed over at the last moment is marked below, not dropped.
+                biased;
+                r = conn.as_mut() => r,
+                () = cut.cancelled() => {
+                    debug!(peer = %peer, "connection dropped at shutdown");
+                    return;
+                }
+            }
         }
     };
+    // hyper resolves the connection once it has handed an upgraded one over (the `101`
+    // written): from now on the wrapper is a pass-through.
+    if ended.is_ok() && phase.get() == SWITCHING {
+        phase.set(UPGRADED);
+    }
     if let Err(e) = ended {
         debug!(peer = %peer, error = %e, "connection ended");
     }
@@ -356,6 +489,8 @@ mod tests {
     const LIMITS: HttpLimits = HttpLimits {
         header_read_timeout: Duration::from_secs(10),
         keepalive_timeout: Duration::from_secs(30),
+        max_connections: 16,
+        drain: Duration::from_secs(5),
     };
 
     fn guarded(
@@ -369,7 +504,7 @@ mod tests {
         let phase = Arc::new(Phase::default());
         (
             client,
-            Guarded::new(server, Arc::clone(&phase), limits),
+            Guarded::new(server, Arc::clone(&phase), limits, None),
             phase,
         )
     }
@@ -490,7 +625,7 @@ mod tests {
             let phase = Arc::new(Phase::default());
             (
                 client,
-                Guarded::new(server, Arc::clone(&phase), LIMITS),
+                Guarded::new(server, Arc::clone(&phase), LIMITS, None),
                 phase,
             )
         };
@@ -500,5 +635,244 @@ mod tests {
         let err = conn.write_all(&[0u8; 1024]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(t0.elapsed(), Duration::from_secs(30));
+    }
+
+    /// An upgrade request as a WebSocket client sends it.
+    const UPGRADE: &[u8] =
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+
+    type Handover =
+        tokio::sync::mpsc::UnboundedSender<hyper::Result<TokioIo<hyper::upgrade::Upgraded>>>;
+
+    /// Answers `/ws` with a `101` and reports what hyper hands over (the connection, or the
+    /// error if the upgrade never completes), as the real handler's session task waits for it.
+    fn upgrade_app(handover: Handover) -> Router {
+        let ws = move |mut req: Request<axum::body::Body>| {
+            let handover = handover.clone();
+            async move {
+                if let Some(on) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() {
+                    tokio::spawn(async move {
+                        let _ = handover.send(on.await.map(TokioIo::new));
+                    });
+                }
+                (
+                    StatusCode::SWITCHING_PROTOCOLS,
+                    [
+                        (header::CONNECTION, "upgrade"),
+                        (header::UPGRADE, "websocket"),
+                    ],
+                )
+            }
+        };
+        Router::new()
+            .route("/ws", axum::routing::get(ws))
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+    }
+
+    async fn slot() -> Slot {
+        let places = Arc::new(Semaphore::new(1));
+        Slot::new(places.acquire_owned().await.unwrap(), None)
+    }
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 40000))
+    }
+
+    /// Reads one answer head.
+    async fn read_head<R: AsyncRead + Unpin>(r: &mut R) -> String {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(r.read(&mut byte).await.unwrap(), 1, "closed in a head");
+            head.push(byte[0]);
+        }
+        String::from_utf8(head).unwrap()
+    }
+
+    /// The `101` cannot be written while the client reads nothing (here the pipe is shorter
+    /// than the answer; on TCP, pipelined requests whose answers the client does not read fill
+    /// the socket first). The write has the head deadline: the connection is cut, the upgrade
+    /// fails, and the handler's task lets go of what it holds (admission, target connection)
+    /// instead of waiting for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_101_the_client_does_not_take_is_cut_and_the_upgrade_fails() {
+        let (tx, mut handed) = tokio::sync::mpsc::unbounded_channel();
+        let (mut client, server) = tokio::io::duplex(16);
+        let stops = (CancellationToken::new(), CancellationToken::new());
+        let conn = tokio::spawn(connection(
+            server,
+            peer(),
+            upgrade_app(tx),
+            LIMITS,
+            None,
+            slot().await,
+            stops,
+        ));
+        let t0 = Instant::now();
+        client.write_all(UPGRADE).await.unwrap();
+        let upgrade = tokio::time::timeout(Duration::from_secs(600), handed.recv())
+            .await
+            .expect("the upgrade never ended")
+            .unwrap();
+        let Err(err) = upgrade else {
+            panic!("no upgrade without the whole 101")
+        };
+        assert_eq!(t0.elapsed(), LIMITS.header_read_timeout, "{err}");
+        tokio::time::timeout(Duration::from_secs(1), conn)
+            .await
+            .expect("the connection ends with the upgrade")
+            .unwrap();
+    }
+
+    /// Once hyper has written the `101` and handed the connection over, the session has no
+    /// deadline of ours: an hour of silence is fine.
+    #[tokio::test(start_paused = true)]
+    async fn a_taken_101_hands_over_a_connection_with_no_deadline() {
+        let (tx, mut handed) = tokio::sync::mpsc::unbounded_channel();
+        let (mut client, server) = tokio::io::duplex(1024);
+        let stops = (CancellationToken::new(), CancellationToken::new());
+        tokio::spawn(connection(
+            server,
+            peer(),
+            upgrade_app(tx),
+            LIMITS,
+            None,
+            slot().await,
+            stops,
+        ));
+        client.write_all(UPGRADE).await.unwrap();
+        assert!(read_head(&mut client).await.starts_with("HTTP/1.1 101"));
+        let mut session = handed.recv().await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        client.write_all(b"frame").await.unwrap();
+        let mut buf = [0u8; 5];
+        session.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"frame");
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        session.write_all(b"back").await.unwrap();
+        let mut buf = [0u8; 4];
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"back");
+    }
+
+    /// A stop while the `101` is being written does not make hyper hand the connection over
+    /// with the answer half written: the client that reads it gets all of it, then its session.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_while_the_101_is_written_lets_it_finish() {
+        let (tx, mut handed) = tokio::sync::mpsc::unbounded_channel();
+        let (mut client, server) = tokio::io::duplex(16);
+        let (stop, cut) = (CancellationToken::new(), CancellationToken::new());
+        tokio::spawn(connection(
+            server,
+            peer(),
+            upgrade_app(tx),
+            LIMITS,
+            None,
+            slot().await,
+            (stop.clone(), cut),
+        ));
+        client.write_all(UPGRADE).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.cancel();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let head = tokio::time::timeout(Duration::from_secs(5), read_head(&mut client))
+            .await
+            .expect("the 101 was left half written");
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("upgrade: websocket"),
+            "{head}"
+        );
+        let mut session = handed.recv().await.unwrap().unwrap();
+        session.write_all(b"hi").await.unwrap();
+        let mut buf = [0u8; 2];
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hi");
+    }
+
+    const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    /// Serves `upgrade_app` on a loopback port with `limits` until the returned token is
+    /// cancelled; the task ends when `serve` returns.
+    async fn serving(
+        limits: HttpLimits,
+        metrics: Option<Arc<Metrics>>,
+    ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, _) = tokio::sync::mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve(
+            listener,
+            upgrade_app(tx),
+            limits,
+            metrics,
+            stop.clone().cancelled_owned(),
+        ));
+        (addr, stop, task)
+    }
+
+    /// Past `max_connections`, a connection is not accepted (it waits in the listen queue and
+    /// costs no descriptor here) until another one closes; the gauge counts the open ones.
+    #[tokio::test]
+    async fn connections_past_the_cap_wait_until_one_closes() {
+        let metrics = Arc::new(Metrics::default());
+        let limits = HttpLimits {
+            max_connections: 2,
+            ..LIMITS
+        };
+        let (addr, _stop, _task) = serving(limits, Some(Arc::clone(&metrics))).await;
+        let mut conns = Vec::new();
+        for _ in 0..3 {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(HEALTHZ).await.unwrap();
+            conns.push(c);
+        }
+        for c in &mut conns[..2] {
+            assert!(read_head(c).await.starts_with("HTTP/1.1 200"));
+        }
+        let mut byte = [0u8; 1];
+        let third = tokio::time::timeout(Duration::from_millis(300), conns[2].read(&mut byte));
+        assert!(third.await.is_err(), "the third connection was served");
+        assert!(metrics.render().contains("\nwsgate_connections_open 2\n"));
+        conns.remove(0);
+        let head = tokio::time::timeout(Duration::from_secs(5), read_head(&mut conns[1]))
+            .await
+            .expect("a place came back");
+        assert!(head.starts_with("HTTP/1.1 200"));
+        drop(conns);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !metrics.render().contains("\nwsgate_connections_open 0\n") {
+            assert!(Instant::now() < deadline, "{}", metrics.render());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// After the stop, connections still in HTTP get `drain`, then they are dropped: `serve`
+    /// returns even though a client holds a head open for longer.
+    #[tokio::test]
+    async fn the_stop_waits_for_connections_at_most_the_drain_time() {
+        let limits = HttpLimits {
+            header_read_timeout: Duration::from_secs(60),
+            drain: Duration::from_millis(200),
+            ..LIMITS
+        };
+        let (addr, stop, task) = serving(limits, None).await;
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHo").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t0 = std::time::Instant::now();
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("serve did not return")
+            .unwrap();
+        assert!(
+            t0.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            t0.elapsed()
+        );
+        let mut byte = [0u8; 1];
+        assert_eq!(c.read(&mut byte).await.unwrap_or(0), 0, "dropped");
     }
 }

@@ -100,8 +100,8 @@ type ReviewCache = HashMap<[u8; 32], (Option<Identity>, Instant)>;
 /// being sent. Cached tokens are looked up before the bounds, so they keep working in a flood.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReviewLimits {
-    /// Reviews in flight at once. A healthy API server answers in milliseconds, so 8 carry
-    /// hundreds a second; more only pile onto an API server that is already slow.
+    /// Reviews in flight at once. A healthy API server answers in milliseconds, so the default
+    /// carries hundreds a second; more only pile onto an API server that is already slow.
     pub max_concurrency: usize,
     /// Reviews a second, sustained (the token bucket's refill).
     pub rate: f64,
@@ -110,13 +110,19 @@ pub struct ReviewLimits {
     pub burst: u32,
 }
 
+impl ReviewLimits {
+    /// The defaults, also those of `--token-review-max-concurrency`, `--token-review-rate` and
+    /// `--token-review-burst`.
+    pub const DEFAULT: ReviewLimits = ReviewLimits {
+        max_concurrency: 8,
+        rate: 20.0,
+        burst: 40,
+    };
+}
+
 impl Default for ReviewLimits {
     fn default() -> Self {
-        ReviewLimits {
-            max_concurrency: 8,
-            rate: 20.0,
-            burst: 40,
-        }
+        ReviewLimits::DEFAULT
     }
 }
 

@@ -41,6 +41,19 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         LogFormat::Text => builder.finish().with(guard).init(),
     }
     let sidecar = args.build().await?;
+    if let Some(open_files) = raise_open_files_limit() {
+        // A descriptor per connection, a second per session (its target), and a few for the
+        // listeners, the Kubernetes client and the log.
+        let wanted = args.max_connections + args.max_sessions + 64;
+        if open_files < wanted as libc::rlim_t {
+            tracing::warn!(
+                open_files,
+                wanted,
+                "the open files limit (RLIMIT_NOFILE) is below what --max-connections and \
+                 --max-sessions can use: past it, accepts fail; raise the limit or lower them"
+            );
+        }
+    }
     if args.auth == AuthMode::None {
         tracing::warn!(
             "authentication is OFF (--auth none): anyone who reaches {} can open SSH sessions",
@@ -69,6 +82,33 @@ fn bind_deep(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListe
     sock.set_reuseaddr(true)?;
     sock.bind(addr)?;
     sock.listen(8192)
+}
+
+/// Raises the soft limit on open files to the hard one, as Go programs do at start: container
+/// runtimes may start a process at a soft limit of 1024 (with a far higher hard one), which
+/// would cap the sidecar well below `--max-connections`. Returns the soft limit in force, if
+/// it can be read.
+fn raise_open_files_limit() -> Option<libc::rlim_t> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` that we own and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads one `rlimit` that we own. It fails (and changes nothing)
+        // where the hard limit is not a valid soft one (macOS: unlimited).
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    Some(limit.rlim_cur)
 }
 
 async fn shutdown_signal() {

@@ -26,11 +26,12 @@ pub const DURATION_BUCKETS: [f64; 16] = [
     5.0, 10.0,
 ];
 
-/// A histogram of durations over [`DURATION_BUCKETS`].
-#[derive(Default)]
+/// A histogram of durations over fixed bucket bounds (seconds).
 pub struct Histogram {
-    /// Observations per bucket (not cumulative: rendering adds them up).
-    buckets: [AtomicU64; DURATION_BUCKETS.len()],
+    /// The buckets' upper bounds, in seconds, ascending.
+    bounds: &'static [f64],
+    /// Observations per bucket (not cumulative: rendering adds them up), one per bound.
+    buckets: Box<[AtomicU64]>,
     /// Observations above the last bound (they only count in `+Inf`).
     over: AtomicU64,
     /// Sum of all observations, in nanoseconds (u64: 584 years of them).
@@ -38,14 +39,37 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    /// An empty histogram over `bounds` (seconds, ascending).
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            over: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// An empty histogram over [`DURATION_BUCKETS`].
+    pub fn durations() -> Histogram {
+        Histogram::new(&DURATION_BUCKETS)
+    }
+
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        match DURATION_BUCKETS.iter().position(|le| secs <= *le) {
-            Some(i) => self.buckets[i].fetch_add(1, Ordering::Relaxed),
-            None => self.over.fetch_add(1, Ordering::Relaxed),
-        };
+        self.bounds
+            .iter()
+            .position(|le| secs <= *le)
+            .and_then(|i| self.buckets.get(i))
+            .unwrap_or(&self.over)
+            .fetch_add(1, Ordering::Relaxed);
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        // Saturating: values can come from clients (latency reports), and a few absurd ones
+        // must not wrap the sum back to something plausible.
+        let _ = self
+            .sum_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                Some(s.saturating_add(ns))
+            });
     }
 
     /// The `_bucket`, `_sum` and `_count` lines, with `labels` (e.g. `result="accepted",`,
@@ -53,8 +77,8 @@ impl Histogram {
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let r = Ordering::Relaxed;
         let mut seen = 0;
-        for (i, le) in DURATION_BUCKETS.iter().enumerate() {
-            seen += self.buckets[i].load(r);
+        for (le, n) in self.bounds.iter().zip(self.buckets.iter()) {
+            seen += n.load(r);
             let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {seen}");
         }
         seen += self.over.load(r);
@@ -104,12 +128,20 @@ impl ReviewResult {
 
 /// The `TokenReview` backend's counters, owned by it (`crate::kube::TokenReviewer`) and
 /// rendered with the rest when it is the authenticator.
-#[derive(Default)]
 pub struct ReviewMetrics {
     /// Lookups by result, in [`ReviewResult::ALL`] order.
     results: [AtomicU64; 4],
     /// Round trips of the reviews actually sent (throttled ones are not).
     duration: Histogram,
+}
+
+impl Default for ReviewMetrics {
+    fn default() -> Self {
+        ReviewMetrics {
+            results: Default::default(),
+            duration: Histogram::durations(),
+        }
+    }
 }
 
 impl ReviewMetrics {
@@ -144,19 +176,25 @@ impl ReviewMetrics {
     }
 }
 
-#[derive(Default)]
 pub struct Metrics {
+    /// Sessions bridging now (`wsgate_sessions_open`).
     sessions_open: AtomicI64,
+    /// Sessions bridged since start.
     sessions_total: AtomicU64,
+    /// Session bytes from clients to targets.
     bytes_up: AtomicU64,
+    /// Session bytes from targets to clients.
     bytes_down: AtomicU64,
+    /// Connections open on the session listener, HTTP and upgraded (`--max-connections`
+    /// bounds them): how close the cap is.
+    connections_open: AtomicI64,
     /// Refusals before the upgrade, by reason.
     handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
     /// Session ends, by close reason.
     closes: Mutex<BTreeMap<&'static str, u64>>,
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_ms: AtomicU64,
+    /// The round trips SkyPilot-framed clients report (type 2 frames), over
+    /// [`LATENCY_BUCKETS`].
+    latency: Histogram,
     /// WebSocket handshakes (request head in → `101`), the ones that became sessions: how long
     /// authentication, lookup and the target connect took.
     handshakes_accepted: Histogram,
@@ -164,6 +202,24 @@ pub struct Metrics {
     handshakes_refused: Histogram,
     /// The TokenReview backend's counters, when it is the authenticator.
     reviews: Option<Arc<ReviewMetrics>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            sessions_open: AtomicI64::new(0),
+            sessions_total: AtomicU64::new(0),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+            connections_open: AtomicI64::new(0),
+            handshake_failures: Mutex::default(),
+            closes: Mutex::default(),
+            latency: Histogram::new(&LATENCY_BUCKETS),
+            handshakes_accepted: Histogram::durations(),
+            handshakes_refused: Histogram::durations(),
+            reviews: None,
+        }
+    }
 }
 
 fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
@@ -213,14 +269,18 @@ impl Metrics {
     }
 
     pub fn observe_latency_ms(&self, ms: u64) {
-        let secs = ms as f64 / 1000.0;
-        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_ms.fetch_add(ms, Ordering::Relaxed);
+        self.latency.observe(Duration::from_millis(ms));
+    }
+
+    /// A connection was accepted on the session listener.
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection of the session listener was closed (its socket, whether it was upgraded or
+    /// not).
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub fn sessions_open(&self) -> i64 {
@@ -261,6 +321,12 @@ impl Metrics {
             "Session bytes from targets to clients.",
             self.bytes_down.load(r).to_string(),
         );
+        simple(
+            "wsgate_connections_open",
+            "gauge",
+            "Client connections open on the session listener now, HTTP and upgraded (at most --max-connections).",
+            self.connections_open.load(r).to_string(),
+        );
         let mut labeled =
             |name: &str, help: &str, label: &str, map: &Mutex<BTreeMap<&'static str, u64>>| {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -284,21 +350,7 @@ impl Metrics {
         );
         let name = "wsgate_client_latency_seconds";
         let _ = writeln!(out, "# HELP {name} Round trip reported by SkyPilot-framed clients (type 2), in whole milliseconds.\n# TYPE {name} histogram");
-        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{le}\"}} {}",
-                self.latency_buckets[i].load(r)
-            );
-        }
-        let count = self.latency_count.load(r);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.latency_sum_ms.load(r) as f64 / 1000.0
-        );
-        let _ = writeln!(out, "{name}_count {count}");
+        self.latency.render(&mut out, name, "");
         let name = "wsgate_handshake_duration_seconds";
         let _ = writeln!(out, "# HELP {name} WebSocket handshakes, from complete request head to the answer (authentication, lookup, target connect), by result.\n# TYPE {name} histogram");
         self.handshakes_accepted
@@ -345,6 +397,37 @@ mod tests {
             !text.contains("wsgate_token_reviews_total"),
             "no TokenReview backend"
         );
+    }
+
+    /// The clients' latency histogram, line for line: its buckets are cumulative, a report
+    /// on a bound counts in that bucket, one above the last only in `+Inf`, and the sum is in
+    /// seconds.
+    #[test]
+    fn client_latency_histogram_text() {
+        let m = Metrics::default();
+        for ms in [0, 1, 30, 2500, 7000] {
+            m.observe_latency_ms(ms);
+        }
+        let text = m.render();
+        let want = "\
+# HELP wsgate_client_latency_seconds Round trip reported by SkyPilot-framed clients (type 2), in whole milliseconds.
+# TYPE wsgate_client_latency_seconds histogram
+wsgate_client_latency_seconds_bucket{le=\"0.001\"} 2
+wsgate_client_latency_seconds_bucket{le=\"0.005\"} 2
+wsgate_client_latency_seconds_bucket{le=\"0.01\"} 2
+wsgate_client_latency_seconds_bucket{le=\"0.025\"} 2
+wsgate_client_latency_seconds_bucket{le=\"0.05\"} 3
+wsgate_client_latency_seconds_bucket{le=\"0.1\"} 3
+wsgate_client_latency_seconds_bucket{le=\"0.25\"} 3
+wsgate_client_latency_seconds_bucket{le=\"0.5\"} 3
+wsgate_client_latency_seconds_bucket{le=\"1\"} 3
+wsgate_client_latency_seconds_bucket{le=\"2.5\"} 4
+wsgate_client_latency_seconds_bucket{le=\"5\"} 4
+wsgate_client_latency_seconds_bucket{le=\"+Inf\"} 5
+wsgate_client_latency_seconds_sum 9.531
+wsgate_client_latency_seconds_count 5
+";
+        assert!(text.contains(want), "want\n{want}\nin\n{text}");
     }
 
     #[test]

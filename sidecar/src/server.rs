@@ -46,6 +46,9 @@ pub struct Settings {
     pub allowed_clusters: Option<BTreeSet<String>>,
     pub max_sessions: usize,
     pub max_sessions_per_user: usize,
+    /// Client connections open at once on the session listener (`crate::http`), upgraded ones
+    /// included: each holds a file descriptor.
+    pub max_connections: usize,
     /// Framing is decided per session; the rest applies to all.
     pub bridge: BridgeConfig,
     /// Each request head's deadline (`crate::http`).
@@ -55,7 +58,8 @@ pub struct Settings {
     /// From request to upgrade (authentication, lookup, connect).
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
-    /// How long sessions may continue after SIGTERM before they are closed with 1001.
+    /// From SIGTERM, how long sessions (and requests in progress) may go on; then sessions are
+    /// closed with 1001 and unfinished requests dropped.
     pub shutdown_grace: Duration,
     /// Proxies whose `X-Forwarded-For` / `x-envoy-external-address` the audit trail believes.
     pub trusted_hops: TrustedHops,
@@ -112,21 +116,34 @@ pub async fn run(
         env!("CARGO_PKG_VERSION"),
     );
 
-    // Both listeners: a deadline on every request head and on keep-alive idle time; the
-    // handlers get the peer as `ConnectInfo<PeerAddr>` (the audit trail).
+    // Both listeners: a deadline on every request head, on keep-alive idle time and on the
+    // `101`, and a cap on open connections; the handlers get the peer as
+    // `ConnectInfo<PeerAddr>` (the audit trail). After SIGTERM, requests in progress and
+    // sessions share the grace period.
     let limits = HttpLimits {
         header_read_timeout: st.sidecar.settings.header_read_timeout,
         keepalive_timeout: st.sidecar.settings.keepalive_timeout,
+        max_connections: st.sidecar.settings.max_connections,
+        drain: grace,
+    };
+    // The admin listener serves probes and scrapes: a few connections, and it is stopped only
+    // once the sessions are over, so its requests in progress get a moment, not the grace.
+    let admin_limits = HttpLimits {
+        max_connections: 64,
+        drain: Duration::from_secs(1),
+        ..limits
     };
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(serve_http(
         admin,
         admin_router(Arc::clone(&st)),
-        limits,
+        admin_limits,
         None,
         admin_stop.clone().cancelled_owned(),
     ));
     let drain_state = Arc::clone(&st);
+    let stopped_at = Arc::new(std::sync::OnceLock::new());
+    let stopping = Arc::clone(&stopped_at);
     serve_http(
         listener,
         router(Arc::clone(&st)),
@@ -134,6 +151,7 @@ pub async fn run(
         Some(Arc::clone(&st.metrics)),
         async move {
             shutdown.await;
+            let _ = stopping.set(tokio::time::Instant::now());
             drain_state.draining.store(true, Ordering::SeqCst);
             info!(
                 sessions = drain_state.metrics.sessions_open(),
@@ -145,10 +163,21 @@ pub async fn run(
     .await;
 
     st.tracker.close();
-    if tokio::time::timeout(grace, st.tracker.wait())
-        .await
-        .is_err()
-    {
+    let stopped = stopped_at
+        .get()
+        .copied()
+        .unwrap_or_else(tokio::time::Instant::now);
+    let drained = match stopped.checked_add(grace) {
+        Some(over) => tokio::time::timeout_at(over, st.tracker.wait())
+            .await
+            .is_ok(),
+        // A grace period past the end of time: wait for the sessions, however long.
+        None => {
+            st.tracker.wait().await;
+            true
+        }
+    };
+    if !drained {
         warn!(
             sessions = st.metrics.sessions_open(),
             "grace period over: closing the remaining sessions with 1001"
@@ -422,15 +451,31 @@ impl Observer for SessionObserver {
 
 fn start_session(st: Arc<AppState>, ready: Ready, ws: WsUpgrade, origin: Origin) -> Response {
     let (resp, conn) = ws.accept(ready.echo_protocol.as_deref());
+    // The connection comes once the `101` is written, which the client can delay by not
+    // reading (the HTTP server bounds that write too). An upgrade that does not complete in
+    // the handshake timeout lets go of the admission and the target connection, audited.
+    let limit = st.sidecar.settings.handshake_timeout;
     let tracker = st.tracker.clone();
     tracker.spawn(async move {
-        match conn.await {
-            Ok(conn) => session(st, ready, conn, origin).await,
-            Err(e) => {
-                st.metrics.handshake_failed("upgrade_failed");
-                warn!(error = %e, "WebSocket upgrade failed");
-            }
-        }
+        let why = match tokio::time::timeout(limit, conn).await {
+            Ok(Ok(conn)) => return session(st, ready, conn, origin).await,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "not complete within the handshake timeout".to_string(),
+        };
+        st.metrics.handshake_failed("upgrade_failed");
+        info!(
+            target: "wsgate::audit",
+            event = "session_refused",
+            user = %ready.who.user,
+            cluster = %ready.ask.cluster,
+            target_addr = %ready.addr,
+            peer_addr = %origin.peer,
+            client_addr = %origin.client,
+            status = StatusCode::SWITCHING_PROTOCOLS.as_u16(),
+            reason = "upgrade_failed",
+            "refused: the WebSocket upgrade did not complete: {why}"
+        );
+        // `ready` goes here, and the admission and the target connection with it.
     });
     resp
 }

@@ -1,8 +1,9 @@
 """wsgate-sidecar's connection limits and compatibility, against the real release binary, a real
 sshd and python `websockets`: every request head has a deadline and keep-alive idle time has
-one (slowloris in all its forms), a `Basic` Authorization (SkyPilot's `user:pass@` endpoint
-URLs) is ignored with `--auth none`, and handshake latency is measured below a millisecond.
-Nothing is mocked.
+one (slowloris in all its forms), so has a `101` the client does not take, open connections are
+capped by --max-connections, a `Basic` Authorization (SkyPilot's `user:pass@` endpoint URLs) is
+ignored with `--auth none`, and handshake latency is measured below a millisecond. Nothing is
+mocked.
 """
 from __future__ import annotations
 
@@ -195,3 +196,158 @@ def test_handshake_latency_has_sub_millisecond_buckets(workdir, sshd):
         text = sc.admin("/metrics")[1]
         for le in ("0.0001", "0.00025", "0.0005"):
             assert f'{name}_bucket{{result="accepted",le="{le}"}}' in text, text
+
+
+# --- A 101 the client does not take ----------------------------------------------------------
+
+# The `101` echoes the first subprotocol the client offers: a long one makes a long answer, so
+# the socket can be full before all of it is written (hyper reads the next request only once
+# the previous answer is in the socket, so the answers before must all fit, and the 101 not).
+LONG_PROTOCOL = "p" * 300_000
+
+
+def stalling_upgrade(pipelined: int) -> bytes:
+    """`pipelined` keep-alive GETs, then a valid upgrade whose 101 is some 300 kB long."""
+    return HEALTHZ * pipelined + (
+        "GET /kubernetes-pod-ssh-proxy?cluster_name=prod&client_version=62 HTTP/1.1\r\n"
+        "Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        f"Sec-WebSocket-Protocol: {LONG_PROTOCOL}\r\n"
+        f"Authorization: Bearer {ALICE}\r\n\r\n").encode()
+
+
+def stall_a_101(sc: Sidecar) -> socket.socket:
+    """A connection whose 101 the sidecar has begun to write and cannot finish: it pipelines
+    GETs and an upgrade and reads nothing, from a tiny receive window. How many GETs fill the
+    socket just before the 101 depends on the kernel's buffers, so it is searched for: too few
+    and the 101 gets through (a session starts), too many and the upgrade is never read."""
+    accepted = 'wsgate_handshake_duration_seconds_count{result="accepted"}'
+    for _attempt in range(3):
+        lo, hi = 0, 100_000
+        while lo <= hi:
+            k = (lo + hi) // 2
+            a0, s0 = sc.metric(accepted), sc.metric("wsgate_sessions_total")
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            s.connect(("127.0.0.1", sc.port))
+            s.setblocking(False)
+            data, sent = stalling_upgrade(k), 0
+            deadline = time.monotonic() + 3
+            while sent < len(data) and time.monotonic() < deadline:
+                try:
+                    sent += s.send(data[sent:])
+                except BlockingIOError:
+                    time.sleep(0.01)
+            deadline = time.monotonic() + 1.5
+            while sc.metric(accepted) == a0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            upgraded = sc.metric(accepted) > a0
+            deadline = time.monotonic() + 0.5
+            while upgraded and sc.metric("wsgate_sessions_total") == s0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            started = sc.metric("wsgate_sessions_total") > s0
+            if upgraded and not started:
+                return s
+            s.close()
+            if started:
+                lo = k + 1
+                deadline = time.monotonic() + 5
+                while sc.metric("wsgate_sessions_open") and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            else:
+                hi = k - 1
+    pytest.fail("no pipeline length stalled the 101")
+
+
+@pytest.mark.parametrize("which", ["write-deadline", "upgrade-wait"])
+def test_a_101_the_client_does_not_take_gives_the_session_slot_back(workdir, sshd, which):
+    """Pins: a client that keeps the 101 from being written (pipelined GETs it never reads,
+    the upgrade last) does not hold its admission and its sshd connection for ever. The write
+    has --header-read-timeout (`write-deadline`), and the wait for the upgraded connection has
+    --handshake-timeout (`upgrade-wait`, with the write deadline far off); either one ends it:
+    counted and audited as `upgrade_failed`, the slot of --max-sessions 1 comes back, the
+    sshd connection is closed, and SIGTERM exits within the grace period even while the HTTP
+    connection is still stuck."""
+    timeouts = {
+        "write-deadline": ["--header-read-timeout", "1s"],
+        "upgrade-wait": ["--header-read-timeout", "60s", "--handshake-timeout", "1s"],
+    }[which]
+    args = standard_args(workdir, f"127.0.0.1:{sshd.port}", "--max-sessions", "1",
+                         "--shutdown-grace", "1s", *timeouts)
+    sc = Sidecar(workdir / f"stalled-101-{which}", args).start()
+    try:
+        fds_before = sc.open_fds()
+        stuck = stall_a_101(sc)
+        t0 = time.monotonic()
+        (refused,) = sc.wait_audit("session_refused", timeout=5)
+        assert time.monotonic() - t0 < 3
+        assert (refused["reason"], refused["user"], refused["cluster"]) == ("upgrade_failed", "alice", "prod")
+        assert sc.metric('wsgate_handshake_failures_total{reason="upgrade_failed"}') == 1
+        assert sc.metric("wsgate_sessions_open") == 0 and sc.admin("/sessions")[1].strip() == "[]"
+        # The one slot is free again: a real session opens.
+        assert open_session(sc.port, Authorization=f"Bearer {ALICE}").startswith(b"\x00SSH-2.0-")
+        # The sshd connection is gone (and, with the write deadline, the client's too).
+        still = 1 if which == "upgrade-wait" else 0
+        assert sc.wait_open_fds(fds_before + still) <= fds_before + still
+        t0 = time.monotonic()
+        sc.terminate()
+        assert sc.proc.wait(5) == 0
+        assert time.monotonic() - t0 < 1 + 2, "SIGTERM waited for the stuck connection"
+        stuck.close()
+    finally:
+        sc.stop()
+
+
+# --- --max-connections ---------------------------------------------------------------------------
+
+
+def answered(s: socket.socket, within: float) -> bool:
+    """Whether an answer starts arriving on `s` within `within` seconds."""
+    s.settimeout(within)
+    try:
+        return s.recv(1, socket.MSG_PEEK) != b""
+    except socket.timeout:
+        return False
+
+
+def test_connections_past_max_connections_wait_in_the_listen_queue(workdir, sshd):
+    """Pins: --max-connections caps the connections the sidecar holds. Past it, connections
+    wait in the kernel's listen queue: unanswered and costing the process no descriptor, until
+    one closes or is cut by its deadline; `wsgate_connections_open` shows the count. 60 idle
+    connections against a cap of 20: the process holds 20, a queued request is answered as
+    soon as one of the 20 closes, and a session gets through once the idle ones are cut."""
+    args = standard_args(workdir, f"127.0.0.1:{sshd.port}", "--max-connections", "20",
+                         "--max-sessions", "10", "--header-read-timeout", "3s",
+                         "--keepalive-timeout", "3s")
+    with Sidecar(workdir / "max-connections", args) as sc:
+        fds_before = sc.open_fds()
+        held = [socket.create_connection(("127.0.0.1", sc.port)) for _ in range(20)]
+        deadline = time.monotonic() + 5
+        while sc.metric("wsgate_connections_open") < 20 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        queued = socket.create_connection(("127.0.0.1", sc.port))
+        queued.sendall(HEALTHZ)
+        more = [socket.create_connection(("127.0.0.1", sc.port)) for _ in range(39)]
+        assert not answered(queued, 0.5), "a 21st connection was served"
+        assert sc.metric("wsgate_connections_open") == 20
+        # A few for the admin connection /metrics just used and the log; not one per client.
+        assert sc.open_fds() <= fds_before + 20 + 5, (sc.open_fds(), fds_before)
+
+        held.pop(0).close()
+        assert answered(queued, 2), "a place came back and the queued request was not served"
+        assert read_answer(queued) == b"ok\n"
+        # The rest of the queue gives up; the idle ones still held are cut by the head deadline.
+        for s in more:
+            s.close()
+        t0 = time.monotonic()
+        banner = open_session(sc.port, Authorization=f"Bearer {ALICE}")
+        took = time.monotonic() - t0
+        assert banner.startswith(b"\x00SSH-2.0-")
+        assert 1.5 <= took <= 3 + 3, f"the session waited {took:.1f} s"
+        for s in held + [queued]:
+            s.close()
+        deadline = time.monotonic() + 5
+        while sc.metric("wsgate_connections_open") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sc.metric("wsgate_connections_open") == 0
+        assert sc.wait_open_fds(fds_before) <= fds_before
