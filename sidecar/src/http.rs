@@ -60,6 +60,11 @@ use tracing::{debug, info, warn};
 use crate::metrics::Metrics;
 use crate::origin::PeerAddr;
 
+/// The largest request head read (hyper answers 431 past it). Ours are small: a bearer token,
+/// a few subprotocols and cookies; hyper's own default (~400 KB) would let every connection
+/// hold that much, and a `101` echo a huge subprotocol back.
+const MAX_HEAD: usize = 64 * 1024;
+
 /// The limits of one listener and of each of its connections.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
@@ -444,7 +449,8 @@ async fn connection<T>(
     let mut http = hyper::server::conn::http1::Builder::new();
     // Our own deadlines replace hyper's (see the module comment); hyper gets no timer.
     http.header_read_timeout(None)
-        .keep_alive(!limits.keepalive_timeout.is_zero());
+        .keep_alive(!limits.keepalive_timeout.is_zero())
+        .max_header_size(MAX_HEAD);
     let conn = http.serve_connection(io, service).with_upgrades();
     let mut conn = std::pin::pin!(conn);
     let ended = tokio::select! {

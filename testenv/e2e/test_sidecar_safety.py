@@ -284,3 +284,29 @@ def test_a_typed_message_may_start_with_an_empty_fragment(workdir, sshd):
         (end,) = sc.wait_audit("session_end")
         assert end["close_reason"] in ("client_closed", "client_gone", "target_closed"), end
         assert end["bytes_up"] == len(b"SSH-2.0-frag\r\n")
+
+
+def test_an_oversized_request_head_is_refused_and_the_sidecar_still_serves(workdir, sshd):
+    """A head larger than 64 KiB (here a 100 KB subprotocol, which a 101 would echo back) is
+    answered 431 and the connection closed; ordinary heads with a token and cookies pass."""
+    with Sidecar(workdir / "bighead", standard_args(workdir, f"127.0.0.1:{sshd.port}")) as sc:
+        s = socket.create_connection(("127.0.0.1", sc.port), timeout=10)
+        s.sendall((
+            "GET /kubernetes-pod-ssh-proxy?cluster_name=prod HTTP/1.1\r\nHost: x\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {ALICE}\r\n"
+            f"Sec-WebSocket-Protocol: {'p' * 100_000}\r\n\r\n").encode())
+        answer = b""
+        try:
+            while chunk := s.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+        s.close()
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:80]
+        assert sc.metric("wsgate_sessions_open") == 0
+        cookies = "; ".join(f"c{i}={'v' * 200}" for i in range(20))
+        with connect(sky_url(sc.port), additional_headers={"Authorization": f"Bearer {ALICE}", "Cookie": cookies},
+                     open_timeout=10) as ws:
+            assert ws.recv(timeout=10).startswith(b"\x00SSH-2.0-")
