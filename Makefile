@@ -6,7 +6,7 @@ VENV   := $(CURDIR)/.venv
 PY     := $(VENV)/bin/python
 WASM_RAW := target/wasm32-wasip1/wasm-release/wsgate_filter.wasm
 WASM   := target/wsgate-filter.wasm
-# Rust 1.95 enables these wasm features by default; binaryen 108 must be told (BRIEF).
+# Rust 1.95 enables these wasm features by default; binaryen 108 (Debian's wasm-opt) must be told, or it refuses the module.
 WASM_OPT_FLAGS := -Oz --converge --strip-debug --strip-producers --strip-target-features \
 	--enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 	--enable-mutable-globals --enable-multivalue --enable-reference-types

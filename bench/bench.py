@@ -165,7 +165,7 @@ class KeepCpusBusy:
     process as CPU time (a ping-pong through a bridge: ~200 µs of CPU per round trip idle,
     ~40 busy), which swamps what a bridge itself costs. Tried here: SCHED_IDLE spinners on
     every CPU did not help (raw TCP p50 60–70 µs), one normal spinner on a 2-vCPU machine did
-    (raw TCP 14–16 µs, the brief's "CPUs kept busy" figure)."""
+    (raw TCP 14–16 µs, the "CPUs kept busy" figure of the tables)."""
 
     def __enter__(self) -> "KeepCpusBusy":
         self.procs = [subprocess.Popen([PY, "-c", "while True: pass"])
