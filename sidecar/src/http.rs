@@ -201,8 +201,12 @@ impl<T> Guarded<T> {
         }
     }
 
-    /// Follows the service's phase changes; then fails if the deadline has passed.
+    /// Follows the service's phase changes; then fails if the deadline has passed. Once
+    /// upgraded, one branch and nothing else (the session's data path).
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.passthrough {
+            return Ok(());
+        }
         let word = self.phase.word();
         if word != self.seen {
             self.seen = word;
@@ -257,10 +261,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if !this.passthrough {
-            if let Err(e) = this.check(cx) {
-                return Poll::Ready(Err(e));
-            }
+        if let Err(e) = this.check(cx) {
+            return Poll::Ready(Err(e));
         }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -280,10 +282,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if !this.passthrough {
-            if let Err(e) = this.check(cx) {
-                return Poll::Ready(Err(e));
-            }
+        if let Err(e) = this.check(cx) {
+            return Poll::Ready(Err(e));
         }
         Pin::new(&mut this.inner).poll_write(cx, data)
     }
@@ -294,10 +294,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if !this.passthrough {
-            if let Err(e) = this.check(cx) {
-                return Poll::Ready(Err(e));
-            }
+        if let Err(e) = this.check(cx) {
+            return Poll::Ready(Err(e));
         }
         Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
