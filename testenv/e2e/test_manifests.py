@@ -40,13 +40,32 @@ def test_every_overlay_renders_with_kubectl_kustomize(overlay):
     assert r.returncode == 0, r.stderr.decode()
     docs = [d for d in yaml.safe_load_all(r.stdout) if d]
     kinds = {d["kind"] for d in docs}
-    assert {"Gateway", "VirtualService", "EnvoyFilter"} <= kinds, kinds
-    assert kinds & {"WasmPlugin", "EnvoyFilter"}
+    # A gateway, a route to a sidecar, SPDY upgrades, the filter, and a sidecar to route to.
+    assert "Gateway" in kinds and kinds & {"VirtualService", "HTTPRoute"}, kinds
+    assert any(d["kind"] == "EnvoyFilter" and d["metadata"]["name"] == "wsgate-upgrades" for d in docs)
+    assert len(filters(docs)) == 1, f"{overlay}: exactly one copy of the filter, got {filters(docs)}"
+    assert sidecar_pod_specs(docs), f"{overlay}: no sidecar"
     assert all(d.get("metadata", {}).get("name") for d in docs)
 
 
-def test_overlays_cover_the_three_deployments():
-    assert {"central", "pod-side", "envoyfilter", "local-file"} <= set(OVERLAYS)
+def test_overlays_cover_the_deployments():
+    assert {"central", "pod-side", "envoyfilter", "local-file", "gateway-api", "trafficextension",
+            "central-autoscaled", "skypilot-same-host"} <= set(OVERLAYS)
+
+
+def test_no_kustomization_uses_deprecated_fields():
+    """`patchesStrategicMerge` and `patchesJson6902` are deprecated in kustomize v5 (`patches`
+    replaces both); `bases` too (`resources`)."""
+    for k in ISTIO.rglob("kustomization.yaml"):
+        doc = yaml.safe_load(k.read_text())
+        assert not {"patchesStrategicMerge", "patchesJson6902", "bases"} & set(doc), k
+
+
+def filters(docs: list[dict]) -> list[dict]:
+    """The objects that put the wsgate filter into a gateway."""
+    out = [d for d in docs if d["kind"] in ("WasmPlugin", "TrafficExtension")]
+    out += [d for d in docs if d["kind"] == "EnvoyFilter" and d["metadata"]["name"] != "wsgate-upgrades"]
+    return out
 
 
 def kustomize(path: Path) -> list[dict]:
@@ -122,7 +141,7 @@ def test_test_bed_envoy_matches_what_istio_generates(tls):
         filters = [f["name"] for f in hcm["http_filters"]]
         assert filters.index("envoy.filters.http.wasm") < filters.index("envoy.filters.http.router")
         upgrades = {u["upgrade_type"] for u in hcm["upgrade_configs"]}
-        (ef,) = manifest("base/envoyfilter-upgrades.yaml")
+        (ef,) = manifest("upgrades/envoyfilter-upgrades.yaml")
         hcm_patch = ef["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]
         assert {u["upgrade_type"] for u in hcm_patch["upgrade_configs"]} | {"websocket"} <= upgrades
         assert hcm["http2_protocol_options"]["allow_connect"] is True
@@ -166,3 +185,166 @@ def test_shipped_config_guards_plaintext_upgrades(manifest_gateway):
     # httpsRedirect to the standard port: the hint drops the plaintext port.
     assert e.value.response.headers["x-wsgate-websocket-url"] == \
         "wss://127.0.0.1/kubernetes-pod-ssh-proxy?cluster_name=prod"
+
+
+def rendered(overlay: str) -> list[dict]:
+    return kustomize(ISTIO / "overlays" / overlay)
+
+
+# The HTTP filters Istio 1.27 builds into a gateway's HTTP connection manager, in order, with
+# the slots where WasmPlugins/TrafficExtensions of each phase go (istio/istio
+# pilot/pkg/networking/core/listener_builder.go, buildHTTPConnectionManager). EnvoyFilter
+# patches are applied to this built list afterwards (envoyfilter/listener_patch.go).
+ISTIO_GATEWAY_HTTP_FILTERS = [
+    "istio.metadata_exchange",
+    "envoy.filters.http.ext_authz",  # AuthorizationPolicy action CUSTOM
+    "<AUTHN>",
+    "envoy.filters.http.jwt_authn",  # RequestAuthentication
+    "istio_authn",
+    "<AUTHZ>",
+    "envoy.filters.http.rbac",  # AuthorizationPolicy ALLOW/DENY
+    "<STATS>",
+    "envoy.filters.http.fault",
+    "envoy.filters.http.cors",
+    "istio.stats",
+    "envoy.filters.http.router",
+]
+
+
+def gateway_chain(docs: list[dict]) -> list[str]:
+    """Istio's gateway filter chain with the rendered objects' wsgate filter placed the way
+    Istio places it: a WasmPlugin/TrafficExtension in its phase's slot, an EnvoyFilter
+    HTTP_FILTER patch by its operation."""
+    chain = list(ISTIO_GATEWAY_HTTP_FILTERS)
+    for d in filters(docs):
+        if d["kind"] in ("WasmPlugin", "TrafficExtension"):
+            chain.insert(chain.index(f"<{d['spec'].get('phase', 'UNSPECIFIED')}>"), "wsgate")
+            continue
+        for p in d["spec"]["configPatches"]:
+            if p["applyTo"] != "HTTP_FILTER":
+                continue
+            match = p["match"]["listener"]["filterChain"]["filter"]
+            assert p["match"]["context"] == "GATEWAY"
+            assert match["name"] == "envoy.filters.network.http_connection_manager"
+            op, sub = p["patch"]["operation"], match.get("subFilter", {}).get("name")
+            if op == "INSERT_FIRST" or (op == "INSERT_BEFORE" and sub is None):
+                chain.insert(0, "wsgate")
+            elif op == "INSERT_BEFORE":
+                chain.insert(chain.index(sub), "wsgate")
+            elif op == "INSERT_AFTER":
+                chain.insert(chain.index(sub) + 1, "wsgate")
+            else:
+                raise AssertionError(f"unexpected EnvoyFilter operation {op}")
+    return [f for f in chain if not f.startswith("<")]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_filter_runs_before_istio_authentication_and_authorization(overlay):
+    """RequestAuthentication and AuthorizationPolicy must see the Authorization header made from
+    a subprotocol token, and routing sees the header the filter set: whichever kind carries
+    the filter, it runs before jwt_authn, istio_authn and RBAC."""
+    chain = gateway_chain(rendered(overlay))
+    assert chain.count("wsgate") == 1, chain
+    for later in ("envoy.filters.http.jwt_authn", "istio_authn", "envoy.filters.http.rbac",
+                  "envoy.filters.http.router"):
+        assert chain.index("wsgate") < chain.index(later), (overlay, chain)
+
+
+def test_every_filter_fails_closed_and_recovers():
+    """Never FAIL_OPEN (unfiltered requests would carry subprotocol tokens to backends and
+    forged routing headers); FAIL_RELOAD everywhere, so a crashed VM is replaced instead of
+    answering 503 until the gateway restarts (docs/deploy-istio.md, failure behaviour)."""
+    seen = []
+    for overlay in OVERLAYS:
+        for d in filters(rendered(overlay)):
+            if d["kind"] == "WasmPlugin":
+                seen.append((overlay, d["spec"]["failStrategy"]))
+            elif d["kind"] == "TrafficExtension":
+                seen.append((overlay, d["spec"]["wasm"]["failStrategy"]))
+            else:
+                for p in d["spec"]["configPatches"]:
+                    seen.append((overlay, p["patch"]["value"]["typed_config"]["config"]["failure_policy"]))
+    assert len(seen) == len(OVERLAYS), seen
+    assert {s for _, s in seen} == {"FAIL_RELOAD"}, seen
+
+
+def test_the_sidecar_may_only_list_pods():
+    """The sidecar finds a cluster's pods with one labelled list per session and never gets or
+    watches one: the RBAC grants `list` and nothing else on pods."""
+    source = (ISTIO.parent / "sidecar" / "src" / "kube.rs").read_text()
+    assert ".list(" in source and "watcher(" not in source and "pods.get(" not in source
+    rules = [r for d in kustomize(ISTIO / "sidecar-central") if d["kind"] in ("Role", "ClusterRole")
+             for r in d["rules"] if "pods" in r.get("resources", [])]
+    assert rules and all(r["verbs"] == ["list"] for r in rules), rules
+
+
+@pytest.mark.parametrize("path", ["sidecar-central", "sidecar-pod-side"])
+def test_sidecar_pods_are_confined(path):
+    """RuntimeDefault seccomp and no service-account token where the sidecar does not talk to
+    the Kubernetes API (pod-side with a token file); non-root, no capabilities, read-only."""
+    for name, pod in sidecar_pod_specs(kustomize(ISTIO / path)):
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        (c,) = [c for c in pod["containers"] if c["name"] == "wsgate-sidecar"]
+        uses_api = any(a.startswith(("--kube-", "--auth=token-review")) for a in c["args"])
+        assert pod.get("automountServiceAccountToken", True) is uses_api, name
+        sc = {**pod["securityContext"], **c["securityContext"]}
+        assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+        assert sc["capabilities"]["drop"] == ["ALL"]
+
+
+def test_gateway_api_overlay_attaches_everything_to_its_gateway():
+    """Gateway API: the filter and the SPDY upgrade attach to the wsgate Gateway by targetRefs
+    (same namespace: Istio ignores a cross-namespace one), port 80 only redirects, the SSH
+    route matches the filter's header, and only that Gateway's pods reach the sidecar."""
+    docs = rendered("gateway-api")
+    (gw,) = [d for d in docs if d["kind"] == "Gateway"]
+    assert gw["apiVersion"].startswith("gateway.networking.k8s.io/") and gw["spec"]["gatewayClassName"] == "istio"
+    ns = gw["metadata"]["namespace"]
+    for d in docs:
+        if d["kind"] in ("WasmPlugin", "EnvoyFilter"):
+            assert d["metadata"]["namespace"] == ns, d["metadata"]
+            assert "selector" not in d["spec"] and "workloadSelector" not in d["spec"]
+            assert d["spec"]["targetRefs"] == [
+                {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gw["metadata"]["name"]}]
+    routes = {d["metadata"]["name"]: d for d in docs if d["kind"] == "HTTPRoute"}
+    listeners = {l["name"]: l for l in gw["spec"]["listeners"]}
+    redirect = routes["wsgate-https-redirect"]
+    assert listeners[redirect["spec"]["parentRefs"][0]["sectionName"]]["protocol"] == "HTTP"
+    assert redirect["spec"]["rules"][0]["filters"][0]["requestRedirect"]["scheme"] == "https"
+    ssh = routes["wsgate-ssh"]
+    assert listeners[ssh["spec"]["parentRefs"][0]["sectionName"]]["protocol"] == "HTTPS"
+    (rule,) = ssh["spec"]["rules"]
+    assert rule["matches"][0]["headers"][0]["name"] == "x-wsgate-cluster"
+    services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service" and d["metadata"]["namespace"] == ns}
+    assert {b["name"] for b in rule["backendRefs"]} <= services
+    (netpol,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    peers = netpol["spec"]["ingress"][0]["from"]
+    assert peers == [{"podSelector": {"matchLabels": {"gateway.networking.k8s.io/gateway-name": gw["metadata"]["name"]}}}]
+
+
+def test_skypilot_same_host_sends_everything_else_to_the_api_server():
+    """Sharing a hostname with SkyPilot's API server: the wsgate route first (first match wins),
+    then a catch-all to the API server, which SkyPilot clients call on the same host."""
+    docs = rendered("skypilot-same-host")
+    (vs,) = [d for d in docs if d["kind"] == "VirtualService"]
+    first, last = vs["spec"]["http"][0], vs["spec"]["http"][-1]
+    assert first["match"][0]["headers"]["x-wsgate-cluster"] == {"regex": ".+"}
+    assert "match" not in last, "the API server route must catch everything else"
+    assert last["route"][0]["destination"]["host"].startswith("skypilot-api-service.")
+    assert "*" not in vs["spec"]["hosts"]
+
+
+def test_autoscaled_sidecar_scales_down_slowly():
+    """A scale-down ends the sessions of the replica it removes (after the drain): one replica
+    at a time, after a long quiet window, and the Deployment leaves the count to the HPA."""
+    docs = rendered("central-autoscaled")
+    (hpa,) = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert "replicas" not in dep["spec"]
+    down = hpa["spec"]["behavior"]["scaleDown"]
+    assert down["stabilizationWindowSeconds"] >= 600
+    assert all(p["type"] == "Pods" and p["value"] == 1 and p["periodSeconds"] >= 300 for p in down["policies"])
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    grace = next(a.split("=", 1)[1] for a in c["args"] if a.startswith("--shutdown-grace="))
+    assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > seconds(grace)
+    assert hpa["spec"]["minReplicas"] >= 2

@@ -64,45 +64,51 @@ fn every_manifest_parses_and_has_kind_and_name() {
     }
 }
 
+/// The filter's settings as each kind carries them: WasmPlugin `spec.pluginConfig`,
+/// TrafficExtension `spec.wasm.pluginConfig`, EnvoyFilter a JSON string in the Wasm config.
+/// (A kustomize patch that leaves the settings alone has none.)
+fn plugin_configs(doc: &serde_json::Value) -> Vec<serde_json::Value> {
+    let configs = match doc["kind"].as_str() {
+        Some("WasmPlugin") => vec![doc["spec"]["pluginConfig"].clone()],
+        Some("TrafficExtension") => vec![doc["spec"]["wasm"]["pluginConfig"].clone()],
+        Some("EnvoyFilter") => doc["spec"]["configPatches"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                p["patch"]["value"]["typed_config"]["config"]["configuration"]["value"].as_str()
+            })
+            .map(|text| serde_json::from_str(text).expect("the EnvoyFilter's config is JSON"))
+            .collect(),
+        _ => Vec::new(),
+    };
+    configs.into_iter().filter(|c| !c.is_null()).collect()
+}
+
 #[test]
-fn wasmplugin_and_envoyfilter_configs_compile_and_agree() {
-    let mut plugin_configs = Vec::new();
+fn every_shipped_filter_config_compiles_and_they_agree() {
+    let mut configs = Vec::new();
     for (f, doc) in documents() {
-        match doc["kind"].as_str() {
-            Some("WasmPlugin") if doc["spec"]["pluginConfig"].is_object() => {
-                let json = serde_json::to_vec(&doc["spec"]["pluginConfig"]).expect("json");
-                let policy =
-                    Policy::from_json(&json).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-                assert!(!policy.routes.is_empty(), "{}: no routes", f.display());
-                plugin_configs.push(doc["spec"]["pluginConfig"].clone());
-            }
-            Some("EnvoyFilter") => {
-                let patches = doc["spec"]["configPatches"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                for p in patches {
-                    let cfg =
-                        &p["patch"]["value"]["typed_config"]["config"]["configuration"]["value"];
-                    if let Some(text) = cfg.as_str() {
-                        let policy = Policy::from_json(text.as_bytes())
-                            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-                        assert!(!policy.routes.is_empty());
-                        let value: serde_json::Value = serde_json::from_str(text).expect("json");
-                        plugin_configs.push(value);
-                    }
-                }
-            }
-            _ => {}
+        for cfg in plugin_configs(&doc) {
+            let json = serde_json::to_vec(&cfg).expect("json");
+            let policy =
+                Policy::from_json(&json).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            assert!(!policy.routes.is_empty(), "{}: no routes", f.display());
+            configs.push((f.clone(), cfg));
         }
     }
+    let kinds = configs.len();
     assert_eq!(
-        plugin_configs.len(),
-        2,
-        "one WasmPlugin and one EnvoyFilter config"
+        kinds, 3,
+        "one WasmPlugin, one TrafficExtension and one EnvoyFilter config: {configs:?}"
     );
-    assert_eq!(
-        plugin_configs[0], plugin_configs[1],
-        "the EnvoyFilter variant must carry the WasmPlugin's pluginConfig"
-    );
+    for (f, cfg) in &configs[1..] {
+        assert_eq!(
+            cfg,
+            &configs[0].1,
+            "{} must carry the same settings as {}",
+            f.display(),
+            configs[0].0.display()
+        );
+    }
 }
