@@ -11,14 +11,22 @@ WASM_OPT_FLAGS := -Oz --converge --strip-debug --strip-producers --strip-target-
 	--enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 	--enable-mutable-globals --enable-multivalue --enable-reference-types
 
-.PHONY: setup filter sidecar client bench-tool demo bench soak fuzz images e2e-kind kind-down test unit e2e lint fmt clean
+.PHONY: setup wasm-target filter sidecar client bench-tool demo bench soak fuzz images e2e-kind kind-render \
+	kind-logs kind-down test unit e2e lint fmt clean
 
-## setup: install what a fresh machine lacks (idempotent)
+## setup: install what a fresh machine lacks for the test bed (idempotent): the Rust target, a
+## virtualenv with Envoy and the test clients, the SkyPilot client, system packages
 setup:
 	@bash testenv/setup.sh
 
+## wasm-target: the one thing the filter build needs beyond cargo (idempotent). Not `setup`:
+## building the images (make images, the kind end-to-end) must not install the test bed.
+wasm-target:
+	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 \
+		|| rustup target add wasm32-wasip1
+
 ## filter: build the proxy-wasm module (optimised with wasm-opt when available)
-filter: setup
+filter: wasm-target
 	cargo build --profile wasm-release --locked --target wasm32-wasip1 -p wsgate-filter
 	@if command -v wasm-opt >/dev/null; then \
 		wasm-opt $(WASM_OPT_FLAGS) $(WASM_RAW) -o $(WASM); \
@@ -41,18 +49,18 @@ bench-tool: setup
 	cargo build --profile wasm-release --locked --target wasm32-wasip1 -p wsgate-noop-filter
 
 ## demo: ssh through the whole path on loopback, and a report of what it proved
-demo: filter sidecar client
+demo: setup filter sidecar client
 	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) testenv/demo.py
 
 ## bench: wsgate vs raw TCP, websocat 1.x/4.x, Python, Lua: tables of figures and ratios,
 ## written to bench/results.md (~15 min; sizes: see bench/bench.py)
-bench: filter sidecar client bench-tool
+bench: setup filter sidecar client bench-tool
 	@bash bench/setup.sh
 	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) bench/bench.py
 
 ## soak: SOAK_SESSIONS (8) concurrent ssh sessions through Envoy + filter + sidecar for
 ## SOAK_SECONDS (180), every byte hashed at both ends, sidecar RSS and fds watched
-soak: filter sidecar client
+soak: setup filter sidecar client
 	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) testenv/soak.py
 
 ## fuzz: each fuzz target of the filter core and the framing for FUZZ_SECS (default 60) on the
@@ -70,7 +78,7 @@ unit:
 	cargo test --workspace --locked
 
 ## e2e: the real-Envoy suite
-e2e: filter sidecar client bench-tool
+e2e: setup filter sidecar client bench-tool
 	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) -m pytest -q testenv/e2e
 
 ## test: every test
@@ -86,16 +94,29 @@ lint: setup
 fmt:
 	cargo fmt --all
 
-## images: the filter's OCI image and the sidecar image (needs a Docker engine)
+## images: the filter's OCI image and the sidecar image (needs a Docker engine; builds only the
+## filter module first, no test bed). IMAGE_REPO/IMAGE_TAG name them (the kind e2e pushes them
+## to its local registry).
+IMAGE_REPO ?= ghcr.io/wsgate
+IMAGE_TAG  ?= 0.1.0
 images: filter
 	@docker info >/dev/null 2>&1 || { echo "make images needs a running Docker engine"; exit 2; }
-	docker build -f images/filter.Dockerfile -t ghcr.io/wsgate/wsgate-filter:0.1.0 .
-	docker build -f images/sidecar.Dockerfile -t ghcr.io/wsgate/wsgate-sidecar:0.1.0 .
+	docker build -f images/filter.Dockerfile -t $(IMAGE_REPO)/wsgate-filter:$(IMAGE_TAG) .
+	docker build -f images/sidecar.Dockerfile -t $(IMAGE_REPO)/wsgate-sidecar:$(IMAGE_TAG) .
 
-## e2e-kind: kind + istioctl end-to-end (needs Docker, kind, istioctl; not on the dev machines)
+## e2e-kind: kind + istioctl end-to-end (needs Docker, kind, istioctl; see testenv/kind/README.md)
 e2e-kind:
 	bash testenv/kind/up.sh
 	bash testenv/kind/e2e.sh
+
+## kind-render: only generate the kind e2e's files (kind config, hosts.toml, Istio and kustomize
+## overlays) into WSGATE_KIND_WORK or .testbed/kind; needs no Docker
+kind-render:
+	bash testenv/kind/render.sh
+
+## kind-logs: collect the kind cluster's logs and state into .testbed/kind/logs
+kind-logs:
+	bash testenv/kind/logs.sh
 
 ## kind-down: delete the kind cluster and its registry
 kind-down:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Deletes the kind cluster and the local registry.
+# Deletes the kind cluster and the local registry (the work directory and its logs stay).
 # shellcheck source=testenv/kind/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need docker kind

@@ -1,45 +1,99 @@
 #!/usr/bin/env bash
-# Runs the client tests of the local test bed through the real gateway in kind: ssh over wss
-# through `wsgate proxy` (token in the subprotocol, rewritten by the filter, routed by cluster),
-# the 426 guard for ws://, and routing refusals. Collects the gateway's logs on failure.
+# Runs the client's checks through the real gateway in kind (after up.sh): ssh over wss through
+# `wsgate proxy` (token in the subprotocol, rewritten by the filter, routed by cluster name), the
+# 426 guard for ws://, the refusal of an unvalidated cluster name, and the filter's counters.
+# Every wait has a deadline and names what never came; logs land in $WORK/logs on failure.
 # shellcheck source=testenv/kind/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-need kubectl ssh
-trap 'collect_logs' ERR
+need kubectl ssh curl make
+
+PF=""
+on_exit() {
+  local rc=$?
+  if [ -n "$PF" ]; then
+    kill "$PF" 2>/dev/null || true
+  fi
+  if [ "$rc" -ne 0 ]; then
+    log "e2e failed (exit $rc)"
+    collect_logs
+  fi
+  exit "$rc"
+}
+trap on_exit EXIT
 
 make -C "$ROOT" client
 WSGATE="$ROOT/target/release/wsgate"
-kubectl -n istio-system port-forward svc/istio-ingressgateway 18443:443 18080:80 >"$WORK/port-forward.log" 2>&1 &
+
+# kubectl itself in the background (not the kube function), so that $PF is its pid.
+kubectl --context "$KCTX" -n istio-system port-forward svc/istio-ingressgateway \
+  "${HTTPS_PORT}:443" "${HTTP_PORT}:80" >"$WORK/port-forward.log" 2>&1 &
 PF=$!
-trap 'kill $PF 2>/dev/null || true' EXIT
-sleep 3
 
-export WSGATE_TOKEN="sky_e2e_token_0123456789"
-PROXY="$WSGATE proxy https://localhost:18443 %h --ca-file $WORK/tls.crt --token-in-subprotocol"
+port_forward_answers() {
+  if ! kill -0 "$PF" 2>/dev/null; then
+    echo "kubectl port-forward exited: $(tail -n 5 "$WORK/port-forward.log")"
+    return 1
+  fi
+  # Any HTTP answer will do: the filter may not be serving yet.
+  curl -sk --max-time 5 -o /dev/null "https://localhost:${HTTPS_PORT}/"
+}
+wait_for 60 "kubectl port-forward to the ingress gateway answering on localhost:${HTTPS_PORT}" port_forward_answers
+
+# The HTTP status the gateway gives a WebSocket upgrade to the SkyPilot SSH path with QUERY.
+upgrade_status() {
+  curl -sk --max-time 10 -o /dev/null -w '%{http_code}' -H 'Connection: Upgrade' -H 'Upgrade: websocket' \
+    -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' \
+    "https://localhost:${HTTPS_PORT}/kubernetes-pod-ssh-proxy?$1"
+}
+# Only the filter answers 400 for a cluster name that is an address: without it the route does
+# not match at all, and while the module is not loaded FAIL_CLOSE answers 403 or 503.
+filter_refuses_address() {
+  local status
+  status="$(upgrade_status 'cluster_name=10.0.0.1:22')" || true
+  [ "$status" = 400 ] || { echo "HTTP $status"; return 1; }
+}
+
+log "an unvalidated cluster name never reaches a backend (400 at the gateway)"
+wait_for 120 "the gateway's wsgate filter answering 400 for cluster_name=10.0.0.1:22" filter_refuses_address
+
+export WSGATE_TOKEN="$E2E_TOKEN"
+PROXY="$WSGATE proxy https://localhost:${HTTPS_PORT} %h --ca-file $WORK/tls.crt --token-in-subprotocol"
 SSH=(ssh -F /dev/null -p 2222 -i "$WORK/id_ed25519" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no
-     -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o "ProxyCommand=$PROXY")
+     -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o ConnectTimeout=20 -o "ProxyCommand=$PROXY")
+ssh_echo() {
+  local out
+  out="$("${SSH[@]}" e2e@mycluster.wsgate echo kind-ok 2>&1)" || { echo "$out"; return 1; }
+  [ "$out" = "kind-ok" ] || { echo "unexpected output: $out"; return 1; }
+}
+# Retried only until the sshd container has started (its image starts sshd after its own init);
+# once one session worked, a second must work at once.
+log "ssh over wss through the gateway (token in the subprotocol, routed by the filter)"
+wait_for 120 "ssh through wsgate proxy, the gateway and the sidecar to the test pod's sshd" ssh_echo
+ssh_echo || { log "a second ssh session failed"; exit 1; }
 
-log "ssh over wss through the gateway"
-out="$("${SSH[@]}" e2e@mycluster.wsgate echo kind-ok)"
-[ "$out" = "kind-ok" ] || { log "unexpected output: $out"; exit 1; }
-
-log "ws:// gets the 426 with the wss:// URL (exit 3)"
+log "ws:// gets the 426 naming the wss:// URL (exit 3)"
 set +e
-err="$("$WSGATE" proxy http://127.0.0.1:18080 mycluster </dev/null 2>&1)"
+err="$("$WSGATE" proxy "http://127.0.0.1:${HTTP_PORT}" mycluster </dev/null 2>&1)"
 code=$?
 set -e
-if [ "$code" != 3 ] || ! grep -q "426" <<<"$err"; then
-  log "want exit 3 and a 426, got $code: $err"
-  exit 1
-fi
-
-log "an unvalidated cluster name never reaches a backend (exit 2 locally, 400 at the gateway)"
-status="$(curl -sk -o /dev/null -w '%{http_code}' -H 'Connection: Upgrade' -H 'Upgrade: websocket' \
-  -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' \
-  'https://localhost:18443/kubernetes-pod-ssh-proxy?cluster_name=10.0.0.1:22')"
-[ "$status" = 400 ] || { log "want 400, got $status"; exit 1; }
+case "$code:$err" in
+  3:*426*) ;;
+  *) log "want exit 3 and a 426, got $code: $err"; exit 1 ;;
+esac
 
 log "the filter's counters are exported"
-kubectl -n istio-system exec deploy/istio-ingressgateway -- pilot-agent request GET stats \
-  | grep -q "wsgate_tokens_rewritten_total" || { log "no wsgate counters"; exit 1; }
-log "all passed"
+stats="$(kube --request-timeout=30s -n istio-system exec deploy/istio-ingressgateway -- pilot-agent request GET stats)"
+rewritten="$(awk -F': ' '$1 ~ /wsgate_tokens_rewritten_total$/ { n += $2 } END { print n + 0 }' <<<"$stats")"
+if [ "$rewritten" -lt 1 ]; then
+  log "wasmcustom.wsgate_tokens_rewritten_total is $rewritten after an ssh session with a subprotocol token"
+  exit 1
+fi
+# The `reason` label (extraStatTags in istio/istio-operator.yaml, docs/filter-metrics.md): the
+# refused address above counts as invalid_cluster in the labelled family.
+prom="$(kube --request-timeout=30s -n istio-system exec deploy/istio-ingressgateway -- pilot-agent request GET stats/prometheus)"
+refused="$(awk '$1 ~ /^wsgate_route_rejections_total\{/ && $1 ~ /reason="invalid_cluster"/ { n += $NF } END { print n + 0 }' <<<"$prom")"
+if [ "$refused" -lt 1 ]; then
+  log "wsgate_route_rejections_total{reason=\"invalid_cluster\"} is $refused in /stats/prometheus"
+  exit 1
+fi
+log "all passed (tokens rewritten: $rewritten, invalid cluster names refused: $refused)"
