@@ -12,7 +12,7 @@ WASM_OPT_FLAGS := -Oz --converge --strip-debug --strip-producers --strip-target-
 	--enable-mutable-globals --enable-multivalue --enable-reference-types
 
 .PHONY: setup wasm-target filter sidecar client bench-tool demo bench soak fuzz images e2e-kind kind-render \
-	kind-logs kind-down test unit e2e lint fmt clean
+	kind-logs kind-down test unit e2e lint fmt clean crash-filter
 
 ## setup: install what a fresh machine lacks for the test bed (idempotent): the Rust target, a
 ## virtualenv with Envoy and the test clients, the SkyPilot client, system packages
@@ -77,8 +77,12 @@ fuzz:
 unit:
 	cargo test --workspace --locked
 
+## crash-filter: a Wasm module that traps on request, for the e2e suite's failure-policy tests
+crash-filter: wasm-target
+	cargo build --profile wasm-release --locked --target wasm32-wasip1 -p wsgate-crash-filter
+
 ## e2e: the real-Envoy suite
-e2e: setup filter sidecar client bench-tool
+e2e: setup filter sidecar client bench-tool crash-filter
 	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) -m pytest -q testenv/e2e
 
 ## test: every test
@@ -89,7 +93,7 @@ lint: setup
 	shellcheck -x testenv/setup.sh testenv/kind/*.sh bench/setup.sh
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
-	cargo clippy -p wsgate-filter --target wasm32-wasip1 --locked -- -D warnings
+	cargo clippy -p wsgate-filter -p wsgate-crash-filter --target wasm32-wasip1 --locked -- -D warnings
 
 fmt:
 	cargo fmt --all

@@ -252,8 +252,8 @@ def test_without_the_reason_tag_the_counters_keep_distinct_names(gateway, tls):
 )
 def test_non_utf8_header_values_do_not_crash_the_filter(empty_gateway, backend, tls, case, path, headers, status):
     """Envoy delivers header bytes 0x80-0xFF (HTTP obs-text). The filter handles them (a crash
-    would kill the worker's VM: every later request on it a 503). Sent several times so both
-    workers see it, then ordinary requests still pass."""
+    would kill the worker's VM: a 503, and under FAIL_CLOSED every later request on that worker
+    too). Sent several times so both workers see it, then ordinary requests still pass."""
     gw = empty_gateway
     for _ in range(4):
         tid = new_id()

@@ -10,8 +10,8 @@ plaintext port and TLS termination on the secure port (compare `istioctl proxy-c
   `EnvoyFilter` in `istio/` adds for kubectl's fallback);
 - `http2_protocol_options.allow_connect: true` for RFC 8441 WebSockets over HTTP/2;
 - path normalisation on (Istio's default `BASE`);
-- the Wasm filter (`envoy.filters.http.wasm`, V8, `FAIL_CLOSED`) before `envoy.filters.http.router`,
-  which is where a `WasmPlugin` with `phase: AUTHN` lands;
+- the Wasm filter (`envoy.filters.http.wasm`, V8, `FAIL_RELOAD` as the manifests ship) before
+  `envoy.filters.http.router`, which is where a `WasmPlugin` with `phase: AUTHN` lands;
 - routes that match the routing header `x-wsgate-cluster` first, as a `VirtualService` with a
   header match does.
 
@@ -39,8 +39,10 @@ ENVOY = Path(os.environ.get("WSGATE_ENVOY", ROOT / ".venv" / "bin" / "envoy"))
 WASM = Path(os.environ.get("WSGATE_WASM", ROOT / "target" / "wsgate-filter.wasm"))
 
 
-def wasm_filter(plugin_config: str, module: Path | None = None, vm_id: str = "wsgate") -> dict:
-    """The Wasm HTTP filter running `module` (the benchmarks also load a no-op module)."""
+def wasm_filter(plugin_config: str, module: Path | None = None, vm_id: str = "wsgate",
+                failure_policy: str = "FAIL_RELOAD") -> dict:
+    """The Wasm HTTP filter running `module` (the benchmarks also load a no-op module), with
+    Envoy's `failure_policy` for a VM that fails (the failure-policy tests choose it)."""
     return {
         "name": "envoy.filters.http.wasm",
         "typed_config": {
@@ -57,7 +59,7 @@ def wasm_filter(plugin_config: str, module: Path | None = None, vm_id: str = "ws
                     "vm_id": vm_id,
                     "code": {"local": {"filename": str(module or WASM)}},
                 },
-                "failure_policy": "FAIL_CLOSED",
+                "failure_policy": failure_policy,
             },
         },
     }
@@ -67,7 +69,8 @@ def _routes(require_tls: bool) -> dict:
     def route(match: dict, tag: str) -> dict:
         return {
             "match": match,
-            # timeout 0: no per-request deadline on long-lived upgrades (Istio: `timeout: 0s`).
+            # timeout 0: no per-request deadline on long-lived upgrades (Istio's default for a route
+            # without `timeout`).
             "route": {"cluster": "backend", "timeout": "0s"},
             "request_headers_to_add": [{"header": {"key": "x-testbed-route", "value": tag}}],
         }
