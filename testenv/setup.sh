@@ -18,6 +18,11 @@ PY_REQS=(
   "pytest==8.*"
   "trustme==1.2.1"
   "PyYAML==6.*"
+  "cel-python==0.5.*"
+  "google-re2==1.*"
+  "lark==1.*"
+  "jsonschema==4.*"
+  "kubernetes-validate==1.37.*"
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
