@@ -73,6 +73,7 @@ def _stop(gw: Gateway, request) -> None:
     gw.stop()
     if request.session.testsfailed:
         sys.stderr.write(f"\n===== envoy log ({gw.log_path}) =====\n{gw.log()[-8000:]}\n")
+    assert not gw.vm_crashes(), f"the filter's VM crashed: {gw.vm_crashes()}"
 
 
 @pytest.fixture(scope="module")

@@ -156,6 +156,7 @@ def manifest_gateway(workdir, backend, tls):
     g = Gateway(workdir / "manifest-gw", json.dumps(plugin_config()), backend.port, tls).start()
     yield g
     g.stop()
+    assert not g.vm_crashes(), g.vm_crashes()
 
 
 def test_shipped_config_routes_skypilot_and_rewrites_tokens(manifest_gateway, backend, tls):

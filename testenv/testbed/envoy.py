@@ -310,6 +310,13 @@ class Gateway:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def vm_crashes(self) -> list[str]:
+        """Envoy's log lines for a Wasm VM that trapped (a panic in the filter). Under
+        FAIL_RELOAD, what the manifests ship, only the crashing request fails and the next one
+        gets a new VM, so a crash must be looked for here rather than in later replies."""
+        return [line for line in self.log().splitlines()
+                if "][wasm]" in line and " failed: Uncaught " in line]
+
     def start(self, timeout: float = 60.0) -> "Gateway":
         if not ENVOY.exists():
             raise RuntimeError(f"{ENVOY} missing: run testenv/setup.sh (make test does)")
