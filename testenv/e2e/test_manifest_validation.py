@@ -322,24 +322,10 @@ def test_a_kind_or_version_without_a_schema_is_an_error(central):
 
 
 def httproute_set(central: list[dict]) -> list[dict]:
-    """A real rendering with HTTPRoutes, or (if no overlay has one any more) the central
-    overlay's VirtualService restated as a Gateway API Gateway + HTTPRoute."""
+    """The rendering of the overlay that ships HTTPRoutes (the planted errors need a real one)."""
     objs = first_rendering("HTTPRoute", "Gateway", "Service")
-    if objs is not None:
-        return objs
-    vs = find(central, "VirtualService")
-    dest = vs["spec"]["http"][0]["route"][0]["destination"]
-    svc, ns = dest["host"].split(".")[:2]
-    return central + [
-        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-         "metadata": {"name": "wsgate", "namespace": ns},
-         "spec": {"gatewayClassName": "istio", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}},
-        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-         "metadata": {"name": "wsgate-ssh", "namespace": ns},
-         "spec": {"parentRefs": [{"name": "wsgate"}],
-                  "rules": [{"matches": [{"headers": [{"type": "RegularExpression", "name": "x-wsgate-cluster", "value": ".+"}]}],
-                             "backendRefs": [{"name": svc, "port": dest["port"]["number"]}]}]}},
-    ]
+    assert objs is not None, "no overlay under istio/ renders HTTPRoutes any more"
+    return objs
 
 
 def routed_rule(objs: list[dict]) -> tuple[int, dict, dict]:
@@ -415,17 +401,10 @@ def test_httproute_parent_and_backend_must_exist(central):
 
 
 def trafficextension_set(central: list[dict]) -> list[dict]:
-    """A real rendering with a TrafficExtension, or the central WasmPlugin restated as one."""
+    """The rendering of the overlay that ships a TrafficExtension (the planted errors need a real one)."""
     objs = first_rendering("TrafficExtension")
-    if objs is not None:
-        return objs
-    wp = find(central, "WasmPlugin")
-    spec = wp["spec"]
-    wasm = {k: spec[k] for k in ("url", "imagePullPolicy", "failStrategy", "pluginConfig") if k in spec}
-    te = {"apiVersion": "extensions.istio.io/v1alpha1", "kind": "TrafficExtension",
-          "metadata": dict(wp["metadata"]),
-          "spec": {"selector": spec["selector"], "phase": spec.get("phase", "AUTHN"), "wasm": wasm}}
-    return [o for o in central if o is not wp] + [te]
+    assert objs is not None, "no overlay under istio/ renders a TrafficExtension any more"
+    return objs
 
 
 def test_trafficextension_uses_the_master_bundle(central):
@@ -444,18 +423,10 @@ def test_trafficextension_uses_the_master_bundle(central):
 
 
 def hpa_set(central: list[dict]) -> list[dict]:
-    """A real rendering with a HorizontalPodAutoscaler, or one added for the central Deployment."""
+    """The rendering of the overlay that ships a HorizontalPodAutoscaler (the planted errors need a real one)."""
     objs = first_rendering("HorizontalPodAutoscaler", "Deployment")
-    if objs is not None:
-        return objs
-    d = find(central, "Deployment")
-    return central + [{
-        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": d["metadata"]["name"], "namespace": d["metadata"]["namespace"]},
-        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": d["metadata"]["name"]},
-                 "minReplicas": 2, "maxReplicas": 5,
-                 "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]},
-    }]
+    assert objs is not None, "no overlay under istio/ renders a HorizontalPodAutoscaler any more"
+    return objs
 
 
 def test_hpa_target_must_exist_and_replicas_must_be_ordered(central):
