@@ -7,27 +7,17 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need kubectl ssh curl make
 
-PF=""
-on_exit() {
-  local rc=$?
-  if [ -n "$PF" ]; then
-    kill "$PF" 2>/dev/null || true
-  fi
-  if [ "$rc" -ne 0 ]; then
-    log "e2e failed (exit $rc)"
-    collect_logs
-  fi
-  exit "$rc"
-}
-trap on_exit EXIT
+trap 'on_exit e2e' EXIT
 
 make -C "$ROOT" client
 WSGATE="$ROOT/target/release/wsgate"
 
-# kubectl itself in the background (not the kube function), so that $PF is its pid.
+# kubectl itself in the background (not the kube function), so that $PF is its pid; on_exit
+# ends it.
 kubectl --context "$KCTX" -n istio-system port-forward svc/istio-ingressgateway \
   "${HTTPS_PORT}:443" "${HTTP_PORT}:80" >"$WORK/port-forward.log" 2>&1 &
 PF=$!
+EXIT_KILL_PIDS="$PF"
 
 port_forward_answers() {
   if ! kill -0 "$PF" 2>/dev/null; then
@@ -46,7 +36,8 @@ upgrade_status() {
     "https://localhost:${HTTPS_PORT}/kubernetes-pod-ssh-proxy?$1"
 }
 # Only the filter answers 400 for a cluster name that is an address: without it the route does
-# not match at all, and while the module is not loaded FAIL_CLOSE answers 403 or 503.
+# not match at all; while the module cannot be fetched, FAIL_RELOAD answers 403 (`RBAC: access
+# denied`), and a request whose VM crashed gets 503 (the next one gets a new VM).
 filter_refuses_address() {
   local status
   status="$(upgrade_status 'cluster_name=10.0.0.1:22')" || true
@@ -57,7 +48,8 @@ log "an unvalidated cluster name never reaches a backend (400 at the gateway)"
 wait_for 120 "the gateway's wsgate filter answering 400 for cluster_name=10.0.0.1:22" filter_refuses_address
 
 export WSGATE_TOKEN="$E2E_TOKEN"
-PROXY="$WSGATE proxy https://localhost:${HTTPS_PORT} %h --ca-file $WORK/tls.crt --token-in-subprotocol"
+# Quoted for the shell ssh runs it with (proxy_command in lib.sh): the paths may hold spaces.
+PROXY="$(proxy_command "$WSGATE" "$WORK/tls.crt" "$HTTPS_PORT")"
 SSH=(ssh -F /dev/null -p 2222 -i "$WORK/id_ed25519" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no
      -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o ConnectTimeout=20 -o "ProxyCommand=$PROXY")
 ssh_echo() {

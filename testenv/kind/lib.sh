@@ -34,6 +34,32 @@ need() {
 
 kube() { kubectl --context "$KCTX" "$@"; }
 
+# sha256_hex <FILE: the hex sha256 of stdin. openssl, not sha256sum: render.sh already needs
+# it, and macOS has no sha256sum.
+sha256_hex() {
+  local out
+  out="$(openssl dgst -sha256 -r)" || return 1
+  printf '%s\n' "${out%% *}"
+}
+
+# Background processes (pids, space-separated) that on_exit ends: e2e.sh's port-forward.
+EXIT_KILL_PIDS=""
+
+# on_exit WHAT: the EXIT trap of up.sh and e2e.sh (`trap 'on_exit up' EXIT`). Ends the processes
+# in EXIT_KILL_PIDS; on a non-zero exit, says WHAT failed and collects the logs into $WORK/logs.
+# Exits with the script's own status.
+on_exit() {
+  local rc=$? pid
+  for pid in $EXIT_KILL_PIDS; do
+    kill "$pid" 2>/dev/null || true
+  done
+  if [ "$rc" -ne 0 ]; then
+    log "$1 failed (exit $rc)"
+    collect_logs
+  fi
+  exit "$rc"
+}
+
 # wait_for SECONDS DESCRIPTION COMMAND...: runs COMMAND every 2 s until it succeeds. After SECONDS
 # it fails, naming what never came and showing the last attempt's output, so a timed-out run says
 # what it was waiting for instead of failing later on a symptom. COMMAND should bound its own
@@ -78,6 +104,102 @@ relpath() {
   out="${up}${rest}"
   out="${out%/}"
   printf '%s\n' "${out:-.}"
+}
+
+# proxy_command WSGATE CA_FILE PORT: the ssh ProxyCommand running `wsgate proxy` against the
+# port-forwarded gateway. ssh hands it to the user's shell (`$SHELL -c "exec ..."`), so each path
+# is shell-quoted (printf %q: a work directory with a space, or a quote, stays one word), and a
+# `%` in them is doubled, since ssh expands %-tokens (%h, the host) in ProxyCommand first.
+proxy_command() {
+  local wsgate ca
+  printf -v wsgate '%q' "$1"
+  printf -v ca '%q' "$2"
+  printf '%s proxy https://localhost:%s %%h --ca-file %s --token-in-subprotocol\n' \
+    "${wsgate//%/%%}" "$3" "${ca//%/%%}"
+}
+
+# dry_run_overlays [DIR]: `kubectl apply --dry-run=server -k` of every overlay in DIR (default
+# istio/overlays), found by glob: an overlay added there is judged without editing this list.
+# The API server checks each object against its schema (CRDs included) and the admission
+# webhooks, Istio's validating webhook among them, judge it too; nothing is persisted. The
+# overlays' namespaces must exist first: a server-side dry run of a namespaced object in a
+# missing namespace fails, even when the same apply would create the Namespace (up.sh creates
+# them). `trafficextension` needs TrafficExtension (Istio's master branch, not 1.27): it is
+# skipped, saying so, unless the cluster serves that kind. Runs them all, then fails naming
+# every overlay refused.
+dry_run_overlays() {
+  local dir="${1:-$ROOT/istio/overlays}" served overlay name out failed="" n=0
+  # kubectl exits non-zero when any API group's discovery fails (an aggregated API down), yet
+  # prints the kinds it found: go on with those.
+  served="$(kube api-resources --api-group=extensions.istio.io -o name)" ||
+    log "warning: API discovery was incomplete; extensions.istio.io kinds found: ${served:-none}"
+  for overlay in "$dir"/*/; do
+    [ -d "$overlay" ] || continue
+    overlay="${overlay%/}"
+    name="$(basename "$overlay")"
+    if [ "$name" = trafficextension ] && ! grep -E '^trafficextensions(\.|$)' >/dev/null <<<"$served"; then
+      log "dry run skipped: $name (this Istio does not serve TrafficExtension)"
+      continue
+    fi
+    n=$((n + 1))
+    if out="$(kube apply --dry-run=server -k "$overlay" 2>&1)"; then
+      printf '%s\n' "$out"
+      log "dry run passed: $name"
+    else
+      printf '%s\n' "$out" >&2
+      log "dry run REFUSED: $name ($overlay)"
+      failed="$failed $name"
+    fi
+  done
+  if [ "$n" -eq 0 ]; then
+    log "no overlay found in $dir"
+    return 1
+  fi
+  if [ -n "$failed" ]; then
+    log "the API server or an admission webhook refused the overlay(s):$failed"
+    return 1
+  fi
+}
+
+# gateway_runs_filter SHA256: every ingress gateway pod runs the Wasm module whose sha256 is
+# SHA256 (the one just built), and the filter has started in it. Neither the tag nor the
+# counters tell a re-run's module from the previous one, so the module is identified by content:
+# - istio-agent fetches the OCI image, writes the module to a local file and hands Envoy an
+#   ECDS config naming that file (pkg/wasm/convert.go rewrites vm_config.code to `local.filename`);
+#   the gateway's config_dump (EcdsConfigDump) holds the config Envoy accepted, and Envoy
+#   rejects a Wasm config whose module does not load, keeping the previous one;
+# - the file is /var/lib/istio/data/<sha256 of the URL without tag>/<checksum>.wasm
+#   (pkg/wasm/cache.go, getModulePath), where for oci:// the checksum is the image MANIFEST's
+#   digest (ImageFetcher.PrepareFetch returns img.Digest()), not the module's: so the file's
+#   bytes are hashed here, read through `kubectl exec cat` (the default proxyv2 image is
+#   Ubuntu-based; a distroless one has no cat), and compared with SHA256;
+# - the filter defines its counters when its configuration loads, so their presence in the
+#   gateway's stats shows that Envoy started it (while a fetch fails, FAIL_RELOAD answers every
+#   request the plugin covers with `403 RBAC: access denied`, and no module file is named).
+# Prints why not (wait_for shows it) and fails until all of that holds.
+gateway_runs_filter() {
+  local want="$1" pods pod dump paths path got stats
+  pods="$(kube --request-timeout=15s -n istio-system get pods -l istio=ingressgateway -o name)" || return 1
+  [ -n "$pods" ] || { echo "no ingress gateway pod"; return 1; }
+  for pod in $pods; do
+    dump="$(kube --request-timeout=15s -n istio-system exec "$pod" -c istio-proxy -- \
+      pilot-agent request GET config_dump)" || return 1
+    paths="$(grep -oE '"filename": *"[^"]+[.]wasm"' <<<"$dump" | sed -E 's/^"filename": *"//; s/"$//' | sort -u)" || true
+    [ -n "$paths" ] || { echo "$pod: no Wasm module file in its Envoy config yet (not fetched, or refused)"; return 1; }
+    while IFS= read -r path; do
+      got="$(kube --request-timeout=30s -n istio-system exec "$pod" -c istio-proxy -- cat "$path" | sha256_hex)" || return 1
+      if [ "$got" != "$want" ]; then
+        echo "$pod runs $path (sha256 $got), not the module just built (sha256 $want)"
+        return 1
+      fi
+    done <<<"$paths"
+    stats="$(kube --request-timeout=15s -n istio-system exec "$pod" -c istio-proxy -- \
+      pilot-agent request GET stats)" || return 1
+    grep -F "wasmcustom.wsgate_tokens_rewritten_total" >/dev/null <<<"$stats" || {
+      echo "$pod: the module is in place but the filter's counters are not in its stats yet"
+      return 1
+    }
+  done
 }
 
 # Everything a failed run needs to be understood, into $WORK/logs: the ingress gateway (logs,

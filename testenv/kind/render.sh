@@ -9,13 +9,18 @@
 #   local-registry-hosting.yaml  the registry, documented for tools (kube-public ConfigMap)
 #   istio-e2e.yaml               IstioOperator overlay: the plain-HTTP registry for istio-agent
 #   overlay/                     kustomize overlay of istio/overlays/pod-side with the e2e images
-#   tls.crt, tls.key             throwaway certificate for the gateway (kept across runs)
+#   tls.crt, tls.key             throwaway certificate for the gateway (kept across runs, made
+#                                anew when it expires within the hour)
 #   id_ed25519, id_ed25519.pub   the test user's ssh key (kept across runs)
 #
 # WSGATE_E2E_RUN_ID (up.sh sets a fresh one per run) goes into annotations of the WasmPlugin and of
 # the test pod, so that re-running on an existing cluster rolls the pod and makes istio-agent
 # fetch the module again: both images keep the tag `e2e`, which alone would leave the previous
-# build running.
+# build running. For the module, the annotation gives the WasmPlugin a new resourceVersion, which
+# istiod hands to istio-agent with the plugin; with `imagePullPolicy: Always` istio-agent pulls
+# again exactly when that version changed (istio pkg/wasm/cache.go: cacheKey.resourceVersion,
+# getEntry), where IfNotPresent would keep serving the module cached under the tag. up.sh then
+# waits until the gateway runs the new module's bytes (gateway_runs_filter in lib.sh).
 # shellcheck source=testenv/kind/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 if [ $# -gt 0 ]; then
@@ -87,7 +92,14 @@ spec:
           WASM_INSECURE_REGISTRIES: "${REGISTRY_IN_NETWORK}"
 YAML
 
-if [ ! -f "$WORK/tls.key" ] || [ ! -f "$WORK/tls.crt" ]; then
+# Kept across runs (e2e.sh trusts it as the CA file), but made anew when missing, unreadable, or
+# expiring within the hour (a run's length): a 2-day certificate kept forever would have the
+# gateway serve an expired one. up.sh re-creates the gateway's secret from it on every run.
+if [ ! -f "$WORK/tls.key" ] || [ ! -f "$WORK/tls.crt" ] ||
+  ! openssl x509 -checkend 3600 -noout -in "$WORK/tls.crt" >/dev/null 2>&1; then
+  if [ -f "$WORK/tls.crt" ]; then
+    log "renewing $WORK/tls.crt (expired, expiring within the hour, or unreadable)"
+  fi
   openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=localhost" \
     -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
     -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
