@@ -326,7 +326,12 @@ const OTHER_PROGRAMS: &[(&str, &str)] = &[
     ("WSGATE_SKY_VENV", "testenv/setup.sh"),
     ("WSGATE_KIND_CLUSTER", "the kind scripts"),
     ("WSGATE_KIND_WORK", "the kind scripts"),
+    ("WSGATE_CRASH_WASM", "the test bed"),
     ("WSGATE_REGISTRY_PORT", "the kind scripts"),
+    ("WSGATE_REGISTRY_NAME", "the kind scripts"),
+    ("WSGATE_KIND_HTTP_PORT", "the kind scripts"),
+    ("WSGATE_KIND_HTTPS_PORT", "the kind scripts"),
+    ("WSGATE_E2E_RUN_ID", "the kind scripts"),
     ("WSGATE_GIT_HASH", "the filter's build"),
 ];
 
