@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import time
 import tomllib
@@ -337,6 +338,16 @@ def test_relpath(tmp_path):
         assert r.stdout.strip() == want, (frm, to)
 
 
+def running(pid: int) -> bool:
+    """Whether `pid` still runs. A killed orphan stays a zombie until the machine's init reaps
+    it, which need not be at once: a zombie has ended."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def test_on_exit_ends_background_processes_and_collects_logs_on_failure(tmp_path):
     collected = tmp_path / "collected"
     snippet = (f'collect_logs() {{ touch "{collected}"; }}\n'
@@ -350,12 +361,13 @@ def test_on_exit_ends_background_processes_and_collects_logs_on_failure(tmp_path
         assert r.returncode == rc, r.stderr
         pid = int(re.search(r"pid=(\d+)", r.stdout).group(1))
         deadline = time.monotonic() + 10
-        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        while running(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        alive = os.path.exists(f"/proc/{pid}")
+        alive = running(pid)
+        stat_line = Path(f"/proc/{pid}/stat").read_text()[:80] if alive else ""
         if alive:
             os.kill(pid, 9)
-        assert not alive, "on_exit left the background process running"
+        assert not alive, f"on_exit left the background process running: {stat_line}"
         if rc:
             assert collected.exists() and "demo failed (exit 3)" in r.stderr
             collected.unlink()

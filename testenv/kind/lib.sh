@@ -53,6 +53,14 @@ on_exit() {
   for pid in $EXIT_KILL_PIDS; do
     kill "$pid" 2>/dev/null || true
   done
+  # A TERM that lands while the background job's shell is still starting its command can be
+  # lost (seen with bash 5): after a short grace, KILL whatever is left.
+  if [ -n "$EXIT_KILL_PIDS" ]; then
+    sleep 0.2
+    for pid in $EXIT_KILL_PIDS; do
+      kill -KILL "$pid" 2>/dev/null || true
+    done
+  fi
   if [ "$rc" -ne 0 ]; then
     log "$1 failed (exit $rc)"
     collect_logs
