@@ -87,24 +87,6 @@ fn bearer_token(value: &[u8]) -> Result<Option<BearerToken>, Reject> {
     }
 }
 
-/// Why a backend did not produce an identity.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    #[error("token not accepted")]
-    Invalid,
-    #[error("authentication backend unavailable: {0}")]
-    Unavailable(String),
-}
-
-impl From<AuthError> for Reject {
-    fn from(e: AuthError) -> Reject {
-        match e {
-            AuthError::Invalid => Reject::InvalidCredentials,
-            AuthError::Unavailable(_) => Reject::AuthUnavailable,
-        }
-    }
-}
-
 #[async_trait]
 pub trait Authenticator: Send + Sync + 'static {
     /// `None` when the request carries no credential.

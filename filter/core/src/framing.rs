@@ -37,14 +37,6 @@ impl Framing {
             Framing::Typed => 1,
         }
     }
-
-    /// Writes the data frame header (if any) into `buf`, which then receives the payload.
-    pub fn start_data_frame(self, buf: &mut Vec<u8>) {
-        buf.clear();
-        if self == Framing::Typed {
-            buf.push(TYPE_DATA);
-        }
-    }
 }
 
 /// A frame received from the client.
@@ -237,12 +229,7 @@ mod tests {
     }
 
     #[test]
-    fn data_frame_header() {
-        let mut buf = vec![9, 9];
-        Framing::Typed.start_data_frame(&mut buf);
-        assert_eq!(buf, [TYPE_DATA]);
-        Framing::Raw.start_data_frame(&mut buf);
-        assert!(buf.is_empty());
+    fn redirect_frame_carries_its_json() {
         let f = redirect_frame(&serde_json::json!({"url": "wss://x"}));
         assert_eq!(f[0], TYPE_REDIRECT);
         assert_eq!(&f[1..], br#"{"url":"wss://x"}"#);

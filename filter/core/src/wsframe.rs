@@ -36,10 +36,6 @@ pub struct Header {
 }
 
 impl Header {
-    pub fn is_control(&self) -> bool {
-        self.opcode & 0x8 != 0
-    }
-
     /// Header plus payload, the bytes this frame takes in the stream.
     pub fn frame_len(&self) -> u64 {
         self.header_len as u64 + self.len
