@@ -11,11 +11,16 @@ WASM_OPT_FLAGS := -Oz --converge --strip-debug --strip-producers --strip-target-
 	--enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 	--enable-mutable-globals --enable-multivalue --enable-reference-types
 
-.PHONY: setup wasm-target filter sidecar client bench-tool demo bench soak fuzz images e2e-kind kind-render \
+## help: this list
+help:
+	@sed -n 's/^## //p' $(MAKEFILE_LIST)
+
+.PHONY: help setup wasm-target filter sidecar client bench-tool demo bench soak fuzz images e2e-kind kind-render \
 	kind-logs kind-down test unit e2e lint fmt clean crash-filter
 
 ## setup: install what a fresh machine lacks for the test bed (idempotent): the Rust target, a
-## virtualenv with Envoy and the test clients, the SkyPilot client, system packages
+## virtualenv with Envoy and the test clients, system packages (the SkyPilot client, which only
+## its compatibility test and the benchmarks run, installs on first use)
 setup:
 	@bash testenv/setup.sh
 
@@ -56,6 +61,7 @@ demo: setup filter sidecar client
 ## written to bench/results.md (~15 min; sizes: see bench/bench.py)
 bench: setup filter sidecar client bench-tool
 	@bash bench/setup.sh
+	@bash testenv/setup-skypilot.sh >/dev/null
 	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) bench/bench.py
 
 ## soak: SOAK_SESSIONS (8) concurrent ssh sessions through Envoy + filter + sidecar for
@@ -85,12 +91,12 @@ crash-filter: wasm-target
 e2e: setup filter sidecar client bench-tool crash-filter
 	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) -m pytest -q testenv/e2e
 
-## test: every test
-test: setup unit e2e
+## test: every test, and the lint (formatting, clippy, shellcheck): what CI runs
+test: setup lint unit e2e
 
 ## lint: formatting, clippy (host and wasm32-wasip1), shellcheck
 lint: setup
-	shellcheck -x testenv/setup.sh testenv/kind/*.sh bench/setup.sh
+	shellcheck -x testenv/setup.sh testenv/setup-skypilot.sh testenv/kind/*.sh bench/setup.sh
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	cargo clippy -p wsgate-filter -p wsgate-crash-filter --target wasm32-wasip1 --locked -- -D warnings

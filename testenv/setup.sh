@@ -50,16 +50,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x "$VENV/bin/en
   printf '%s\n' "$want" >"$stamp"
 fi
 
-# The real SkyPilot client (its sky/templates/websocket_proxy.py) for the compatibility test,
-# in its own virtualenv: it is large (~450 MB) and must not change the test bed's packages.
-SKY_VENV="${WSGATE_SKY_VENV:-$ROOT/.venv-skypilot}"
-SKY_VERSION="0.14.1"
-if [ ! -f "$SKY_VENV/.wsgate-skypilot-$SKY_VERSION" ]; then
-  log "installing skypilot $SKY_VERSION into $SKY_VENV (the real SkyPilot SSH client)"
-  python3 -m venv "$SKY_VENV"
-  "$SKY_VENV/bin/python" -m pip install --quiet "skypilot==$SKY_VERSION" "websockets==17.4"
-  touch "$SKY_VENV/.wsgate-skypilot-$SKY_VERSION"
-fi
+# The real SkyPilot client (~450 MB) is not installed here: the tests and benchmarks that run it
+# install it on first use with testenv/setup-skypilot.sh, so `make demo` does not pay for it.
 
 apt_install() {
   # Best effort: only as root with apt; the tests that need a package say so when it is missing.

@@ -168,18 +168,27 @@ def test_ssh_config_block(gw, tls):
     assert "ServerAliveInterval 30" in out
 
 
-SKY_VENV = Path(os.environ.get("WSGATE_SKY_VENV", Path(__file__).resolve().parents[2] / ".venv-skypilot"))
+SETUP_SKYPILOT = Path(__file__).resolve().parents[1] / "setup-skypilot.sh"
 
 
-def test_the_real_skypilot_client_through_envoy_and_the_sidecar(sshd, gw, tls, side, tmp_path):
+@pytest.fixture(scope="session")
+def sky_venv() -> Path:
+    """SkyPilot's client in its own virtualenv, installed on first use (it is large, and only
+    this test needs it)."""
+    r = subprocess.run(["bash", str(SETUP_SKYPILOT)], capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, f"testenv/setup-skypilot.sh failed:\n{r.stderr}"
+    return Path(r.stdout.strip())
+
+
+def test_the_real_skypilot_client_through_envoy_and_the_sidecar(sshd, gw, tls, side, tmp_path, sky_venv):
     """SkyPilot's own ProxyCommand (`sky/templates/websocket_proxy.py` from PyPI `skypilot`,
     unpatched) through Envoy with the filter into wsgate-sidecar: its service-account token
     (`sky_...` in SKYPILOT_SERVICE_ACCOUNT_TOKEN) goes in `Authorization: Bearer`, it sends
     `client_version=62` and speaks the typed framing. It needs a HOME (cookie jar) and trusts
     the test CA through SSL_CERT_FILE."""
-    python = SKY_VENV / "bin" / "python"
-    script = next(SKY_VENV.glob("lib/python*/site-packages/sky/templates/websocket_proxy.py"), None)
-    assert python.exists() and script, "skypilot missing: run testenv/setup.sh (make test does)"
+    python = sky_venv / "bin" / "python"
+    script = next(sky_venv.glob("lib/python*/site-packages/sky/templates/websocket_proxy.py"), None)
+    assert python.exists() and script, f"no SkyPilot client in {sky_venv}"
     home = tmp_path / "home"
     home.mkdir()
     px = " ".join([str(python), str(script), https(gw), "prod"])
