@@ -533,6 +533,16 @@ class URL:
         return self.raw
 
 
+def _parses(parse, s, name: str) -> ct.BoolType:
+    """The `isX(string)` functions: whether `parse` accepts the string (a non-string is still a
+    type error, as in Kubernetes)."""
+    try:
+        parse(_s(s, name))
+        return ct.BoolType(True)
+    except ValueError:
+        return ct.BoolType(False)
+
+
 @_cel_function
 def _url(s):
     try:
@@ -543,11 +553,7 @@ def _url(s):
 
 @_cel_function
 def _isURL(s):
-    try:
-        URL(_s(s, "isURL"))
-        return ct.BoolType(True)
-    except ValueError:
-        return ct.BoolType(False)
+    return _parses(URL, s, "isURL")
 
 
 @_cel_function
@@ -644,11 +650,7 @@ def _ip(value):
 
 @_cel_function
 def _isIP(s):
-    try:
-        _parse_addr(_s(s, "isIP"))
-        return ct.BoolType(True)
-    except ValueError:
-        return ct.BoolType(False)
+    return _parses(_parse_addr, s, "isIP")
 
 
 @_cel_function
@@ -658,11 +660,7 @@ def _cidr(s):
 
 @_cel_function
 def _isCIDR(s):
-    try:
-        _parse_cidr(_s(s, "isCIDR"))
-        return ct.BoolType(True)
-    except ValueError:
-        return ct.BoolType(False)
+    return _parses(_parse_cidr, s, "isCIDR")
 
 
 def _ip_pred(name, pred):
@@ -772,11 +770,7 @@ def _quantity(s):
 
 @_cel_function
 def _isQuantity(s):
-    try:
-        parse_quantity(_s(s, "isQuantity"))
-        return ct.BoolType(True)
-    except ValueError:
-        return ct.BoolType(False)
+    return _parses(parse_quantity, s, "isQuantity")
 
 
 @_cel_function
