@@ -16,7 +16,7 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use wsgate_core::wsframe::{apply_mask, mask_from};
+use wsgate_proto::wsframe::{apply_mask, mask_from};
 
 /// Bytes per read: as large as the bridges' own reads, so the comparison is about work, not
 /// about batch size.

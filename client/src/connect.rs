@@ -27,9 +27,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue, Response};
 use tokio_tungstenite::tungstenite::Error as WsError;
-use wsgate_core::base64::encode_raw_url;
-use wsgate_core::reply::WEBSOCKET_URL_HEADER;
-use wsgate_core::token::BEARER_PROTOCOL_PREFIX;
+use wsgate_proto::base64::encode_raw_url;
+use wsgate_proto::names::WEBSOCKET_URL_HEADER;
+use wsgate_proto::token::BEARER_PROTOCOL_PREFIX;
 
 use crate::credentials::Token;
 use crate::endpoint::{server_url_for, Endpoint};

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use kube::config::{AuthInfo, ExecConfig, Kubeconfig};
 use secrecy::ExposeSecret;
-use wsgate_core::headers::is_header_value;
-use wsgate_core::token::BearerToken;
+use wsgate_proto::names::is_header_value;
+use wsgate_proto::token::BearerToken;
 
 use crate::error::ClientError;
 

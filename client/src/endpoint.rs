@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 
 use url::Url;
-use wsgate_core::route::is_dns_label;
+use wsgate_proto::names::is_dns_label;
 
 use crate::error::ClientError;
 

@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
 use url::Url;
-use wsgate_core::base64::encode_std;
+use wsgate_proto::base64::encode_std;
 
 use crate::connect::Deadline;
 use crate::endpoint::{is_loopback_host, with_default_scheme};

@@ -4,7 +4,7 @@
 //! `0` type byte means typed frames; a message that starts with `SSH-` means an old server that
 //! sends raw bytes; a `3` is a redirect to follow.
 //!
-//! The RFC 6455 framing is done here, on the connection itself, with [`wsgate_core::wsframe`]:
+//! The RFC 6455 framing is done here, on the connection itself, with [`wsgate_proto::wsframe`]:
 //! what one stdin read returns is masked in place and sent as frames of at most `chunk` bytes
 //! in one `writev` (each header beside its payload, nothing copied), and the data of every
 //! complete frame one read from the server brings goes to stdout in one `writev`. (Through
@@ -20,12 +20,11 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-use wsgate_core::framing::{
+use wsgate_proto::framing::{
     decode_from_server, latency_frame, ping_frame, Framing, FromServer, TYPE_DATA,
 };
-use wsgate_core::wsframe::{
-    self, apply_mask, client_frame, close_payload, mask_from, HeaderError, MAX_HEADER, OP_BINARY,
-    OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
+use wsgate_proto::wsframe::{
+    self, apply_mask, client_frame, close_payload, mask_from, HeaderError, Opcode, MAX_HEADER,
 };
 
 use crate::error::ClientError;
@@ -110,13 +109,13 @@ where
         for e in events.drain(..) {
             match e {
                 Event::Ping(payload) => {
-                    let _ = to.control(OP_PONG, &payload).await;
+                    let _ = to.control(Opcode::Pong, &payload).await;
                 }
                 Event::Pong(id) => {
                     if let Some(sent) = pending.remove(&id) {
                         let ms = sent.elapsed().as_millis() as u64;
                         tracing::info!(latency_ms = ms, "round trip to the server");
-                        let _ = to.control(OP_BINARY, &latency_frame(ms)).await;
+                        let _ = to.control(Opcode::Binary, &latency_frame(ms)).await;
                     }
                 }
             }
@@ -193,9 +192,9 @@ where
                             pending.clear();
                         }
                         pending.insert(next_id, Instant::now());
-                        to.control(OP_BINARY, &ping_frame(next_id)).await
+                        to.control(Opcode::Binary, &ping_frame(next_id)).await
                     }
-                    _ => to.control(OP_PING, &[]).await,
+                    _ => to.control(Opcode::Ping, &[]).await,
                 };
                 if sent.is_err() && stdin_done {
                     return Ok(End::Done);
@@ -289,14 +288,14 @@ impl Inbound {
             let payload = at + h.header_len..at + end;
             at += end;
             let stop = match h.opcode {
-                OP_BINARY | OP_CONTINUATION | OP_TEXT => {
+                Opcode::Binary | Opcode::Continuation | Opcode::Text => {
                     self.data_frame(h.opcode, h.fin, payload, out, events)
                 }
-                OP_PING => {
+                Opcode::Ping => {
                     events.push(Event::Ping(self.buf[payload].to_vec()));
                     None
                 }
-                OP_PONG => None,
+                Opcode::Pong => None,
                 _ => Some(Stop::Closed(close_frame(&self.buf[payload]))),
             };
             if let Some(stop) = stop {
@@ -309,19 +308,19 @@ impl Inbound {
     /// One frame of a message; `Some` when the scan must stop.
     fn data_frame(
         &mut self,
-        opcode: u8,
+        opcode: Opcode,
         fin: bool,
         payload: Range<usize>,
         out: &mut Vec<Out>,
         events: &mut Vec<Event>,
     ) -> Option<Stop> {
-        let starts = opcode != OP_CONTINUATION;
+        let starts = opcode != Opcode::Continuation;
         let bytes = &self.buf[payload.clone()];
         match (std::mem::replace(&mut self.msg, Msg::Idle), starts) {
             (Msg::Idle, false) => {
                 return Some(Stop::Bad("a continuation frame outside a message".into()))
             }
-            (Msg::Idle, true) if opcode == OP_TEXT => self.msg = Msg::Skip,
+            (Msg::Idle, true) if opcode == Opcode::Text => self.msg = Msg::Skip,
             (Msg::Idle, true) => match self.framing {
                 Some(Framing::Raw) => {
                     out.push(Out::Buffered(payload));
@@ -433,7 +432,7 @@ impl<W: AsyncWrite + Unpin> ToServer<W> {
         for piece in data.chunks_mut(chunk) {
             let mask = self.masks.next()?;
             let len = piece.len() + usize::from(typed);
-            let (h, mut n) = wsframe::header(OP_BINARY, len as u64, Some(mask));
+            let (h, mut n) = wsframe::header(Opcode::Binary, len as u64, Some(mask));
             let mut head = [0u8; MAX_HEADER + 1];
             head[..n].copy_from_slice(&h[..n]);
             if typed {
@@ -453,18 +452,19 @@ impl<W: AsyncWrite + Unpin> ToServer<W> {
     }
 
     /// One small frame (pings, pongs, SkyPilot's typed control frames).
-    async fn control(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
+    async fn control(&mut self, opcode: Opcode, payload: &[u8]) -> io::Result<()> {
         if self.closed {
             return Ok(());
         }
-        self.closed = opcode == OP_CLOSE;
+        self.closed = opcode == Opcode::Close;
         let frame = client_frame(opcode, payload, self.masks.next()?);
         self.w.write_all(&frame).await?;
         self.w.flush().await
     }
 
     async fn close(&mut self, code: u16, reason: &str) -> io::Result<()> {
-        self.control(OP_CLOSE, &close_payload(code, reason)).await
+        self.control(Opcode::Close, &close_payload(code, reason))
+            .await
     }
 }
 
@@ -564,7 +564,7 @@ mod tests {
     use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
     use tokio_tungstenite::tungstenite::{Bytes, Message};
     use tokio_tungstenite::WebSocketStream;
-    use wsgate_core::framing::redirect_frame;
+    use wsgate_proto::framing::redirect_frame;
 
     type Server = WebSocketStream<DuplexStream>;
 
@@ -593,7 +593,7 @@ mod tests {
     }
 
     /// A raw server frame (unmasked, final unless `fin` is false).
-    fn raw(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    fn raw(fin: bool, opcode: Opcode, payload: &[u8]) -> Vec<u8> {
         let (h, n) = wsframe::header(opcode, payload.len() as u64, None);
         let mut f = h[..n].to_vec();
         if !fin {
@@ -607,7 +607,7 @@ mod tests {
     /// `more` bytes; the server's end, to read frames from and write more to.
     async fn server_after_banner(more: &[u8]) -> (DuplexStream, DuplexStream) {
         let (conn, mut peer) = tokio::io::duplex(1 << 16);
-        let mut first = raw(true, OP_BINARY, b"\x00SSH-2.0-x\r\n");
+        let mut first = raw(true, Opcode::Binary, b"\x00SSH-2.0-x\r\n");
         first.extend_from_slice(more);
         peer.write_all(&first).await.unwrap();
         (conn, peer)
@@ -661,8 +661,8 @@ mod tests {
     #[tokio::test]
     async fn read_ahead_bytes_are_the_first_frames() {
         let (conn, mut srv) = server().await;
-        let mut ahead = raw(true, OP_BINARY, b"\x00SSH-2.0-x\r\n");
-        ahead.extend(raw(false, OP_BINARY, b"\x00more "));
+        let mut ahead = raw(true, Opcode::Binary, b"\x00SSH-2.0-x\r\n");
+        ahead.extend(raw(false, Opcode::Binary, b"\x00more "));
         let (stdin, _feed) = tokio::io::duplex(1024);
         let (mut read_out, stdout) = tokio::io::duplex(1024);
         let o = opts();
@@ -670,7 +670,7 @@ mod tests {
         let peer = async {
             // The rest of the fragmented message comes over the connection.
             srv.get_mut()
-                .write_all(&raw(true, OP_CONTINUATION, b"bytes"))
+                .write_all(&raw(true, Opcode::Continuation, b"bytes"))
                 .await
                 .unwrap();
             let mut got = vec![0u8; 21];
@@ -878,7 +878,8 @@ mod tests {
         ];
         for c in cases {
             let (conn, mut peer) =
-                server_after_banner(&raw(true, OP_CLOSE, &close_payload(c.code, c.reason))).await;
+                server_after_banner(&raw(true, Opcode::Close, &close_payload(c.code, c.reason)))
+                    .await;
             let (stdin, _f) = tokio::io::duplex(64);
             let (_o, stdout) = tokio::io::duplex(64);
             let e = run(
@@ -901,7 +902,7 @@ mod tests {
     #[tokio::test]
     async fn bad_server_frames_are_refused() {
         let masked = {
-            let mut f = client_frame(OP_BINARY, b"\x00x", [1, 2, 3, 4]);
+            let mut f = client_frame(Opcode::Binary, b"\x00x", [1, 2, 3, 4]);
             f[0] |= 0x80;
             f
         };
@@ -910,7 +911,7 @@ mod tests {
             ("rsv1", vec![0xC2, 0x00], "reserved bits"),
             (
                 "stray continuation",
-                raw(true, OP_CONTINUATION, b"x"),
+                raw(true, Opcode::Continuation, b"x"),
                 "continuation frame outside",
             ),
             (
@@ -920,7 +921,7 @@ mod tests {
             ),
             (
                 "unknown type",
-                raw(true, OP_BINARY, b"\x07abc"),
+                raw(true, Opcode::Binary, b"\x07abc"),
                 "bad frame from the server",
             ),
         ];
@@ -951,7 +952,7 @@ mod tests {
             apply_mask(&mut payload, h.mask.unwrap());
             assert_eq!(
                 (h.opcode, &payload[..2]),
-                (OP_CLOSE, &1002u16.to_be_bytes()[..]),
+                (Opcode::Close, &1002u16.to_be_bytes()[..]),
                 "{what}"
             );
         }
@@ -971,8 +972,8 @@ mod tests {
             let mut got = [0u8; 64];
             let n = peer.read(&mut got).await.unwrap();
             let h = wsframe::parse(&got[..n], 125).unwrap().unwrap();
-            assert_eq!((h.opcode, h.frame_len() as usize), (OP_CLOSE, n));
-            peer.write_all(&raw(true, OP_CLOSE, &close_payload(1000, "")))
+            assert_eq!((h.opcode, h.frame_len() as usize), (Opcode::Close, n));
+            peer.write_all(&raw(true, Opcode::Close, &close_payload(1000, "")))
                 .await
                 .unwrap();
             let mut rest = Vec::new();

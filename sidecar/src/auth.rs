@@ -1,7 +1,7 @@
 //! Who is asking: credentials from the request, and the backends that turn them into a user.
 //!
 //! A credential is `Authorization: Bearer <token>` (what the gateway filter produces) or, with no
-//! gateway in front, the Kubernetes subprotocol token, parsed by `wsgate-core` (one
+//! gateway in front, the Kubernetes subprotocol token, parsed by `wsgate-proto` (one
 //! implementation for filter and sidecar). Backends sit behind [`Authenticator`]: a static token
 //! file here, Kubernetes `TokenReview` in `kube.rs`, or none (an explicit opt-in). Tokens are
 //! never logged, echoed or kept in plain text longer than a lookup needs.
@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use wsgate_core::token::{self, BearerToken};
+use wsgate_proto::token::{self, BearerToken};
 
 use crate::error::Reject;
 use crate::metrics::ReviewMetrics;
@@ -306,7 +306,7 @@ impl Authenticator for StaticTokens {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
-    use wsgate_core::base64::encode_raw_url;
+    use wsgate_proto::base64::encode_raw_url;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -1,7 +1,7 @@
 //! The bridge: one WebSocket session ↔ one TCP connection to the target, both directions at once.
 //!
 //! It works on the client's connection as bytes (what the HTTP upgrade hands over) and does the
-//! RFC 6455 framing itself with [`wsgate_core::wsframe`]: client frames are unmasked in place in
+//! RFC 6455 framing itself with [`wsgate_proto::wsframe`]: client frames are unmasked in place in
 //! the buffer they were read into and the session data in it goes to the target in one `writev`,
 //! a data frame's payload as far as it has arrived (so a frame larger than a read is neither
 //! waited for nor moved to the buffer's front); target bytes are read in just behind room for a
@@ -31,10 +31,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::CloseReason;
-use wsgate_core::framing::{decode, Framing, Inbound, TYPE_DATA};
-use wsgate_core::wsframe::{
-    self, close_payload, server_frame, server_header, Header, HeaderError, MAX_HEADER,
-    MAX_SERVER_HEADER, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
+use wsgate_proto::framing::{decode, Framing, Inbound, TYPE_DATA};
+use wsgate_proto::wsframe::{
+    self, close_payload, server_frame, server_header, Header, HeaderError, Opcode, MAX_HEADER,
+    MAX_SERVER_HEADER,
 };
 
 /// Per-session settings.
@@ -161,7 +161,7 @@ where
                 };
                 at = payload.end;
                 match h.opcode {
-                    OP_BINARY | OP_CONTINUATION => {
+                    Opcode::Binary | Opcode::Continuation => {
                         match msg.frame(cfg.framing, &h, &buf[payload.clone()], true, max) {
                             Ok(Part::Data(skip)) if payload.len() > skip => {
                                 data.push(payload.start + skip..payload.end)
@@ -172,9 +172,11 @@ where
                             Err(r) => break Stop::End(r),
                         }
                     }
-                    OP_TEXT => break Stop::End(CloseReason::TextFrame),
-                    OP_PING => replies.push(Bytes::from(server_frame(OP_PONG, &buf[payload]))),
-                    OP_PONG => missed.store(0, Ordering::Relaxed),
+                    Opcode::Text => break Stop::End(CloseReason::TextFrame),
+                    Opcode::Ping => {
+                        replies.push(Bytes::from(server_frame(Opcode::Pong, &buf[payload])))
+                    }
+                    Opcode::Pong => missed.store(0, Ordering::Relaxed),
                     _ => break Stop::End(CloseReason::ClientClosed),
                 }
             };
@@ -270,7 +272,7 @@ where
                             if missed.fetch_add(1, Ordering::Relaxed) >= cfg.max_missed_pongs {
                                 return CloseReason::KeepaliveTimeout;
                             }
-                            out.push(Bytes::from(server_frame(OP_PING, &[])));
+                            out.push(Bytes::from(server_frame(Opcode::Ping, &[])));
                         }
                     }
                 }
@@ -284,7 +286,7 @@ where
                     Ok(0) => return CloseReason::TargetClosed,
                     Ok(n) => {
                         let mut h = [0u8; MAX_SERVER_HEADER];
-                        let hl = server_header(&mut h, OP_BINARY, (hdr + n) as u64);
+                        let hl = server_header(&mut h, Opcode::Binary, (hdr + n) as u64);
                         let from = MAX_SERVER_HEADER - hl;
                         buf[from..MAX_SERVER_HEADER].copy_from_slice(&h[from..]);
                         out.push(buf.split().freeze().slice(from..));
@@ -313,7 +315,7 @@ where
             out.push(f);
         }
         out.push(Bytes::from(server_frame(
-            OP_CLOSE,
+            Opcode::Close,
             &close_payload(reason.code(), &reason.message()),
         )));
         let _ = tokio::time::timeout(CLOSE_WAIT, out.flush()).await;
@@ -376,7 +378,7 @@ fn next_frame(buf: &mut [u8], max: u64) -> Result<Next, CloseReason> {
         wsframe::apply_mask(&mut buf[h.header_len..end], mask);
         return Ok(Next::Frame(h, h.header_len..end));
     }
-    if !matches!(h.opcode, OP_BINARY | OP_CONTINUATION) {
+    if !matches!(h.opcode, Opcode::Binary | Opcode::Continuation) {
         return Ok(Next::Need(end));
     }
     if buf.len() == h.header_len {
@@ -421,7 +423,7 @@ impl Incoming {
         whole: bool,
         max: u64,
     ) -> Result<Part, CloseReason> {
-        let starts = h.opcode == OP_BINARY;
+        let starts = h.opcode == Opcode::Binary;
         let part = match (std::mem::replace(self, Incoming::Idle), starts) {
             (Incoming::Idle, false) => {
                 return Err(CloseReason::Protocol(
@@ -484,7 +486,7 @@ fn gather(
         return Ok(Part::Pending);
     }
     match decode(framing, &so_far) {
-        Ok(Inbound::Ping(f)) => Ok(Part::Reply(Bytes::from(server_frame(OP_BINARY, f)))),
+        Ok(Inbound::Ping(f)) => Ok(Part::Reply(Bytes::from(server_frame(Opcode::Binary, f)))),
         Ok(Inbound::Latency(ms)) => Ok(Part::Latency(ms)),
         // Only a message whose type byte is not data gets here.
         Ok(Inbound::Data(_)) => Ok(Part::Pending),
@@ -600,7 +602,7 @@ mod tests {
     use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::WebSocketStream;
-    use wsgate_core::framing::FrameError;
+    use wsgate_proto::framing::FrameError;
 
     #[derive(Default)]
     struct Seen {
@@ -680,7 +682,7 @@ mod tests {
     }
 
     /// Reads raw server frames until EOF: (opcode, payload) each.
-    async fn server_frames<R: AsyncRead + Unpin>(mut r: R) -> Vec<(u8, Vec<u8>)> {
+    async fn server_frames<R: AsyncRead + Unpin>(mut r: R) -> Vec<(Opcode, Vec<u8>)> {
         let mut bytes = Vec::new();
         r.read_to_end(&mut bytes).await.unwrap();
         let mut frames = Vec::new();
@@ -695,9 +697,9 @@ mod tests {
         frames
     }
 
-    fn close_of(frames: &[(u8, Vec<u8>)]) -> u16 {
+    fn close_of(frames: &[(Opcode, Vec<u8>)]) -> u16 {
         let (op, p) = frames.last().unwrap();
-        assert_eq!(*op, OP_CLOSE);
+        assert_eq!(*op, Opcode::Close);
         u16::from_be_bytes([p[0], p[1]])
     }
 
@@ -806,13 +808,13 @@ mod tests {
         // after its type byte, with a WebSocket ping between fragments (allowed by RFC 6455).
         let (server, mut peer) = tokio::io::duplex(1 << 16);
         let (target, mut sshd) = tokio::io::duplex(4096);
-        let mut bytes = raw_frame(OP_BINARY, b"\x00ab");
-        bytes.extend(raw_frame(OP_PING | 0x80, b"p"));
-        bytes.extend(raw_frame(OP_CONTINUATION, b"cd"));
-        bytes.extend(raw_frame(0x80 | OP_CONTINUATION, b"ef"));
-        bytes.extend(raw_frame(OP_BINARY, &[1, 0]));
-        bytes.extend(raw_frame(0x80 | OP_CONTINUATION, &[0, 0, 9]));
-        bytes.extend(raw_frame(0x80 | OP_CLOSE, &[]));
+        let mut bytes = raw_frame(Opcode::Binary as u8, b"\x00ab");
+        bytes.extend(raw_frame(Opcode::Ping as u8 | 0x80, b"p"));
+        bytes.extend(raw_frame(Opcode::Continuation as u8, b"cd"));
+        bytes.extend(raw_frame(0x80 | Opcode::Continuation as u8, b"ef"));
+        bytes.extend(raw_frame(Opcode::Binary as u8, &[1, 0]));
+        bytes.extend(raw_frame(0x80 | Opcode::Continuation as u8, &[0, 0, 9]));
+        bytes.extend(raw_frame(0x80 | Opcode::Close as u8, &[]));
         peer.write_all(&bytes).await.unwrap();
         let c = cfg(Framing::Typed);
         let reason = bridge(
@@ -828,8 +830,8 @@ mod tests {
         sshd.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"abcdef");
         let frames = server_frames(peer).await;
-        assert_eq!(frames[0], (OP_PONG, b"p".to_vec()));
-        assert_eq!(frames[1], (OP_BINARY, vec![1, 0, 0, 0, 9]));
+        assert_eq!(frames[0], (Opcode::Pong, b"p".to_vec()));
+        assert_eq!(frames[1], (Opcode::Binary, vec![1, 0, 0, 0, 9]));
         assert_eq!(close_of(&frames), 1000);
     }
 
@@ -838,12 +840,15 @@ mod tests {
         // RFC 6455 allows empty fragments: the type byte then comes in a later frame.
         let (server, mut peer) = tokio::io::duplex(1 << 16);
         let (target, mut sshd) = tokio::io::duplex(4096);
-        let mut bytes = raw_frame(OP_BINARY, b"");
-        bytes.extend(raw_frame(OP_CONTINUATION, b""));
-        bytes.extend(raw_frame(0x80 | OP_CONTINUATION, b"\x00ab"));
-        bytes.extend(raw_frame(OP_BINARY, b""));
-        bytes.extend(raw_frame(0x80 | OP_CONTINUATION, &[1, 0, 0, 0, 9]));
-        bytes.extend(raw_frame(0x80 | OP_CLOSE, &[]));
+        let mut bytes = raw_frame(Opcode::Binary as u8, b"");
+        bytes.extend(raw_frame(Opcode::Continuation as u8, b""));
+        bytes.extend(raw_frame(0x80 | Opcode::Continuation as u8, b"\x00ab"));
+        bytes.extend(raw_frame(Opcode::Binary as u8, b""));
+        bytes.extend(raw_frame(
+            0x80 | Opcode::Continuation as u8,
+            &[1, 0, 0, 0, 9],
+        ));
+        bytes.extend(raw_frame(0x80 | Opcode::Close as u8, &[]));
         peer.write_all(&bytes).await.unwrap();
         let c = cfg(Framing::Typed);
         let reason = bridge(
@@ -859,14 +864,14 @@ mod tests {
         sshd.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"ab");
         let frames = server_frames(peer).await;
-        assert_eq!(frames[0], (OP_BINARY, vec![1, 0, 0, 0, 9]));
+        assert_eq!(frames[0], (Opcode::Binary, vec![1, 0, 0, 0, 9]));
         assert_eq!(close_of(&frames), 1000);
 
         // A typed message that is empty as a whole still has no type: refused.
         let (server, mut peer) = tokio::io::duplex(1 << 16);
         let (target, _sshd) = tokio::io::duplex(64);
-        let mut bytes = raw_frame(OP_BINARY, b"");
-        bytes.extend(raw_frame(0x80 | OP_CONTINUATION, b""));
+        let mut bytes = raw_frame(Opcode::Binary as u8, b"");
+        bytes.extend(raw_frame(0x80 | Opcode::Continuation as u8, b""));
         peer.write_all(&bytes).await.unwrap();
         let reason = bridge(
             server,
@@ -896,7 +901,7 @@ mod tests {
         let flood = async {
             if target_stuck {
                 // The client sends data frames without end; the target reads nothing.
-                let frame = raw_frame(0x80 | OP_BINARY, &[7u8; 1000]);
+                let frame = raw_frame(0x80 | Opcode::Binary as u8, &[7u8; 1000]);
                 while peer.write_all(&frame).await.is_ok() {}
             } else {
                 // The target sends without end; the client reads nothing.
@@ -975,7 +980,7 @@ mod tests {
             loop {
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 if peer
-                    .write_all(&raw_frame(0x80 | OP_PONG, b""))
+                    .write_all(&raw_frame(0x80 | Opcode::Pong as u8, b""))
                     .await
                     .is_err()
                 {
@@ -1107,7 +1112,7 @@ mod tests {
         };
         let (reason, (frames, to_target)) = tokio::join!(session, driver);
         assert_eq!(reason, CloseReason::ClientClosed);
-        assert_eq!(frames[0], (OP_BINARY, ping.to_vec()));
+        assert_eq!(frames[0], (Opcode::Binary, ping.to_vec()));
         assert_eq!(close_of(&frames), 1000);
         assert!(to_target.is_empty(), "a ping is not session data");
     }
@@ -1226,7 +1231,7 @@ mod tests {
         .await;
         assert_eq!(reason, CloseReason::KeepaliveTimeout);
         let frames = server_frames(peer).await;
-        let pings = frames.iter().filter(|(op, _)| *op == OP_PING).count();
+        let pings = frames.iter().filter(|(op, _)| *op == Opcode::Ping).count();
         assert_eq!(pings, 2);
         assert_eq!(close_of(&frames), 1011);
     }

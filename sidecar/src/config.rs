@@ -19,8 +19,8 @@ use crate::kube::{AccessReviewer, KubeApi, PodResolver, ReviewLimits, TokenRevie
 use crate::origin::TrustedHops;
 use crate::server::{Settings, Sidecar};
 use crate::target::{FixedTarget, TargetResolver};
-use wsgate_core::framing::Framing;
-use wsgate_core::route::is_dns_label;
+use wsgate_proto::framing::Framing;
+use wsgate_proto::names::is_dns_label;
 
 /// wsgate-sidecar: a WebSocket ↔ SSH bridge that speaks SkyPilot's framing.
 ///

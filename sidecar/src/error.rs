@@ -6,9 +6,9 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use wsgate_core::token::TokenError;
+use wsgate_proto::token::TokenError;
 
-use wsgate_core::framing::FrameError;
+use wsgate_proto::framing::FrameError;
 
 /// Why a request was refused before the WebSocket upgrade.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

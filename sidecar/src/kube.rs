@@ -21,7 +21,7 @@ use kube::{Api, Client};
 use sha2::{Digest, Sha256};
 use tracing::{warn, Level, Metadata};
 use tracing_subscriber::filter::FilterFn;
-use wsgate_core::token::BearerToken;
+use wsgate_proto::token::BearerToken;
 
 use crate::auth::{Authenticator, Identity};
 use crate::authz::Authorizer;

@@ -7,7 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::http::HeaderMap;
-use wsgate_core::cidr::{parse_source_ip, Cidr};
+use wsgate_proto::cidr::{parse_source_ip, Cidr};
 
 /// The TCP peer of a connection, handed to the handlers as `ConnectInfo<PeerAddr>` by the accept
 /// loop ([`crate::http::serve`]).

@@ -21,7 +21,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
-use wsgate_core::route::{is_dns_label, percent_decode, query_pairs};
+use wsgate_proto::names::is_dns_label;
+use wsgate_proto::query::{percent_decode, query_pairs};
 
 use crate::auth::{credential, Authenticator, Identity};
 use crate::authz::Authorizer;
@@ -32,7 +33,7 @@ use crate::origin::{Origin, PeerAddr, TrustedHops};
 use crate::sessions::{Admission, Registry, SessionInfo};
 use crate::target::TargetResolver;
 use crate::upgrade::{Connection, WsUpgrade};
-use wsgate_core::framing::Framing;
+use wsgate_proto::framing::Framing;
 
 /// SkyPilot's endpoint, unchanged, so its client works as is.
 pub const SKYPILOT_PATH: &str = "/kubernetes-pod-ssh-proxy";

@@ -58,7 +58,7 @@ fn accept_key(key: &[u8]) -> String {
     let mut sha = Sha1::new();
     sha.update(key);
     sha.update(GUID);
-    wsgate_core::base64::encode_std(&sha.finalize())
+    wsgate_proto::base64::encode_std(&sha.finalize())
 }
 
 impl WsUpgrade {

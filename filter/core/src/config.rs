@@ -20,9 +20,9 @@ use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::cidr::Cidr;
-use crate::headers::{is_header_name, is_header_value};
-use crate::route::{is_dns_label, parse_pattern, path_has_prefix, Matcher, Route};
+use crate::route::{parse_pattern, path_has_prefix, Matcher, Route};
+use wsgate_proto::cidr::Cidr;
+use wsgate_proto::names::{is_dns_label, is_header_name, is_header_value};
 
 /// The routing header when a rule names none: what the VirtualService matches on.
 pub const DEFAULT_ROUTING_HEADER: &str = "x-wsgate-cluster";

@@ -6,14 +6,16 @@
 
 use std::net::IpAddr;
 
-use crate::base64::encode_std;
 use crate::config::{ExistingAuthorization, Policy};
-use crate::headers::{is_header_value, Headers};
+use crate::headers::Headers;
 use crate::outcome::Outcome;
 use crate::reply::{LocalReply, Rejection};
-use crate::route::{path_has_prefix, route, split_query};
-use crate::token;
+use crate::route::{path_has_prefix, route};
 use crate::upgrade::{classify, is_multiplexed, UpgradeKind};
+use wsgate_proto::base64::encode_std;
+use wsgate_proto::names::is_header_value;
+use wsgate_proto::query::split_query;
+use wsgate_proto::token;
 
 /// What the glue reads from Envoy for one request.
 #[derive(Clone, Copy)]
@@ -350,9 +352,9 @@ fn strip_port(authority: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::base64::encode_raw_url;
     use crate::headers::list as hdrs;
-    use crate::token::BEARER_PROTOCOL_PREFIX;
+    use wsgate_proto::base64::encode_raw_url;
+    use wsgate_proto::token::BEARER_PROTOCOL_PREFIX;
 
     fn ws(extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut v = hdrs(&[
@@ -1344,7 +1346,7 @@ mod tests {
                     let hdr = r
                         .headers
                         .iter()
-                        .find(|(k, _)| k == crate::reply::WEBSOCKET_URL_HEADER);
+                        .find(|(k, _)| k == wsgate_proto::names::WEBSOCKET_URL_HEADER);
                     assert_eq!(hdr.map(|(_, v)| v.as_str()), url, "{name}");
                 }
             }

@@ -26,19 +26,6 @@ impl<'a> Headers<'a> {
     }
 }
 
-/// Whether `s` is a valid lowercase header name (an RFC 9110 token, lowercase as HTTP/2 needs).
-pub fn is_header_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
-}
-
-/// Whether `s` may be sent as a header value: no control characters (CR, LF, NUL, ...) at all.
-pub fn is_header_value(s: &str) -> bool {
-    !s.bytes().any(|b| b < 0x20 || b == 0x7f)
-}
-
 /// Builds an owned header list from pairs (tests of every module use it).
 #[cfg(test)]
 pub(crate) fn list(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -65,19 +52,5 @@ mod tests {
         );
         assert_eq!(h.first("CONNECTION"), Some("keep-alive"));
         assert!(!h.has("upgrade"));
-    }
-
-    #[test]
-    fn header_name_and_value_validation() {
-        assert!(is_header_name("x-wsgate-cluster"));
-        assert!(!is_header_name("X-Upper"));
-        assert!(!is_header_name(":path"));
-        assert!(!is_header_name("a b"));
-        assert!(!is_header_name(""));
-        assert!(is_header_value("Bearer abc.def"));
-        assert!(is_header_value("ünïcode"));
-        for bad in ["a\r\nb", "a\nb", "a\0b", "a\tb", "a\x7fb"] {
-            assert!(!is_header_value(bad), "{bad:?}");
-        }
     }
 }

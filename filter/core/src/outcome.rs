@@ -16,7 +16,7 @@
 //! (docs/filter-metrics.md).
 
 use crate::route::RouteError;
-use crate::token::TokenError;
+use wsgate_proto::token::TokenError;
 
 /// The label of every per-reason counter (and the Istio `extraStatTags` entry that extracts it).
 pub const REASON_LABEL: &str = "reason";

@@ -8,10 +8,8 @@
 use serde::Serialize;
 
 use crate::route::RouteError;
-use crate::token::TokenError;
-
-/// The header naming the URL a client should use instead of the redirected one.
-pub const WEBSOCKET_URL_HEADER: &str = "x-wsgate-websocket-url";
+use wsgate_proto::names::WEBSOCKET_URL_HEADER;
+use wsgate_proto::token::TokenError;
 
 /// Why the filter answered a request itself.
 #[derive(Debug, Clone, PartialEq, Eq)]

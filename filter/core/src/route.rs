@@ -7,6 +7,9 @@
 
 use std::collections::BTreeSet;
 
+use wsgate_proto::names::is_dns_label;
+use wsgate_proto::query::{percent_decode, query_pairs, split_query};
+
 /// How a rule matches a request path (query excluded).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Matcher {
@@ -132,41 +135,12 @@ fn validate_cluster(c: String, allowed: Option<&BTreeSet<String>>) -> Result<Str
     }
 }
 
-/// RFC 1123 label: 1–63 of `[a-z0-9-]`, alphanumeric at both ends (Kubernetes' `IsDNS1123Label`).
-pub fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
-
-/// Splits `:path` into the path and the query (without `?`).
-pub fn split_query(path: &str) -> (&str, Option<&str>) {
-    match path.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path, None),
-    }
-}
-
 /// Segment-aware prefix: `/ssh` matches `/ssh` and `/ssh/x`, not `/sshx`. `path` has no query.
 pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
     match path.strip_prefix(prefix) {
         Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
         None => false,
     }
-}
-
-/// The raw `name=value` pairs of a query string (not yet percent-decoded); a pair without `=`
-/// has an empty value.
-pub fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
 }
 
 fn query_cluster(query: Option<&str>, param: &str) -> Result<String, RouteError> {
@@ -186,33 +160,6 @@ fn query_cluster(query: Option<&str>, param: &str) -> Result<String, RouteError>
         Some(c) => Ok(c),
         None => Err(RouteError::MissingCluster),
     }
-}
-
-/// `application/x-www-form-urlencoded` decoding (`%XX`, `+` as space); `None` if malformed or
-/// not UTF-8.
-pub fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = b.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// Matches leading segments; returns the raw cluster segment and the bytes of path consumed.
@@ -474,16 +421,6 @@ mod tests {
         ];
         let r = route(&routes, "/c/a").unwrap().unwrap();
         assert_eq!(r.route.name, "ui");
-    }
-
-    #[test]
-    fn labels() {
-        for ok in ["a", "a-b", "0", "abc123", &"a".repeat(63)] {
-            assert!(is_dns_label(ok), "{ok}");
-        }
-        for bad in ["", "-a", "a-", "A", "a.b", "a_b", &"a".repeat(64), "ä"] {
-            assert!(!is_dns_label(bad), "{bad}");
-        }
     }
 
     #[test]

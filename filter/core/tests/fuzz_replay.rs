@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use wsgate_core::props::{check_config, check_decide, check_framing, check_token, check_wsframe};
+mod props;
+
+use props::{check_config, check_decide, check_framing, check_token, check_wsframe};
 
 type Check = fn(&[u8]) -> Result<(), String>;
 

@@ -10,12 +10,12 @@ use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action as WasmAction, ContextType, LogLevel, MetricType};
-use wsgate_core::cidr::parse_source_ip;
 use wsgate_core::headers::Headers;
 use wsgate_core::{
     decide, decide_response, leaves_alone, Action, HeaderOp, LocalReply, Outcome, Policy,
     RequestView, UpgradeMemo,
 };
+use wsgate_proto::cidr::parse_source_ip;
 
 const GIT_HASH: &str = env!("WSGATE_GIT_HASH");
 

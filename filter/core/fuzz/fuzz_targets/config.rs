@@ -1,8 +1,11 @@
-//! Fuzz target `config`: the property `wsgate_core::props::check_config` on arbitrary bytes.
+//! Fuzz target `config`: the property `check_config` (tests/props) on arbitrary bytes.
 #![no_main]
 
+#[path = "../../tests/props/mod.rs"]
+mod props;
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    if let Err(e) = wsgate_core::props::check_config(data) {
+    if let Err(e) = props::check_config(data) {
         panic!("config property failed: {e}");
     }
 });

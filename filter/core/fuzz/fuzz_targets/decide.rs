@@ -1,8 +1,11 @@
-//! Fuzz target `decide`: the property `wsgate_core::props::check_decide` on arbitrary bytes.
+//! Fuzz target `decide`: the property `check_decide` (tests/props) on arbitrary bytes.
 #![no_main]
 
+#[path = "../../tests/props/mod.rs"]
+mod props;
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    if let Err(e) = wsgate_core::props::check_decide(data) {
+    if let Err(e) = props::check_decide(data) {
         panic!("decide property failed: {e}");
     }
 });

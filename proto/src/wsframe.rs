@@ -7,12 +7,37 @@
 //! payload without copying it: a general WebSocket library zero-fills its read buffer, copies
 //! payloads and writes one frame per call.
 
-pub const OP_CONTINUATION: u8 = 0x0;
-pub const OP_TEXT: u8 = 0x1;
-pub const OP_BINARY: u8 = 0x2;
-pub const OP_CLOSE: u8 = 0x8;
-pub const OP_PING: u8 = 0x9;
-pub const OP_PONG: u8 = 0xA;
+/// A frame's opcode (RFC 6455 §5.2); the reserved ones are refused by [`parse`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Opcode {
+    Continuation = 0x0,
+    Text = 0x1,
+    Binary = 0x2,
+    Close = 0x8,
+    Ping = 0x9,
+    Pong = 0xA,
+}
+
+impl Opcode {
+    /// The opcode of a frame's low nibble; `None` for a reserved one.
+    pub fn from_bits(bits: u8) -> Option<Opcode> {
+        Some(match bits {
+            0x0 => Opcode::Continuation,
+            0x1 => Opcode::Text,
+            0x2 => Opcode::Binary,
+            0x8 => Opcode::Close,
+            0x9 => Opcode::Ping,
+            0xA => Opcode::Pong,
+            _ => return None,
+        })
+    }
+
+    /// Close, ping and pong: never fragmented, at most 125 bytes (RFC 6455 §5.5).
+    pub fn is_control(self) -> bool {
+        self as u8 & 0x8 != 0
+    }
+}
 
 /// The longest header: 2 bytes, an 8-byte length, a 4-byte mask.
 pub const MAX_HEADER: usize = 14;
@@ -26,7 +51,7 @@ pub const MAX_CONTROL_PAYLOAD: usize = 125;
 pub struct Header {
     /// The last frame of its message.
     pub fin: bool,
-    pub opcode: u8,
+    pub opcode: Opcode,
     /// Clients mask every frame; servers never do.
     pub mask: Option<[u8; 4]>,
     /// Payload length.
@@ -65,13 +90,9 @@ pub fn parse(buf: &[u8], max_payload: u64) -> Result<Option<Header>, HeaderError
     if b0 & 0x70 != 0 {
         return Err(HeaderError::Reserved);
     }
-    let opcode = b0 & 0x0F;
-    if !matches!(
-        opcode,
-        OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG
-    ) {
-        return Err(HeaderError::Opcode(opcode));
-    }
+    let Some(opcode) = Opcode::from_bits(b0 & 0x0F) else {
+        return Err(HeaderError::Opcode(b0 & 0x0F));
+    };
     let fin = b0 & 0x80 != 0;
     let masked = b1 & 0x80 != 0;
     let (len, mut at) = match b1 & 0x7F {
@@ -89,7 +110,7 @@ pub fn parse(buf: &[u8], max_payload: u64) -> Result<Option<Header>, HeaderError
         },
         n => (u64::from(n), 2),
     };
-    if opcode & 0x8 != 0 && (!fin || len > MAX_CONTROL_PAYLOAD as u64) {
+    if opcode.is_control() && (!fin || len > MAX_CONTROL_PAYLOAD as u64) {
         return Err(HeaderError::BadControl);
     }
     if len > max_payload {
@@ -133,9 +154,9 @@ pub fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
 
 /// A final frame's header, masked with `mask` when given (clients mask, servers never do):
 /// the bytes, left-aligned, and how many of them there are (2 to 14).
-pub fn header(opcode: u8, len: u64, mask: Option<[u8; 4]>) -> ([u8; MAX_HEADER], usize) {
+pub fn header(opcode: Opcode, len: u64, mask: Option<[u8; 4]>) -> ([u8; MAX_HEADER], usize) {
     let mut h = [0u8; MAX_HEADER];
-    h[0] = 0x80 | (opcode & 0x0F);
+    h[0] = 0x80 | opcode as u8;
     let masked = if mask.is_some() { 0x80 } else { 0 };
     let mut n = match len {
         0..=125 => {
@@ -163,7 +184,7 @@ pub fn header(opcode: u8, len: u64, mask: Option<[u8; 4]>) -> ([u8; MAX_HEADER],
 /// Writes an unmasked (server) header for a final frame into the end of `out` and returns how
 /// many bytes it took; the caller sends `out[MAX_SERVER_HEADER - n..]` and then the payload.
 /// Right-aligned so a payload read in just after `out` follows its header with no copy.
-pub fn server_header(out: &mut [u8; MAX_SERVER_HEADER], opcode: u8, len: u64) -> usize {
+pub fn server_header(out: &mut [u8; MAX_SERVER_HEADER], opcode: Opcode, len: u64) -> usize {
     let (h, n) = header(opcode, len, None);
     out[MAX_SERVER_HEADER - n..].copy_from_slice(&h[..n]);
     n
@@ -178,7 +199,7 @@ pub fn mask_from(mask: [u8; 4], at: usize) -> [u8; 4] {
 }
 
 /// A whole masked final frame (a client's control frames).
-pub fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+pub fn client_frame(opcode: Opcode, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     let (h, n) = header(opcode, payload.len() as u64, Some(mask));
     let mut f = Vec::with_capacity(n + payload.len());
     f.extend_from_slice(&h[..n]);
@@ -188,7 +209,7 @@ pub fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
 }
 
 /// A whole unmasked final frame (control frames and other small ones).
-pub fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+pub fn server_frame(opcode: Opcode, payload: &[u8]) -> Vec<u8> {
     let mut h = [0u8; MAX_SERVER_HEADER];
     let n = server_header(&mut h, opcode, payload.len() as u64);
     let mut f = Vec::with_capacity(n + payload.len());
@@ -209,7 +230,13 @@ pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn hdr(fin: bool, opcode: u8, mask: Option<[u8; 4]>, len: u64, header_len: usize) -> Header {
+    fn hdr(
+        fin: bool,
+        opcode: Opcode,
+        mask: Option<[u8; 4]>,
+        len: u64,
+        header_len: usize,
+    ) -> Header {
         Header {
             fin,
             opcode,
@@ -229,24 +256,24 @@ mod tests {
             (
                 "small masked binary",
                 vec![0x82, 0x85, 1, 2, 3, 4],
-                Ok(Some(hdr(true, OP_BINARY, Some(M), 5, 6))),
+                Ok(Some(hdr(true, Opcode::Binary, Some(M), 5, 6))),
             ),
             ("mask not all here", vec![0x82, 0x85, 1, 2], Ok(None)),
             (
                 "unmasked",
                 vec![0x82, 0x05],
-                Ok(Some(hdr(true, OP_BINARY, None, 5, 2))),
+                Ok(Some(hdr(true, Opcode::Binary, None, 5, 2))),
             ),
             (
                 "16-bit length",
                 vec![0x02, 0xFE, 0x01, 0x00, 1, 2, 3, 4],
-                Ok(Some(hdr(false, OP_BINARY, Some(M), 256, 8))),
+                Ok(Some(hdr(false, Opcode::Binary, Some(M), 256, 8))),
             ),
             ("16-bit length cut", vec![0x82, 0xFE, 0x01], Ok(None)),
             (
                 "64-bit length",
                 vec![0x80, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0, 1, 2, 3, 4],
-                Ok(Some(hdr(true, OP_CONTINUATION, Some(M), 65536, 14))),
+                Ok(Some(hdr(true, Opcode::Continuation, Some(M), 65536, 14))),
             ),
             (
                 "64-bit length over the limit, before the mask arrives",
@@ -283,7 +310,7 @@ mod tests {
             (
                 "125-byte pong",
                 vec![0x8A, 0xFD, 1, 2, 3, 4],
-                Ok(Some(hdr(true, OP_PONG, Some(M), 125, 6))),
+                Ok(Some(hdr(true, Opcode::Pong, Some(M), 125, 6))),
             ),
         ];
         for (what, buf, want) in cases {
@@ -313,11 +340,11 @@ mod tests {
     fn server_headers_round_trip_through_parse() {
         for len in [0u64, 1, 125, 126, 65535, 65536, 1 << 24] {
             let mut out = [0u8; MAX_SERVER_HEADER];
-            let n = server_header(&mut out, OP_BINARY, len);
+            let n = server_header(&mut out, Opcode::Binary, len);
             let h = parse(&out[MAX_SERVER_HEADER - n..], u64::MAX);
             assert_eq!(
                 h,
-                Ok(Some(hdr(true, OP_BINARY, None, len, n))),
+                Ok(Some(hdr(true, Opcode::Binary, None, len, n))),
                 "length {len}"
             );
         }
@@ -327,10 +354,10 @@ mod tests {
     fn client_headers_round_trip_through_parse() {
         const M: [u8; 4] = [9, 8, 7, 6];
         for len in [0u64, 1, 125, 126, 65535, 65536, 1 << 24] {
-            let (h, n) = header(OP_BINARY, len, Some(M));
+            let (h, n) = header(Opcode::Binary, len, Some(M));
             assert_eq!(
                 parse(&h[..n], u64::MAX),
-                Ok(Some(hdr(true, OP_BINARY, Some(M), len, n))),
+                Ok(Some(hdr(true, Opcode::Binary, Some(M), len, n))),
                 "length {len}"
             );
         }
@@ -354,11 +381,11 @@ mod tests {
     #[test]
     fn client_frames_unmask_to_their_payload() {
         let mask = [1, 2, 3, 4];
-        let mut f = client_frame(OP_PING, b"hello", mask);
+        let mut f = client_frame(Opcode::Ping, b"hello", mask);
         let h = parse(&f, 125).unwrap().unwrap();
         assert_eq!(
             (h.opcode, h.mask, h.len, h.header_len),
-            (OP_PING, Some(mask), 5, 6)
+            (Opcode::Ping, Some(mask), 5, 6)
         );
         apply_mask(&mut f[6..], mask);
         assert_eq!(&f[6..], b"hello");
@@ -366,7 +393,7 @@ mod tests {
 
     #[test]
     fn close_frame_layout() {
-        let f = server_frame(OP_CLOSE, &close_payload(1009, "frame too big"));
+        let f = server_frame(Opcode::Close, &close_payload(1009, "frame too big"));
         assert_eq!(&f[..4], &[0x88, 15, 0x03, 0xF1]);
         assert_eq!(&f[4..], b"frame too big");
     }

@@ -1,21 +1,27 @@
 //! Properties the fuzz targets check on arbitrary input (`make fuzz`), and that `cargo test`
 //! checks again on every committed corpus and crash file (`tests/fuzz_replay.rs`).
 //!
+//! Test support, not product: compiled into the replay test and (by path) the fuzz targets,
+//! never into the library. Each target uses one check, hence `dead_code` allowed.
+//!
 //! Each `check_*` takes raw fuzzer bytes and returns `Err` with a description when a property
 //! fails; they never panic themselves, so a panic found by the fuzzer is one in the code under
 //! test. The token check compares [`token::extract`] with a reference model written separately
 //! from it, declaratively, straight from the apiserver's rules.
 
+#![allow(dead_code)]
+
 use std::net::IpAddr;
 
-use crate::config::{Policy, DEFAULT_ROUTING_HEADER};
-use crate::decide::{decide, leaves_alone, Action, HeaderOp, RequestView};
-use crate::framing::{
+use wsgate_core::config::{Policy, DEFAULT_ROUTING_HEADER};
+use wsgate_core::decide::{decide, leaves_alone, Action, HeaderOp, RequestView};
+use wsgate_core::headers::Headers;
+use wsgate_proto::framing::{
     decode, decode_from_server, latency_frame, ping_frame, Framing, FromServer, Inbound,
 };
-use crate::headers::{is_header_name, is_header_value, Headers};
-use crate::token::{self, TokenError, BEARER_PROTOCOL_PREFIX};
-use crate::wsframe::{self, HeaderError};
+use wsgate_proto::names::{is_header_name, is_header_value};
+use wsgate_proto::token::{self, TokenError, BEARER_PROTOCOL_PREFIX};
+use wsgate_proto::wsframe::{self, HeaderError};
 
 /// Fuzzer bytes as text lines (lossy UTF-8: header values reach the filter as Rust strings).
 fn lines(data: &[u8]) -> Vec<String> {
@@ -233,7 +239,7 @@ fn check_decide_with(data: &[u8], policy: &Policy) -> Result<(), String> {
                     "set {name:?} with a U+FFFD standing for bytes that were not UTF-8"
                 ));
             }
-            if name == "x-wsgate-cluster" && !crate::route::is_dns_label(value) {
+            if name == "x-wsgate-cluster" && !wsgate_proto::names::is_dns_label(value) {
                 return Err(format!(
                     "routed to a cluster that is not a DNS label: {value:?}"
                 ));
@@ -249,7 +255,7 @@ fn check_decide_with(data: &[u8], policy: &Policy) -> Result<(), String> {
             .filter(|t| t.len() >= 8)
             .collect();
         for t in tokens {
-            let shown = |r: &crate::LocalReply| {
+            let shown = |r: &wsgate_core::LocalReply| {
                 r.body.contains(t) || r.headers.iter().any(|(_, v)| v.contains(t))
             };
             if !shown(r) {
@@ -362,7 +368,7 @@ const WSFRAME_MAX: u64 = 65536 + 16;
 pub fn check_wsframe(data: &[u8]) -> Result<(), String> {
     let got = wsframe::parse(data, WSFRAME_MAX);
     let want = reference_ws_header(data, WSFRAME_MAX);
-    let got_fields = got.map(|h| h.map(|h| (h.fin, h.opcode, h.mask, h.len, h.header_len)));
+    let got_fields = got.map(|h| h.map(|h| (h.fin, h.opcode as u8, h.mask, h.len, h.header_len)));
     if got_fields != want {
         return Err(format!("parse {got_fields:?}, reference {want:?}"));
     }
@@ -457,7 +463,7 @@ fn reference_ws_header(d: &[u8], max: u64) -> Result<Option<RefHeader>, HeaderEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::base64::{decode_raw_url, encode_raw_url};
+    use wsgate_proto::base64::{decode_raw_url, encode_raw_url};
 
     #[test]
     fn reference_base64_agrees_on_known_inputs() {

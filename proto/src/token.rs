@@ -11,7 +11,7 @@
 //! This module must never log or format a token: [`BearerToken`]'s `Debug` is redacted.
 
 use crate::base64::decode_raw_url;
-use crate::headers::is_header_value;
+use crate::names::is_header_value;
 
 /// The subprotocol prefix Kubernetes clients (Headlamp, the dashboard, kubectl) use.
 pub const BEARER_PROTOCOL_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
