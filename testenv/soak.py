@@ -13,7 +13,7 @@ Counted: sessions, bytes each way, corrupted transfers (a hash that differs), un
 the sidecar's RSS and open fds. It fails (exit 1) on any corruption or unexpected close, if the
 sidecar's RSS grows past `--rss-slack-mib` between the first and the last quarter of the run,
 or if its fds do not come back to where they started. `make test` runs a short version
-(testenv/e2e/test_soak.py); the figures of a full run go in the README's Reliability section.
+(testenv/e2e/test_soak.py); the figures of a full run go in docs/testing.md (Soak).
 """
 from __future__ import annotations
 

@@ -125,8 +125,8 @@ ROUTES = {"name": "skypilot-ssh", "prefix": "/kubernetes-pod-ssh-proxy", "cluste
 
 def test_filter_config_reload_good_applies_bad_is_rejected_and_the_old_keeps_serving(workdir, backend, tls):
     """Listener updates from a watched file. Envoy drains a replaced listener's connections for
-    `--drain-time-s`, then closes them: sessions opened before a push live that long (the
-    README's Reliability section says so; Istio delivers WasmPlugin configuration over ECDS)."""
+    `--drain-time-s`, then closes them: sessions opened before a push live that long
+    (docs/testing.md, Faults, says so; Istio delivers WasmPlugin configuration over ECDS)."""
     def config(*clusters: str) -> str:
         return json.dumps({"routes": [{**ROUTES, "allowedClusters": list(clusters)}]})
 

@@ -418,7 +418,7 @@ def test_client_cannot_forge_the_routing_header(gateway, backend, tls):
 
 def test_h2_websocket_gets_a_key_and_reaches_a_strict_backend(gateway, backend, tls):
     """RFC 8441 over the TLS listener: no `Sec-WebSocket-Key` from the client, one added by the
-    filter, so the strict HTTP/1.1 backend accepts (Istio issue 33534); the token is rewritten
+    filter, so the strict HTTP/1.1 backend accepts (upstream istio/istio#33534); the token is rewritten
     on HTTP/2 too."""
     tok, tid = new_token(), new_id()
     c = Counters(gateway)

@@ -1,6 +1,6 @@
 """The soak (testenv/soak.py, `make soak`) in its short version: concurrent ssh sessions through
 Envoy with the filter and the sidecar, every byte hashed at both ends, the sidecar's RSS and fds
-watched. The full run's figures are in the README's Reliability section."""
+watched. The full run's figures are in docs/testing.md (Soak)."""
 from __future__ import annotations
 
 import sys

@@ -3,7 +3,7 @@
 It stands in for what sits behind the gateway (the sidecar, the Kubernetes API, an app): tests
 read what it received to check what the filter forwarded. Paths under `/redirect` answer 301, as
 an upstream app that redirects an upgrade would; plain requests get 200 with the record as JSON;
-upgrades are accepted (strictly: a missing `Sec-WebSocket-Key` is a 400, as Istio issue 33534
+upgrades are accepted (strictly: a missing `Sec-WebSocket-Key` is a 400, as upstream istio/istio#33534
 describes) and echo every message.
 """
 from __future__ import annotations
