@@ -31,7 +31,9 @@ fn dependencies(manifest: &str) -> Vec<String> {
     let mut in_deps = false;
     for line in manifest.lines().map(str::trim) {
         if line.starts_with('[') {
-            in_deps = line.trim_matches(|c| c == '[' || c == ']').ends_with("dependencies");
+            in_deps = line
+                .trim_matches(|c| c == '[' || c == ']')
+                .ends_with("dependencies");
         } else if in_deps {
             if let Some((name, _)) = line.split_once('=') {
                 if !name.trim().starts_with('#') {
@@ -84,7 +86,12 @@ fn only_the_glue_and_the_fuzz_targets_import_the_filter_core() {
 #[test]
 fn every_program_speaks_the_wire_formats_of_proto() {
     let g = graph();
-    for program in ["wsgate-core", "wsgate-sidecar", "wsgate-client", "wsgate-bench"] {
+    for program in [
+        "wsgate-core",
+        "wsgate-sidecar",
+        "wsgate-client",
+        "wsgate-bench",
+    ] {
         let deps = g
             .iter()
             .find(|(name, _)| name == program)
