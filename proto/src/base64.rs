@@ -73,27 +73,84 @@ mod tests {
 
     #[test]
     fn decode_table() {
-        let cases: &[(&str, &str, Option<&[u8]>)] = &[
-            ("empty", "", Some(b"")),
-            ("one byte", "YQ", Some(b"a")),
-            ("two bytes", "YWI", Some(b"ab")),
-            ("three bytes", "YWJj", Some(b"abc")),
-            ("url alphabet", "-_8", Some(&[0xfb, 0xff])),
-            ("padding is an error", "YQ==", None),
-            ("std alphabet plus is an error", "+w", None),
-            ("std alphabet slash is an error", "/w", None),
-            ("4n+1 length is an error", "YWJjZ", None),
-            ("non-zero trailing bits accepted", "YR", Some(b"a")),
-            (
-                "non-zero trailing bits accepted (2 bytes)",
-                "YWJ",
-                Some(b"ab"),
-            ),
-            ("space is an error", "YW Jj", None),
-            ("newlines are skipped like Go", "YW\r\nJj", Some(b"abc")),
-            ("dot is an error", "YQ.", None),
+        struct Case {
+            name: &'static str,
+            input: &'static str,
+            want: Option<&'static [u8]>,
+        }
+        let cases: &[Case] = &[
+            Case {
+                name: "empty",
+                input: "",
+                want: Some(b""),
+            },
+            Case {
+                name: "one byte",
+                input: "YQ",
+                want: Some(b"a"),
+            },
+            Case {
+                name: "two bytes",
+                input: "YWI",
+                want: Some(b"ab"),
+            },
+            Case {
+                name: "three bytes",
+                input: "YWJj",
+                want: Some(b"abc"),
+            },
+            Case {
+                name: "url alphabet",
+                input: "-_8",
+                want: Some(&[0xfb, 0xff]),
+            },
+            Case {
+                name: "padding is an error",
+                input: "YQ==",
+                want: None,
+            },
+            Case {
+                name: "std alphabet plus is an error",
+                input: "+w",
+                want: None,
+            },
+            Case {
+                name: "std alphabet slash is an error",
+                input: "/w",
+                want: None,
+            },
+            Case {
+                name: "4n+1 length is an error",
+                input: "YWJjZ",
+                want: None,
+            },
+            Case {
+                name: "non-zero trailing bits accepted",
+                input: "YR",
+                want: Some(b"a"),
+            },
+            Case {
+                name: "non-zero trailing bits accepted (2 bytes)",
+                input: "YWJ",
+                want: Some(b"ab"),
+            },
+            Case {
+                name: "space is an error",
+                input: "YW Jj",
+                want: None,
+            },
+            Case {
+                name: "newlines are skipped like Go",
+                input: "YW\r\nJj",
+                want: Some(b"abc"),
+            },
+            Case {
+                name: "dot is an error",
+                input: "YQ.",
+                want: None,
+            },
         ];
-        for (name, input, want) in cases {
+        for Case { name, input, want } in cases {
             assert_eq!(decode_raw_url(input).as_deref(), *want, "{name}");
         }
     }

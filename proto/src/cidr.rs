@@ -138,18 +138,59 @@ mod tests {
 
     #[test]
     fn contains_table() {
+        struct Case {
+            cidr: &'static str,
+            ip: &'static str,
+            want: bool,
+        }
         let cases = [
-            ("10.0.0.0/8", "10.1.2.3", true),
-            ("10.0.0.0/8", "11.0.0.1", false),
-            ("127.0.0.1/32", "127.0.0.1", true),
-            ("127.0.0.1/32", "127.0.0.2", false),
-            ("127.0.0.0/8", "::ffff:127.0.0.9", true),
-            ("::1/128", "::1", true),
-            ("::1/128", "127.0.0.1", false),
-            ("fd00::/8", "fd12::1", true),
-            ("0.0.0.0/0", "8.8.8.8", true),
+            Case {
+                cidr: "10.0.0.0/8",
+                ip: "10.1.2.3",
+                want: true,
+            },
+            Case {
+                cidr: "10.0.0.0/8",
+                ip: "11.0.0.1",
+                want: false,
+            },
+            Case {
+                cidr: "127.0.0.1/32",
+                ip: "127.0.0.1",
+                want: true,
+            },
+            Case {
+                cidr: "127.0.0.1/32",
+                ip: "127.0.0.2",
+                want: false,
+            },
+            Case {
+                cidr: "127.0.0.0/8",
+                ip: "::ffff:127.0.0.9",
+                want: true,
+            },
+            Case {
+                cidr: "::1/128",
+                ip: "::1",
+                want: true,
+            },
+            Case {
+                cidr: "::1/128",
+                ip: "127.0.0.1",
+                want: false,
+            },
+            Case {
+                cidr: "fd00::/8",
+                ip: "fd12::1",
+                want: true,
+            },
+            Case {
+                cidr: "0.0.0.0/0",
+                ip: "8.8.8.8",
+                want: true,
+            },
         ];
-        for (cidr, ip, want) in cases {
+        for Case { cidr, ip, want } in cases {
             let c: Cidr = cidr.parse().unwrap();
             assert_eq!(c.contains(ip.parse().unwrap()), want, "{cidr} ∋ {ip}");
         }

@@ -152,56 +152,87 @@ mod tests {
         let ping = [1u8, 0, 0, 0, 7];
         let mut latency = vec![2u8];
         latency.extend_from_slice(&42u64.to_be_bytes());
-        type Case<'a> = (&'a str, Framing, Vec<u8>, Result<Inbound<'a>, FrameError>);
+        struct Case<'a> {
+            name: &'static str,
+            framing: Framing,
+            frame: Vec<u8>,
+            want: Result<Inbound<'a>, FrameError>,
+        }
         let cases: Vec<Case> = vec![
-            (
-                "raw passes everything",
-                Raw,
-                vec![1, 2, 3],
-                Ok(Inbound::Data(&[1, 2, 3])),
-            ),
-            ("raw empty", Raw, vec![], Ok(Inbound::Data(&[]))),
-            (
-                "typed data",
-                Typed,
-                vec![0, b'h', b'i'],
-                Ok(Inbound::Data(b"hi")),
-            ),
-            ("typed empty data", Typed, vec![0], Ok(Inbound::Data(&[]))),
-            (
-                "ping echoed whole",
-                Typed,
-                ping.to_vec(),
-                Ok(Inbound::Ping(&ping)),
-            ),
-            (
-                "short ping",
-                Typed,
-                vec![1, 0, 0],
-                Err(FrameError::BadPing(3)),
-            ),
-            ("latency", Typed, latency.clone(), Ok(Inbound::Latency(42))),
-            (
-                "short latency",
-                Typed,
-                vec![2, 0],
-                Err(FrameError::BadLatency(2)),
-            ),
-            (
-                "redirect from client",
-                Typed,
-                vec![3, b'{', b'}'],
-                Err(FrameError::UnexpectedRedirect),
-            ),
-            (
-                "unknown type",
-                Typed,
-                vec![9, 1],
-                Err(FrameError::UnknownType(9)),
-            ),
-            ("empty typed frame", Typed, vec![], Err(FrameError::Empty)),
+            Case {
+                name: "raw passes everything",
+                framing: Raw,
+                frame: vec![1, 2, 3],
+                want: Ok(Inbound::Data(&[1, 2, 3])),
+            },
+            Case {
+                name: "raw empty",
+                framing: Raw,
+                frame: vec![],
+                want: Ok(Inbound::Data(&[])),
+            },
+            Case {
+                name: "typed data",
+                framing: Typed,
+                frame: vec![0, b'h', b'i'],
+                want: Ok(Inbound::Data(b"hi")),
+            },
+            Case {
+                name: "typed empty data",
+                framing: Typed,
+                frame: vec![0],
+                want: Ok(Inbound::Data(&[])),
+            },
+            Case {
+                name: "ping echoed whole",
+                framing: Typed,
+                frame: ping.to_vec(),
+                want: Ok(Inbound::Ping(&ping)),
+            },
+            Case {
+                name: "short ping",
+                framing: Typed,
+                frame: vec![1, 0, 0],
+                want: Err(FrameError::BadPing(3)),
+            },
+            Case {
+                name: "latency",
+                framing: Typed,
+                frame: latency.clone(),
+                want: Ok(Inbound::Latency(42)),
+            },
+            Case {
+                name: "short latency",
+                framing: Typed,
+                frame: vec![2, 0],
+                want: Err(FrameError::BadLatency(2)),
+            },
+            Case {
+                name: "redirect from client",
+                framing: Typed,
+                frame: vec![3, b'{', b'}'],
+                want: Err(FrameError::UnexpectedRedirect),
+            },
+            Case {
+                name: "unknown type",
+                framing: Typed,
+                frame: vec![9, 1],
+                want: Err(FrameError::UnknownType(9)),
+            },
+            Case {
+                name: "empty typed frame",
+                framing: Typed,
+                frame: vec![],
+                want: Err(FrameError::Empty),
+            },
         ];
-        for (name, framing, frame, want) in cases {
+        for Case {
+            name,
+            framing,
+            frame,
+            want,
+        } in cases
+        {
             let got = decode(framing, &frame);
             assert_eq!(format!("{got:?}"), format!("{want:?}"), "{name}");
         }

@@ -152,128 +152,137 @@ mod tests {
     fn apiserver_semantics_table() {
         let tok = entry("my-token");
         let tok2 = entry("other");
-        let cases: Vec<(&str, Vec<String>, Want)> = vec![
-            ("no header lines", vec![], Ok(None)),
-            (
-                "no bearer entry",
-                vec!["v4.channel.k8s.io".into()],
-                Ok(None),
-            ),
-            (
-                "token beside a protocol, same line",
-                vec![format!("{tok}, v5.channel.k8s.io")],
-                Ok(Some(("my-token", "v5.channel.k8s.io"))),
-            ),
-            (
-                "token first on its own line, protocols on another",
-                vec![tok.clone(), "v4.channel.k8s.io, channel.k8s.io".into()],
-                Ok(Some(("my-token", "v4.channel.k8s.io,channel.k8s.io"))),
-            ),
-            (
-                "remaining entries joined with a bare comma",
-                vec![format!(" base64.channel.k8s.io ,{tok},  binary.k8s.io ")],
-                Ok(Some(("my-token", "base64.channel.k8s.io,binary.k8s.io"))),
-            ),
-            (
-                "token alone is an error",
-                vec![tok.clone()],
-                Err(TokenError::MissingSubprotocol),
-            ),
-            (
-                "empty entry counts as another protocol (apiserver quirk)",
-                vec![format!("{tok},")],
-                Ok(Some(("my-token", ""))),
-            ),
-            (
-                "bare prefix passes unchanged",
-                vec![format!("{BEARER_PROTOCOL_PREFIX}, v4.channel.k8s.io")],
-                Ok(None),
-            ),
-            (
-                "bare prefix alone passes unchanged",
-                vec![BEARER_PROTOCOL_PREFIX.into()],
-                Ok(None),
-            ),
-            (
-                "two tokens on one line",
-                vec![format!("{tok}, {tok2}, v4.channel.k8s.io")],
-                Err(TokenError::MultipleTokens),
-            ),
-            (
-                "two tokens on two lines",
-                vec![format!("{tok}, v4.channel.k8s.io"), tok2.clone()],
-                Err(TokenError::MultipleTokens),
-            ),
-            (
-                "two entries, one empty, is still an error",
-                vec![format!(
+        struct Case {
+            name: &'static str,
+            lines: Vec<String>,
+            want: Want,
+        }
+        let cases: Vec<Case> = vec![
+            Case {
+                name: "no header lines",
+                lines: vec![],
+                want: Ok(None),
+            },
+            Case {
+                name: "no bearer entry",
+                lines: vec!["v4.channel.k8s.io".into()],
+                want: Ok(None),
+            },
+            Case {
+                name: "token beside a protocol, same line",
+                lines: vec![format!("{tok}, v5.channel.k8s.io")],
+                want: Ok(Some(("my-token", "v5.channel.k8s.io"))),
+            },
+            Case {
+                name: "token first on its own line, protocols on another",
+                lines: vec![tok.clone(), "v4.channel.k8s.io, channel.k8s.io".into()],
+                want: Ok(Some(("my-token", "v4.channel.k8s.io,channel.k8s.io"))),
+            },
+            Case {
+                name: "remaining entries joined with a bare comma",
+                lines: vec![format!(" base64.channel.k8s.io ,{tok},  binary.k8s.io ")],
+                want: Ok(Some(("my-token", "base64.channel.k8s.io,binary.k8s.io"))),
+            },
+            Case {
+                name: "token alone is an error",
+                lines: vec![tok.clone()],
+                want: Err(TokenError::MissingSubprotocol),
+            },
+            Case {
+                name: "empty entry counts as another protocol (apiserver quirk)",
+                lines: vec![format!("{tok},")],
+                want: Ok(Some(("my-token", ""))),
+            },
+            Case {
+                name: "bare prefix passes unchanged",
+                lines: vec![format!("{BEARER_PROTOCOL_PREFIX}, v4.channel.k8s.io")],
+                want: Ok(None),
+            },
+            Case {
+                name: "bare prefix alone passes unchanged",
+                lines: vec![BEARER_PROTOCOL_PREFIX.into()],
+                want: Ok(None),
+            },
+            Case {
+                name: "two tokens on one line",
+                lines: vec![format!("{tok}, {tok2}, v4.channel.k8s.io")],
+                want: Err(TokenError::MultipleTokens),
+            },
+            Case {
+                name: "two tokens on two lines",
+                lines: vec![format!("{tok}, v4.channel.k8s.io"), tok2.clone()],
+                want: Err(TokenError::MultipleTokens),
+            },
+            Case {
+                name: "two entries, one empty, is still an error",
+                lines: vec![format!(
                     "{BEARER_PROTOCOL_PREFIX}, {tok}, v4.channel.k8s.io"
                 )],
-                Err(TokenError::MultipleTokens),
-            ),
-            (
-                "prefix match is case-sensitive",
-                vec![format!(
+                want: Err(TokenError::MultipleTokens),
+            },
+            Case {
+                name: "prefix match is case-sensitive",
+                lines: vec![format!(
                     "Base64url.bearer.authorization.k8s.io.{}, v4.channel.k8s.io",
                     encode_raw_url(b"x")
                 )],
-                Ok(None),
-            ),
-            (
-                "padding is an encoding error",
-                vec![format!("{BEARER_PROTOCOL_PREFIX}YQ==, v4.channel.k8s.io")],
-                Err(TokenError::InvalidEncoding),
-            ),
-            (
-                "standard alphabet is an encoding error",
-                vec![format!("{BEARER_PROTOCOL_PREFIX}a+b/, v4.channel.k8s.io")],
-                Err(TokenError::InvalidEncoding),
-            ),
-            (
-                "non-zero trailing bits are accepted",
-                vec![format!("{BEARER_PROTOCOL_PREFIX}YR, v4.channel.k8s.io")],
-                Ok(Some(("a", "v4.channel.k8s.io"))),
-            ),
-            (
-                "non-UTF-8 token",
-                vec![format!(
+                want: Ok(None),
+            },
+            Case {
+                name: "padding is an encoding error",
+                lines: vec![format!("{BEARER_PROTOCOL_PREFIX}YQ==, v4.channel.k8s.io")],
+                want: Err(TokenError::InvalidEncoding),
+            },
+            Case {
+                name: "standard alphabet is an encoding error",
+                lines: vec![format!("{BEARER_PROTOCOL_PREFIX}a+b/, v4.channel.k8s.io")],
+                want: Err(TokenError::InvalidEncoding),
+            },
+            Case {
+                name: "non-zero trailing bits are accepted",
+                lines: vec![format!("{BEARER_PROTOCOL_PREFIX}YR, v4.channel.k8s.io")],
+                want: Ok(Some(("a", "v4.channel.k8s.io"))),
+            },
+            Case {
+                name: "non-UTF-8 token",
+                lines: vec![format!(
                     "{BEARER_PROTOCOL_PREFIX}{}, v4.channel.k8s.io",
                     encode_raw_url(&[0xff, 0xfe])
                 )],
-                Err(TokenError::InvalidUtf8),
-            ),
-            (
-                "CRLF in the token is header injection",
-                vec![format!(
+                want: Err(TokenError::InvalidUtf8),
+            },
+            Case {
+                name: "CRLF in the token is header injection",
+                lines: vec![format!(
                     "{}, v4.channel.k8s.io",
                     entry("tok\r\nx-admin: true")
                 )],
-                Err(TokenError::ControlCharacters),
-            ),
-            (
-                "NUL in the token",
-                vec![format!("{}, v4.channel.k8s.io", entry("a\0b"))],
-                Err(TokenError::ControlCharacters),
-            ),
-            (
-                "first error wins, like the apiserver's loop",
-                vec![format!(
+                want: Err(TokenError::ControlCharacters),
+            },
+            Case {
+                name: "NUL in the token",
+                lines: vec![format!("{}, v4.channel.k8s.io", entry("a\0b"))],
+                want: Err(TokenError::ControlCharacters),
+            },
+            Case {
+                name: "first error wins, like the apiserver's loop",
+                lines: vec![format!(
                     "{BEARER_PROTOCOL_PREFIX}!!, {tok}, v4.channel.k8s.io"
                 )],
-                Err(TokenError::InvalidEncoding),
-            ),
-            (
-                "empty lines are entries too",
-                vec!["".into(), tok.clone()],
-                Ok(Some(("my-token", ""))),
-            ),
-            (
-                "tabs around entries are trimmed",
-                vec![format!("\t{tok}\t,\tv4.channel.k8s.io\t")],
-                Ok(Some(("my-token", "v4.channel.k8s.io"))),
-            ),
+                want: Err(TokenError::InvalidEncoding),
+            },
+            Case {
+                name: "empty lines are entries too",
+                lines: vec!["".into(), tok.clone()],
+                want: Ok(Some(("my-token", ""))),
+            },
+            Case {
+                name: "tabs around entries are trimmed",
+                lines: vec![format!("\t{tok}\t,\tv4.channel.k8s.io\t")],
+                want: Ok(Some(("my-token", "v4.channel.k8s.io"))),
+            },
         ];
-        for (name, lines, want) in cases {
+        for Case { name, lines, want } in cases {
             let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
             check(name, &lines, want);
         }

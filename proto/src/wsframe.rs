@@ -250,71 +250,100 @@ mod tests {
     fn parse_table() {
         const M: [u8; 4] = [1, 2, 3, 4];
         type Want = Result<Option<Header>, HeaderError>;
-        let cases: Vec<(&str, Vec<u8>, Want)> = vec![
-            ("empty", vec![], Ok(None)),
-            ("one byte", vec![0x82], Ok(None)),
-            (
-                "small masked binary",
-                vec![0x82, 0x85, 1, 2, 3, 4],
-                Ok(Some(hdr(true, Opcode::Binary, Some(M), 5, 6))),
-            ),
-            ("mask not all here", vec![0x82, 0x85, 1, 2], Ok(None)),
-            (
-                "unmasked",
-                vec![0x82, 0x05],
-                Ok(Some(hdr(true, Opcode::Binary, None, 5, 2))),
-            ),
-            (
-                "16-bit length",
-                vec![0x02, 0xFE, 0x01, 0x00, 1, 2, 3, 4],
-                Ok(Some(hdr(false, Opcode::Binary, Some(M), 256, 8))),
-            ),
-            ("16-bit length cut", vec![0x82, 0xFE, 0x01], Ok(None)),
-            (
-                "64-bit length",
-                vec![0x80, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0, 1, 2, 3, 4],
-                Ok(Some(hdr(true, Opcode::Continuation, Some(M), 65536, 14))),
-            ),
-            (
-                "64-bit length over the limit, before the mask arrives",
-                vec![0x82, 0xFF, 0, 0, 0, 0, 0, 1, 0, 1],
-                Err(HeaderError::TooBig(65537)),
-            ),
-            (
-                "64-bit length with the top bit set",
-                vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0],
-                Err(HeaderError::TooBig(1 << 63)),
-            ),
-            (
-                "rsv1 (compression)",
-                vec![0xC2, 0x80],
-                Err(HeaderError::Reserved),
-            ),
-            ("rsv3", vec![0x92, 0x80], Err(HeaderError::Reserved)),
-            ("opcode 3", vec![0x83, 0x80], Err(HeaderError::Opcode(3))),
-            (
-                "opcode 0xB",
-                vec![0x8B, 0x80],
-                Err(HeaderError::Opcode(0xB)),
-            ),
-            (
-                "fragmented ping",
-                vec![0x09, 0x80, 1, 2, 3, 4],
-                Err(HeaderError::BadControl),
-            ),
-            (
-                "126-byte close",
-                vec![0x88, 0xFE, 0, 126],
-                Err(HeaderError::BadControl),
-            ),
-            (
-                "125-byte pong",
-                vec![0x8A, 0xFD, 1, 2, 3, 4],
-                Ok(Some(hdr(true, Opcode::Pong, Some(M), 125, 6))),
-            ),
+        struct Case {
+            name: &'static str,
+            buf: Vec<u8>,
+            want: Want,
+        }
+        let cases: Vec<Case> = vec![
+            Case {
+                name: "empty",
+                buf: vec![],
+                want: Ok(None),
+            },
+            Case {
+                name: "one byte",
+                buf: vec![0x82],
+                want: Ok(None),
+            },
+            Case {
+                name: "small masked binary",
+                buf: vec![0x82, 0x85, 1, 2, 3, 4],
+                want: Ok(Some(hdr(true, Opcode::Binary, Some(M), 5, 6))),
+            },
+            Case {
+                name: "mask not all here",
+                buf: vec![0x82, 0x85, 1, 2],
+                want: Ok(None),
+            },
+            Case {
+                name: "unmasked",
+                buf: vec![0x82, 0x05],
+                want: Ok(Some(hdr(true, Opcode::Binary, None, 5, 2))),
+            },
+            Case {
+                name: "16-bit length",
+                buf: vec![0x02, 0xFE, 0x01, 0x00, 1, 2, 3, 4],
+                want: Ok(Some(hdr(false, Opcode::Binary, Some(M), 256, 8))),
+            },
+            Case {
+                name: "16-bit length cut",
+                buf: vec![0x82, 0xFE, 0x01],
+                want: Ok(None),
+            },
+            Case {
+                name: "64-bit length",
+                buf: vec![0x80, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0, 1, 2, 3, 4],
+                want: Ok(Some(hdr(true, Opcode::Continuation, Some(M), 65536, 14))),
+            },
+            Case {
+                name: "64-bit length over the limit, before the mask arrives",
+                buf: vec![0x82, 0xFF, 0, 0, 0, 0, 0, 1, 0, 1],
+                want: Err(HeaderError::TooBig(65537)),
+            },
+            Case {
+                name: "64-bit length with the top bit set",
+                buf: vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0],
+                want: Err(HeaderError::TooBig(1 << 63)),
+            },
+            Case {
+                name: "rsv1 (compression)",
+                buf: vec![0xC2, 0x80],
+                want: Err(HeaderError::Reserved),
+            },
+            Case {
+                name: "rsv3",
+                buf: vec![0x92, 0x80],
+                want: Err(HeaderError::Reserved),
+            },
+            Case {
+                name: "opcode 3",
+                buf: vec![0x83, 0x80],
+                want: Err(HeaderError::Opcode(3)),
+            },
+            Case {
+                name: "opcode 0xB",
+                buf: vec![0x8B, 0x80],
+                want: Err(HeaderError::Opcode(0xB)),
+            },
+            Case {
+                name: "fragmented ping",
+                buf: vec![0x09, 0x80, 1, 2, 3, 4],
+                want: Err(HeaderError::BadControl),
+            },
+            Case {
+                name: "126-byte close",
+                buf: vec![0x88, 0xFE, 0, 126],
+                want: Err(HeaderError::BadControl),
+            },
+            Case {
+                name: "125-byte pong",
+                buf: vec![0x8A, 0xFD, 1, 2, 3, 4],
+                want: Ok(Some(hdr(true, Opcode::Pong, Some(M), 125, 6))),
+            },
         ];
-        for (what, buf, want) in cases {
-            assert_eq!(parse(&buf, 65536), want, "{what}");
+        for Case { name, buf, want } in cases {
+            assert_eq!(parse(&buf, 65536), want, "{name}");
         }
     }
 

@@ -349,28 +349,32 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(c.token.expose(), "sub-token");
-        let cases: Vec<(Vec<(&'static str, &str)>, Reject)> = vec![
-            (
-                vec![("authorization", "Bearer")],
-                Reject::InvalidCredentials,
-            ),
-            (
-                vec![("authorization", "Bearer   ")],
-                Reject::InvalidCredentials,
-            ),
-            (
-                vec![("authorization", "Bearer a"), ("authorization", "Bearer b")],
-                Reject::AmbiguousCredentials,
-            ),
-            (
-                vec![
+        struct Case<'a> {
+            headers: Vec<(&'static str, &'a str)>,
+            want: Reject,
+        }
+        let cases: Vec<Case> = vec![
+            Case {
+                headers: vec![("authorization", "Bearer")],
+                want: Reject::InvalidCredentials,
+            },
+            Case {
+                headers: vec![("authorization", "Bearer   ")],
+                want: Reject::InvalidCredentials,
+            },
+            Case {
+                headers: vec![("authorization", "Bearer a"), ("authorization", "Bearer b")],
+                want: Reject::AmbiguousCredentials,
+            },
+            Case {
+                headers: vec![
                     ("authorization", "Bearer a"),
                     ("sec-websocket-protocol", &sub),
                 ],
-                Reject::AmbiguousCredentials,
-            ),
+                want: Reject::AmbiguousCredentials,
+            },
         ];
-        for (h, want) in cases {
+        for Case { headers: h, want } in cases {
             assert_eq!(credential(&headers(&h)).unwrap_err(), want, "{h:?}");
         }
     }

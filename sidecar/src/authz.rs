@@ -173,17 +173,59 @@ mod tests {
             ]}"#,
         )
         .unwrap();
+        struct Case {
+            identity: Identity,
+            cluster: &'static str,
+            allowed: bool,
+        }
         let cases = [
-            (who("alice", &[]), "prod", true),
-            (who("alice", &[]), "dev-1", false),
-            (who("bob", &["dev"]), "dev-1", true),
-            (who("bob", &["dev"]), "team-sandbox", true),
-            (who("bob", &["dev"]), "prod", false),
-            (who("root", &[]), "anything", true),
-            (who("mallory", &["alice"]), "prod", false),
+            Case {
+                identity: who("alice", &[]),
+                cluster: "prod",
+                allowed: true,
+            },
+            Case {
+                identity: who("alice", &[]),
+                cluster: "dev-1",
+                allowed: false,
+            },
+            Case {
+                identity: who("bob", &["dev"]),
+                cluster: "dev-1",
+                allowed: true,
+            },
+            Case {
+                identity: who("bob", &["dev"]),
+                cluster: "team-sandbox",
+                allowed: true,
+            },
+            Case {
+                identity: who("bob", &["dev"]),
+                cluster: "prod",
+                allowed: false,
+            },
+            Case {
+                identity: who("root", &[]),
+                cluster: "anything",
+                allowed: true,
+            },
+            Case {
+                identity: who("mallory", &["alice"]),
+                cluster: "prod",
+                allowed: false,
+            },
         ];
-        for (w, c, want) in cases {
-            assert_eq!(p.allows(&w, c), want, "{w:?} → {c}");
+        for Case {
+            identity,
+            cluster,
+            allowed,
+        } in cases
+        {
+            assert_eq!(
+                p.allows(&identity, cluster),
+                allowed,
+                "{identity:?} → {cluster}"
+            );
         }
     }
 

@@ -108,38 +108,65 @@ mod tests {
             ("sec-websocket-version", "13"),
             ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
         ];
-        type Changes = Vec<(&'static str, &'static str)>;
-        let cases: Vec<(&str, Changes, bool)> = vec![
-            ("complete", vec![], true),
-            (
-                "keep-alive, Upgrade",
-                vec![("connection", "keep-alive, Upgrade")],
-                true,
-            ),
-            (
-                "WebSocket in capitals",
-                vec![("upgrade", "WebSocket")],
-                true,
-            ),
-            (
-                "no upgrade token",
-                vec![("connection", "keep-alive")],
-                false,
-            ),
-            ("h2c", vec![("upgrade", "h2c")], false),
-            ("version 8", vec![("sec-websocket-version", "8")], false),
-            ("empty key", vec![("sec-websocket-key", "")], false),
+        struct Case {
+            name: &'static str,
+            /// Headers whose values replace those in `base`.
+            changes: Vec<(&'static str, &'static str)>,
+            /// Whether the request passes RFC 6455's checks (`client_key` finds the key).
+            accepted: bool,
+        }
+        let cases: Vec<Case> = vec![
+            Case {
+                name: "complete",
+                changes: vec![],
+                accepted: true,
+            },
+            Case {
+                name: "keep-alive, Upgrade",
+                changes: vec![("connection", "keep-alive, Upgrade")],
+                accepted: true,
+            },
+            Case {
+                name: "WebSocket in capitals",
+                changes: vec![("upgrade", "WebSocket")],
+                accepted: true,
+            },
+            Case {
+                name: "no upgrade token",
+                changes: vec![("connection", "keep-alive")],
+                accepted: false,
+            },
+            Case {
+                name: "h2c",
+                changes: vec![("upgrade", "h2c")],
+                accepted: false,
+            },
+            Case {
+                name: "version 8",
+                changes: vec![("sec-websocket-version", "8")],
+                accepted: false,
+            },
+            Case {
+                name: "empty key",
+                changes: vec![("sec-websocket-key", "")],
+                accepted: false,
+            },
         ];
-        for (what, change, ok) in cases {
+        for Case {
+            name,
+            changes,
+            accepted,
+        } in cases
+        {
             let mut h = HeaderMap::new();
             for (k, v) in base {
-                let v = change
+                let v = changes
                     .iter()
                     .find(|(ck, _)| *ck == k)
                     .map_or(v, |(_, cv)| *cv);
                 h.insert(k, HeaderValue::from_static(v));
             }
-            assert_eq!(client_key(&h).is_some(), ok, "{what}");
+            assert_eq!(client_key(&h).is_some(), accepted, "{name}");
         }
         let mut h = HeaderMap::new();
         for (k, v) in &base[..3] {

@@ -836,150 +836,159 @@ mod tests {
     /// Each bad config names the field at fault.
     #[test]
     fn errors_name_the_field() {
-        let cases: &[(&str, &str, &str)] = &[
-            (
-                "unknown top-level field",
-                r#"{"tokenRewrites": {}}"#,
-                "tokenRewrites",
-            ),
-            (
-                "unknown nested field",
-                r#"{"tokenRewrite": {"enable": true}}"#,
-                "tokenRewrite.enable",
-            ),
-            (
-                "wrong type",
-                r#"{"h2WebSocketKey": "yes"}"#,
-                "h2WebSocketKey",
-            ),
-            (
-                "bad enum",
-                r#"{"tokenRewrite": {"existingAuthorization": "merge"}}"#,
-                "tokenRewrite.existingAuthorization",
-            ),
-            ("not JSON", "{", "pluginConfig"),
-            (
-                "relative prefix",
-                r#"{"tokenRewrite": {"pathPrefixes": ["api"]}}"#,
-                "tokenRewrite.pathPrefixes[0]",
-            ),
-            (
-                "zero port",
-                r#"{"redirectGuard": {"httpsPort": 0}}"#,
-                "redirectGuard.httpsPort",
-            ),
-            (
-                "port out of range",
-                r#"{"redirectGuard": {"httpsPort": 70000}}"#,
-                "redirectGuard.httpsPort",
-            ),
-            (
-                "bad cidr",
-                r#"{"redirectGuard": {"allowPlaintext": {"trustedCidrs": ["10.0.0/8"], "pathPrefixes": ["/"]}}}"#,
-                "redirectGuard.allowPlaintext.trustedCidrs[0]",
-            ),
-            (
-                "host bits",
-                r#"{"redirectGuard": {"allowPlaintext": {"trustedCidrs": ["10.1.0.0/8"], "pathPrefixes": ["/"]}}}"#,
-                "redirectGuard.allowPlaintext.trustedCidrs[0]",
-            ),
-            (
-                "anywhere",
-                r#"{"redirectGuard": {"allowPlaintext": {"trustedCidrs": ["0.0.0.0/0"], "pathPrefixes": ["/"]}}}"#,
-                "redirectGuard.allowPlaintext.trustedCidrs[0]",
-            ),
-            (
-                "no cidrs",
-                r#"{"redirectGuard": {"allowPlaintext": {"trustedCidrs": [], "pathPrefixes": ["/"]}}}"#,
-                "redirectGuard.allowPlaintext.trustedCidrs",
-            ),
-            (
-                "no paths",
-                r#"{"redirectGuard": {"allowPlaintext": {"trustedCidrs": ["10.0.0.0/8"], "pathPrefixes": []}}}"#,
-                "redirectGuard.allowPlaintext.pathPrefixes",
-            ),
-            (
-                "missing cidrs",
-                r#"{"redirectGuard": {"allowPlaintext": {"pathPrefixes": ["/"]}}}"#,
-                "redirectGuard.allowPlaintext",
-            ),
-            (
-                "prefix and pattern",
-                r#"{"routes": [{"prefix": "/a", "pattern": "/c/{cluster}"}]}"#,
-                "routes[0].pattern",
-            ),
-            (
-                "neither",
-                r#"{"routes": [{"name": "x"}]}"#,
-                "routes[0].prefix",
-            ),
-            (
-                "prefix without param",
-                r#"{"routes": [{"prefix": "/a"}]}"#,
-                "routes[0].clusterQueryParam",
-            ),
-            (
-                "pattern with param",
-                r#"{"routes": [{"pattern": "/c/{cluster}", "clusterQueryParam": "c"}]}"#,
-                "routes[0].clusterQueryParam",
-            ),
-            (
-                "bad pattern",
-                r#"{"routes": [{"pattern": "/c/{name}"}]}"#,
-                "routes[0].pattern",
-            ),
-            (
-                "bad allowed cluster",
-                r#"{"routes": [{"pattern": "/c/{cluster}", "allowedClusters": ["Prod"]}]}"#,
-                "routes[0].allowedClusters[0]",
-            ),
-            (
-                "empty allow-list",
-                r#"{"routes": [{"pattern": "/c/{cluster}", "allowedClusters": []}]}"#,
-                "routes[0].allowedClusters",
-            ),
-            (
-                "bad header",
-                r#"{"routes": [{"pattern": "/c/{cluster}", "header": "X-Cluster"}]}"#,
-                "routes[0].header",
-            ),
-            (
-                "reserved header",
-                r#"{"routes": [{"pattern": "/c/{cluster}", "setHeaders": {"authorization": "x"}}]}"#,
-                "routes[0].setHeaders.authorization",
-            ),
-            (
-                "pseudo header",
-                r#"{"routes": [{"pattern": "/c/{cluster}", "removeHeaders": [":path"]}]}"#,
-                "routes[0].removeHeaders[0]",
-            ),
-            (
-                "control chars",
-                r#"{"routes": [{"pattern": "/c/{cluster}", "setHeaders": {"x-a": "a\r\nb"}}]}"#,
-                "routes[0].setHeaders.x-a",
-            ),
-            (
-                "bad authority",
-                r#"{"routes": [{"pattern": "/c/{cluster}", "authority": "a/b"}]}"#,
-                "routes[0].authority",
-            ),
-            (
-                "shadowed prefix",
-                r#"{"routes": [{"prefix": "/a", "clusterQueryParam": "c"}, {"prefix": "/a/b", "clusterQueryParam": "c"}]}"#,
-                "routes[1]",
-            ),
-            (
-                "duplicate pattern",
-                r#"{"routes": [{"pattern": "/c/{cluster}"}, {"pattern": "/c/{cluster}/"}]}"#,
-                "routes[1]",
-            ),
-            (
-                "duplicate name",
-                r#"{"routes": [{"name": "x", "pattern": "/c/{cluster}"}, {"name": "x", "pattern": "/d/{cluster}"}]}"#,
-                "routes[1].name",
-            ),
+        struct Case {
+            name: &'static str,
+            json: &'static str,
+            field: &'static str,
+        }
+        let cases: &[Case] = &[
+            Case {
+                name: "unknown top-level field",
+                json: r#"{"tokenRewrites": {}}"#,
+                field: "tokenRewrites",
+            },
+            Case {
+                name: "unknown nested field",
+                json: r#"{"tokenRewrite": {"enable": true}}"#,
+                field: "tokenRewrite.enable",
+            },
+            Case {
+                name: "wrong type",
+                json: r#"{"h2WebSocketKey": "yes"}"#,
+                field: "h2WebSocketKey",
+            },
+            Case {
+                name: "bad enum",
+                json: r#"{"tokenRewrite": {"existingAuthorization": "merge"}}"#,
+                field: "tokenRewrite.existingAuthorization",
+            },
+            Case {
+                name: "not JSON",
+                json: "{",
+                field: "pluginConfig",
+            },
+            Case {
+                name: "relative prefix",
+                json: r#"{"tokenRewrite": {"pathPrefixes": ["api"]}}"#,
+                field: "tokenRewrite.pathPrefixes[0]",
+            },
+            Case {
+                name: "zero port",
+                json: r#"{"redirectGuard": {"httpsPort": 0}}"#,
+                field: "redirectGuard.httpsPort",
+            },
+            Case {
+                name: "port out of range",
+                json: r#"{"redirectGuard": {"httpsPort": 70000}}"#,
+                field: "redirectGuard.httpsPort",
+            },
+            Case {
+                name: "bad cidr",
+                json: r#"{"redirectGuard": {"allowPlaintext": {"trustedCidrs": ["10.0.0/8"], "pathPrefixes": ["/"]}}}"#,
+                field: "redirectGuard.allowPlaintext.trustedCidrs[0]",
+            },
+            Case {
+                name: "host bits",
+                json: r#"{"redirectGuard": {"allowPlaintext": {"trustedCidrs": ["10.1.0.0/8"], "pathPrefixes": ["/"]}}}"#,
+                field: "redirectGuard.allowPlaintext.trustedCidrs[0]",
+            },
+            Case {
+                name: "anywhere",
+                json: r#"{"redirectGuard": {"allowPlaintext": {"trustedCidrs": ["0.0.0.0/0"], "pathPrefixes": ["/"]}}}"#,
+                field: "redirectGuard.allowPlaintext.trustedCidrs[0]",
+            },
+            Case {
+                name: "no cidrs",
+                json: r#"{"redirectGuard": {"allowPlaintext": {"trustedCidrs": [], "pathPrefixes": ["/"]}}}"#,
+                field: "redirectGuard.allowPlaintext.trustedCidrs",
+            },
+            Case {
+                name: "no paths",
+                json: r#"{"redirectGuard": {"allowPlaintext": {"trustedCidrs": ["10.0.0.0/8"], "pathPrefixes": []}}}"#,
+                field: "redirectGuard.allowPlaintext.pathPrefixes",
+            },
+            Case {
+                name: "missing cidrs",
+                json: r#"{"redirectGuard": {"allowPlaintext": {"pathPrefixes": ["/"]}}}"#,
+                field: "redirectGuard.allowPlaintext",
+            },
+            Case {
+                name: "prefix and pattern",
+                json: r#"{"routes": [{"prefix": "/a", "pattern": "/c/{cluster}"}]}"#,
+                field: "routes[0].pattern",
+            },
+            Case {
+                name: "neither",
+                json: r#"{"routes": [{"name": "x"}]}"#,
+                field: "routes[0].prefix",
+            },
+            Case {
+                name: "prefix without param",
+                json: r#"{"routes": [{"prefix": "/a"}]}"#,
+                field: "routes[0].clusterQueryParam",
+            },
+            Case {
+                name: "pattern with param",
+                json: r#"{"routes": [{"pattern": "/c/{cluster}", "clusterQueryParam": "c"}]}"#,
+                field: "routes[0].clusterQueryParam",
+            },
+            Case {
+                name: "bad pattern",
+                json: r#"{"routes": [{"pattern": "/c/{name}"}]}"#,
+                field: "routes[0].pattern",
+            },
+            Case {
+                name: "bad allowed cluster",
+                json: r#"{"routes": [{"pattern": "/c/{cluster}", "allowedClusters": ["Prod"]}]}"#,
+                field: "routes[0].allowedClusters[0]",
+            },
+            Case {
+                name: "empty allow-list",
+                json: r#"{"routes": [{"pattern": "/c/{cluster}", "allowedClusters": []}]}"#,
+                field: "routes[0].allowedClusters",
+            },
+            Case {
+                name: "bad header",
+                json: r#"{"routes": [{"pattern": "/c/{cluster}", "header": "X-Cluster"}]}"#,
+                field: "routes[0].header",
+            },
+            Case {
+                name: "reserved header",
+                json: r#"{"routes": [{"pattern": "/c/{cluster}", "setHeaders": {"authorization": "x"}}]}"#,
+                field: "routes[0].setHeaders.authorization",
+            },
+            Case {
+                name: "pseudo header",
+                json: r#"{"routes": [{"pattern": "/c/{cluster}", "removeHeaders": [":path"]}]}"#,
+                field: "routes[0].removeHeaders[0]",
+            },
+            Case {
+                name: "control chars",
+                json: r#"{"routes": [{"pattern": "/c/{cluster}", "setHeaders": {"x-a": "a\r\nb"}}]}"#,
+                field: "routes[0].setHeaders.x-a",
+            },
+            Case {
+                name: "bad authority",
+                json: r#"{"routes": [{"pattern": "/c/{cluster}", "authority": "a/b"}]}"#,
+                field: "routes[0].authority",
+            },
+            Case {
+                name: "shadowed prefix",
+                json: r#"{"routes": [{"prefix": "/a", "clusterQueryParam": "c"}, {"prefix": "/a/b", "clusterQueryParam": "c"}]}"#,
+                field: "routes[1]",
+            },
+            Case {
+                name: "duplicate pattern",
+                json: r#"{"routes": [{"pattern": "/c/{cluster}"}, {"pattern": "/c/{cluster}/"}]}"#,
+                field: "routes[1]",
+            },
+            Case {
+                name: "duplicate name",
+                json: r#"{"routes": [{"name": "x", "pattern": "/c/{cluster}"}, {"name": "x", "pattern": "/d/{cluster}"}]}"#,
+                field: "routes[1].name",
+            },
         ];
-        for (name, json, field) in cases {
+        for Case { name, json, field } in cases {
             let e = Policy::from_json(json.as_bytes()).expect_err(name);
             assert_eq!(e.field, *field, "{name}: {e}");
             assert!(e.to_string().contains(field), "{name}: {e}");

@@ -434,165 +434,173 @@ mod tests {
         let scoped = policy(r#"{"tokenRewrite": {"pathPrefixes": ["/k8s"]}}"#);
         let off = policy(r#"{"tokenRewrite": {"enabled": false}}"#);
         let entry = format!("{}, v5.channel.k8s.io", tok("sekret"));
-        // (name, headers, policy, expected reply (status, reason), expected Authorization)
-        type Case<'a> = (
-            &'a str,
-            Vec<(String, String)>,
-            &'a Policy,
-            Option<(u32, &'a str)>,
-            Option<&'a str>,
-        );
+        struct Case<'a> {
+            name: &'static str,
+            headers: Vec<(String, String)>,
+            policy: &'a Policy,
+            /// The reply expected, as (status, reason); `None`: no reply.
+            want_reply: Option<(u32, &'static str)>,
+            /// The `Authorization` value expected to be set.
+            want_auth: Option<&'static str>,
+        }
         let cases: Vec<Case> = vec![
-            (
-                "rewritten",
-                ws(&[("sec-websocket-protocol", &entry)]),
-                &default,
-                None,
-                Some("Bearer sekret"),
-            ),
-            (
-                "no token: untouched",
-                ws(&[("sec-websocket-protocol", "v4.channel.k8s.io")]),
-                &default,
-                None,
-                None,
-            ),
-            (
-                "not an upgrade: untouched even if malformed",
-                hdrs(&[
+            Case {
+                name: "rewritten",
+                headers: ws(&[("sec-websocket-protocol", &entry)]),
+                policy: &default,
+                want_reply: None,
+                want_auth: Some("Bearer sekret"),
+            },
+            Case {
+                name: "no token: untouched",
+                headers: ws(&[("sec-websocket-protocol", "v4.channel.k8s.io")]),
+                policy: &default,
+                want_reply: None,
+                want_auth: None,
+            },
+            Case {
+                name: "not an upgrade: untouched even if malformed",
+                headers: hdrs(&[
                     (":path", "/"),
                     (
                         "sec-websocket-protocol",
                         "base64url.bearer.authorization.k8s.io.!!",
                     ),
                 ]),
-                &default,
-                None,
-                None,
-            ),
-            (
-                "spdy: never rewritten",
-                ws(&[("upgrade", "SPDY/3.1"), ("sec-websocket-protocol", &entry)])
+                policy: &default,
+                want_reply: None,
+                want_auth: None,
+            },
+            Case {
+                name: "spdy: never rewritten",
+                headers: ws(&[("upgrade", "SPDY/3.1"), ("sec-websocket-protocol", &entry)])
                     .into_iter()
                     .filter(|(k, v)| !(k == "upgrade" && v == "websocket"))
                     .collect(),
-                &default,
-                None,
-                None,
-            ),
-            (
-                "token alone",
-                ws(&[("sec-websocket-protocol", &tok("sekret"))]),
-                &default,
-                Some((400, "missing_subprotocol")),
-                None,
-            ),
-            (
-                "two tokens",
-                ws(&[
+                policy: &default,
+                want_reply: None,
+                want_auth: None,
+            },
+            Case {
+                name: "token alone",
+                headers: ws(&[("sec-websocket-protocol", &tok("sekret"))]),
+                policy: &default,
+                want_reply: Some((400, "missing_subprotocol")),
+                want_auth: None,
+            },
+            Case {
+                name: "two tokens",
+                headers: ws(&[
                     ("sec-websocket-protocol", &entry),
                     ("sec-websocket-protocol", &tok("b")),
                 ]),
-                &default,
-                Some((400, "multiple_tokens")),
-                None,
-            ),
-            (
-                "bad encoding",
-                ws(&[(
+                policy: &default,
+                want_reply: Some((400, "multiple_tokens")),
+                want_auth: None,
+            },
+            Case {
+                name: "bad encoding",
+                headers: ws(&[(
                     "sec-websocket-protocol",
                     "base64url.bearer.authorization.k8s.io.a=, x",
                 )]),
-                &default,
-                Some((400, "invalid_encoding")),
-                None,
-            ),
-            (
-                "injection",
-                ws(&[("sec-websocket-protocol", &format!("{}, x", tok("a\r\nb")))]),
-                &default,
-                Some((400, "control_characters")),
-                None,
-            ),
-            (
-                "existing auth rejected",
-                ws(&[
+                policy: &default,
+                want_reply: Some((400, "invalid_encoding")),
+                want_auth: None,
+            },
+            Case {
+                name: "injection",
+                headers: ws(&[("sec-websocket-protocol", &format!("{}, x", tok("a\r\nb")))]),
+                policy: &default,
+                want_reply: Some((400, "control_characters")),
+                want_auth: None,
+            },
+            Case {
+                name: "existing auth rejected",
+                headers: ws(&[
                     ("authorization", "Bearer other"),
                     ("sec-websocket-protocol", &entry),
                 ]),
-                &default,
-                Some((400, "authorization_conflict")),
-                None,
-            ),
-            (
-                "existing auth kept",
-                ws(&[
+                policy: &default,
+                want_reply: Some((400, "authorization_conflict")),
+                want_auth: None,
+            },
+            Case {
+                name: "existing auth kept",
+                headers: ws(&[
                     ("authorization", "Bearer other"),
                     ("sec-websocket-protocol", &entry),
                 ]),
-                &keep,
-                None,
-                None,
-            ),
-            (
-                "existing auth replaced",
-                ws(&[
+                policy: &keep,
+                want_reply: None,
+                want_auth: None,
+            },
+            Case {
+                name: "existing auth replaced",
+                headers: ws(&[
                     ("authorization", "Bearer other"),
                     ("sec-websocket-protocol", &entry),
                 ]),
-                &replace,
-                None,
-                Some("Bearer sekret"),
-            ),
-            (
-                "existing auth alone is fine",
-                ws(&[
+                policy: &replace,
+                want_reply: None,
+                want_auth: Some("Bearer sekret"),
+            },
+            Case {
+                name: "existing auth alone is fine",
+                headers: ws(&[
                     ("authorization", "Bearer other"),
                     ("sec-websocket-protocol", "v4.channel.k8s.io"),
                 ]),
-                &default,
-                None,
-                None,
-            ),
-            (
-                "path scoped: inside",
-                ws(&[(":path", "/k8s/api"), ("sec-websocket-protocol", &entry)]),
-                &scoped,
-                None,
-                Some("Bearer sekret"),
-            ),
-            (
-                "path scoped: outside untouched",
-                ws(&[("sec-websocket-protocol", &entry)]),
-                &scoped,
-                None,
-                None,
-            ),
-            (
-                "disabled",
-                ws(&[("sec-websocket-protocol", &entry)]),
-                &off,
-                None,
-                None,
-            ),
-            (
-                "h2 websocket rewritten",
-                ws(&[("sec-websocket-protocol", &entry)])
+                policy: &default,
+                want_reply: None,
+                want_auth: None,
+            },
+            Case {
+                name: "path scoped: inside",
+                headers: ws(&[(":path", "/k8s/api"), ("sec-websocket-protocol", &entry)]),
+                policy: &scoped,
+                want_reply: None,
+                want_auth: Some("Bearer sekret"),
+            },
+            Case {
+                name: "path scoped: outside untouched",
+                headers: ws(&[("sec-websocket-protocol", &entry)]),
+                policy: &scoped,
+                want_reply: None,
+                want_auth: None,
+            },
+            Case {
+                name: "disabled",
+                headers: ws(&[("sec-websocket-protocol", &entry)]),
+                policy: &off,
+                want_reply: None,
+                want_auth: None,
+            },
+            Case {
+                name: "h2 websocket rewritten",
+                headers: ws(&[("sec-websocket-protocol", &entry)])
                     .into_iter()
                     .filter(|(k, _)| k != "connection")
                     .collect(),
-                &default,
-                None,
-                Some("Bearer sekret"),
-            ),
+                policy: &default,
+                want_reply: None,
+                want_auth: Some("Bearer sekret"),
+            },
         ];
-        for (name, headers, p, want_reply, want_auth) in cases {
+        for Case {
+            name,
+            headers,
+            policy,
+            want_reply,
+            want_auth,
+        } in cases
+        {
             let proto = if name.starts_with("h2") {
                 "HTTP/2"
             } else {
                 "HTTP/1.1"
             };
-            let d = run(&headers, proto, "127.0.0.1", p);
+            let d = run(&headers, proto, "127.0.0.1", policy);
             let got = status(&d);
             assert_eq!(
                 got.as_ref().map(|(s, r)| (*s, r.as_str())),
@@ -639,28 +647,67 @@ mod tests {
                 "pathPrefixes": ["/kubernetes-pod-ssh-proxy"]}}}"#,
         );
         let path = "/kubernetes-pod-ssh-proxy?cluster_name=a";
+        struct Case {
+            name: &'static str,
+            path: &'static str,
+            source: &'static str,
+            /// The `x-forwarded-proto` the request arrives with.
+            forwarded_proto: &'static str,
+            allowed: bool,
+        }
         let cases = [
-            (
-                "trusted source, allowed path",
+            Case {
+                name: "trusted source, allowed path",
                 path,
-                "10.2.3.4",
-                "http",
-                true,
-            ),
-            ("loopback listed", path, "127.0.0.1", "http", true),
-            ("untrusted source", path, "192.0.2.1", "http", false),
-            ("other path", "/other", "10.2.3.4", "http", false),
-            (
-                "already https: nothing to do",
+                source: "10.2.3.4",
+                forwarded_proto: "http",
+                allowed: true,
+            },
+            Case {
+                name: "loopback listed",
                 path,
-                "10.2.3.4",
-                "https",
-                false,
-            ),
-            ("unknown source", path, "", "http", false),
+                source: "127.0.0.1",
+                forwarded_proto: "http",
+                allowed: true,
+            },
+            Case {
+                name: "untrusted source",
+                path,
+                source: "192.0.2.1",
+                forwarded_proto: "http",
+                allowed: false,
+            },
+            Case {
+                name: "other path",
+                path: "/other",
+                source: "10.2.3.4",
+                forwarded_proto: "http",
+                allowed: false,
+            },
+            Case {
+                name: "already https: nothing to do",
+                path,
+                source: "10.2.3.4",
+                forwarded_proto: "https",
+                allowed: false,
+            },
+            Case {
+                name: "unknown source",
+                path,
+                source: "",
+                forwarded_proto: "http",
+                allowed: false,
+            },
         ];
-        for (name, path, source, proto, allowed) in cases {
-            let headers = ws(&[(":path", path), ("x-forwarded-proto", proto)]);
+        for Case {
+            name,
+            path,
+            source,
+            forwarded_proto,
+            allowed,
+        } in cases
+        {
+            let headers = ws(&[(":path", path), ("x-forwarded-proto", forwarded_proto)]);
             let d = run(&headers, "HTTP/1.1", source, &p);
             assert_eq!(
                 op_value(&d, "x-forwarded-proto") == Some("https"),
@@ -691,34 +738,60 @@ mod tests {
               {"name": "ui", "pattern": "/c/{cluster}"}
             ]}"#,
         );
-        type Case = (&'static str, Vec<(String, String)>, bool);
+        struct Case {
+            name: &'static str,
+            headers: Vec<(String, String)>,
+            /// Whether `leaves_alone` says so.
+            want_alone: bool,
+        }
         let cases: &[Case] = &[
-            ("plain GET", hdrs(&[(":path", "/api/v1/pods")]), true),
-            ("no path at all", hdrs(&[(":method", "GET")]), true),
-            (
-                "routed prefix",
-                hdrs(&[(":path", "/kubernetes-pod-ssh-proxy?cluster_name=a")]),
-                false,
-            ),
-            ("routed pattern", hdrs(&[(":path", "/c/prod/x")]), false),
-            (
-                "forged routing header",
-                hdrs(&[(":path", "/"), ("x-wsgate-cluster", "prod")]),
-                false,
-            ),
-            ("WebSocket upgrade", ws(&[(":path", "/")]), false),
-            (
-                "empty upgrade header",
-                hdrs(&[(":path", "/"), ("upgrade", "")]),
-                false,
-            ),
+            Case {
+                name: "plain GET",
+                headers: hdrs(&[(":path", "/api/v1/pods")]),
+                want_alone: true,
+            },
+            Case {
+                name: "no path at all",
+                headers: hdrs(&[(":method", "GET")]),
+                want_alone: true,
+            },
+            Case {
+                name: "routed prefix",
+                headers: hdrs(&[(":path", "/kubernetes-pod-ssh-proxy?cluster_name=a")]),
+                want_alone: false,
+            },
+            Case {
+                name: "routed pattern",
+                headers: hdrs(&[(":path", "/c/prod/x")]),
+                want_alone: false,
+            },
+            Case {
+                name: "forged routing header",
+                headers: hdrs(&[(":path", "/"), ("x-wsgate-cluster", "prod")]),
+                want_alone: false,
+            },
+            Case {
+                name: "WebSocket upgrade",
+                headers: ws(&[(":path", "/")]),
+                want_alone: false,
+            },
+            Case {
+                name: "empty upgrade header",
+                headers: hdrs(&[(":path", "/"), ("upgrade", "")]),
+                want_alone: false,
+            },
         ];
-        for (name, h, want) in cases {
-            let view = Headers(h);
+        for Case {
+            name,
+            headers,
+            want_alone,
+        } in cases
+        {
+            let view = Headers(headers);
             let path = || view.first(":path").map(String::from);
             let alone = leaves_alone(&path, &|n| view.has(n), &p);
-            assert_eq!(alone, *want, "{name}");
-            let d = run(h, "HTTP/1.1", "10.0.0.1", &p);
+            assert_eq!(alone, *want_alone, "{name}");
+            let d = run(headers, "HTTP/1.1", "10.0.0.1", &p);
             if alone {
                 assert!(
                     d.changes_nothing(),
@@ -1226,115 +1299,125 @@ mod tests {
             path: "/ssh?c=a".into(),
         };
         use UpgradeKind::*;
-        // (name, memo, status, Location, policy, expected: None = untouched, Some(url hint))
-        type Case<'a> = (
-            &'a str,
-            UpgradeMemo,
-            u32,
-            Option<&'a str>,
-            &'a Policy,
-            Option<Option<&'a str>>,
-        );
+        struct Case<'a> {
+            name: &'static str,
+            memo: UpgradeMemo,
+            /// The upstream response status.
+            status: u32,
+            /// The upstream `Location`, if any.
+            location: Option<&'static str>,
+            policy: &'a Policy,
+            /// `None`: untouched; `Some(hint)`: a 426 whose URL header is `hint` (`None`: absent).
+            want: Option<Option<&'static str>>,
+        }
         let cases: Vec<Case> = vec![
-            (
-                "plaintext 301 → wss same host",
-                memo(WebSocket, true, "gw.example.com"),
-                301,
-                Some("https://gw.example.com/ssh?c=a"),
-                &p,
-                Some(Some("wss://gw.example.com/ssh?c=a")),
-            ),
-            (
-                "port 80 dropped",
-                memo(WebSocket, true, "gw.example.com:80"),
-                301,
-                None,
-                &p,
-                Some(Some("wss://gw.example.com/ssh?c=a")),
-            ),
-            (
-                "configured TLS port",
-                memo(WebSocket, true, "127.0.0.1:10080"),
-                301,
-                None,
-                &p8443,
-                Some(Some("wss://127.0.0.1:8443/ssh?c=a")),
-            ),
-            (
-                "ipv6 authority",
-                memo(WebSocket, true, "[::1]:80"),
-                308,
-                None,
-                &p,
-                Some(Some("wss://[::1]/ssh?c=a")),
-            ),
-            (
-                "spdy hint is https",
-                memo(Spdy, true, "gw"),
-                301,
-                None,
-                &p,
-                Some(Some("https://gw/ssh?c=a")),
-            ),
-            (
-                "upstream redirect over TLS, absolute",
-                memo(WebSocket, false, "gw"),
-                302,
-                Some("https://other.example.com/x"),
-                &p,
-                Some(Some("wss://other.example.com/x")),
-            ),
-            (
-                "upstream redirect, relative",
-                memo(WebSocketH2, false, "gw"),
-                307,
-                Some("/new"),
-                &p,
-                Some(Some("wss://gw/new")),
-            ),
-            (
-                "upstream redirect, no location",
-                memo(WebSocket, false, "gw"),
-                303,
-                None,
-                &p,
-                Some(None),
-            ),
-            (
-                "200 untouched",
-                memo(WebSocket, true, "gw"),
-                200,
-                None,
-                &p,
-                None,
-            ),
-            (
-                "101 untouched",
-                memo(WebSocket, true, "gw"),
-                101,
-                None,
-                &p,
-                None,
-            ),
-            (
-                "304 is not a redirect",
-                memo(WebSocket, true, "gw"),
-                304,
-                None,
-                &p,
-                None,
-            ),
+            Case {
+                name: "plaintext 301 → wss same host",
+                memo: memo(WebSocket, true, "gw.example.com"),
+                status: 301,
+                location: Some("https://gw.example.com/ssh?c=a"),
+                policy: &p,
+                want: Some(Some("wss://gw.example.com/ssh?c=a")),
+            },
+            Case {
+                name: "port 80 dropped",
+                memo: memo(WebSocket, true, "gw.example.com:80"),
+                status: 301,
+                location: None,
+                policy: &p,
+                want: Some(Some("wss://gw.example.com/ssh?c=a")),
+            },
+            Case {
+                name: "configured TLS port",
+                memo: memo(WebSocket, true, "127.0.0.1:10080"),
+                status: 301,
+                location: None,
+                policy: &p8443,
+                want: Some(Some("wss://127.0.0.1:8443/ssh?c=a")),
+            },
+            Case {
+                name: "ipv6 authority",
+                memo: memo(WebSocket, true, "[::1]:80"),
+                status: 308,
+                location: None,
+                policy: &p,
+                want: Some(Some("wss://[::1]/ssh?c=a")),
+            },
+            Case {
+                name: "spdy hint is https",
+                memo: memo(Spdy, true, "gw"),
+                status: 301,
+                location: None,
+                policy: &p,
+                want: Some(Some("https://gw/ssh?c=a")),
+            },
+            Case {
+                name: "upstream redirect over TLS, absolute",
+                memo: memo(WebSocket, false, "gw"),
+                status: 302,
+                location: Some("https://other.example.com/x"),
+                policy: &p,
+                want: Some(Some("wss://other.example.com/x")),
+            },
+            Case {
+                name: "upstream redirect, relative",
+                memo: memo(WebSocketH2, false, "gw"),
+                status: 307,
+                location: Some("/new"),
+                policy: &p,
+                want: Some(Some("wss://gw/new")),
+            },
+            Case {
+                name: "upstream redirect, no location",
+                memo: memo(WebSocket, false, "gw"),
+                status: 303,
+                location: None,
+                policy: &p,
+                want: Some(None),
+            },
+            Case {
+                name: "200 untouched",
+                memo: memo(WebSocket, true, "gw"),
+                status: 200,
+                location: None,
+                policy: &p,
+                want: None,
+            },
+            Case {
+                name: "101 untouched",
+                memo: memo(WebSocket, true, "gw"),
+                status: 101,
+                location: None,
+                policy: &p,
+                want: None,
+            },
+            Case {
+                name: "304 is not a redirect",
+                memo: memo(WebSocket, true, "gw"),
+                status: 304,
+                location: None,
+                policy: &p,
+                want: None,
+            },
         ];
-        for (name, m, st, loc, pol, want) in cases {
+        for Case {
+            name,
+            memo,
+            status,
+            location,
+            policy,
+            want,
+        } in cases
+        {
             let mut asked = false;
             let got = decide_response(
-                &m,
-                st,
+                &memo,
+                status,
                 || {
                     asked = true;
-                    loc.map(String::from)
+                    location.map(String::from)
                 },
-                pol,
+                policy,
             );
             // `Location` is a host call: only a redirect may ask for it.
             assert_eq!(asked, got.is_some(), "{name}: location asked");

@@ -136,51 +136,65 @@ mod tests {
 
     #[test]
     fn statuses_and_reasons() {
+        struct Case {
+            rejection: Rejection,
+            status: u32,
+            reason: &'static str,
+        }
         let cases = [
-            (
-                Rejection::Token(TokenError::MultipleTokens),
-                400,
-                "multiple_tokens",
-            ),
-            (
-                Rejection::AuthorizationConflict,
-                400,
-                "authorization_conflict",
-            ),
-            (
-                Rejection::Route(RouteError::InvalidCluster),
-                400,
-                "invalid_cluster",
-            ),
-            (
-                Rejection::Route(RouteError::UnknownCluster),
-                404,
-                "unknown_cluster",
-            ),
-            (
-                Rejection::UpgradeRedirected {
+            Case {
+                rejection: Rejection::Token(TokenError::MultipleTokens),
+                status: 400,
+                reason: "multiple_tokens",
+            },
+            Case {
+                rejection: Rejection::AuthorizationConflict,
+                status: 400,
+                reason: "authorization_conflict",
+            },
+            Case {
+                rejection: Rejection::Route(RouteError::InvalidCluster),
+                status: 400,
+                reason: "invalid_cluster",
+            },
+            Case {
+                rejection: Rejection::Route(RouteError::UnknownCluster),
+                status: 404,
+                reason: "unknown_cluster",
+            },
+            Case {
+                rejection: Rejection::UpgradeRedirected {
                     status: 301,
                     url: None,
                 },
-                426,
-                "upgrade_redirected",
-            ),
-            (
-                Rejection::NonUtf8Header("sec-websocket-protocol"),
-                400,
-                "non_utf8_header",
-            ),
-            (Rejection::NonUtf8Header(":path"), 400, "non_utf8_header"),
+                status: 426,
+                reason: "upgrade_redirected",
+            },
+            Case {
+                rejection: Rejection::NonUtf8Header("sec-websocket-protocol"),
+                status: 400,
+                reason: "non_utf8_header",
+            },
+            Case {
+                rejection: Rejection::NonUtf8Header(":path"),
+                status: 400,
+                reason: "non_utf8_header",
+            },
         ];
-        for (r, status, reason) in cases {
-            let reply = r.to_reply();
-            assert_eq!(reply.status, status, "{r:?}");
+        for Case {
+            rejection,
+            status,
+            reason,
+        } in cases
+        {
+            let reply = rejection.to_reply();
+            assert_eq!(reply.status, status, "{rejection:?}");
             let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
             assert_eq!(body["reason"], reason);
             assert!(body["error"].as_str().is_some_and(|s| !s.is_empty()));
-            match &r {
+            match &rejection {
                 Rejection::NonUtf8Header(name) => assert_eq!(body["header"], *name),
-                _ => assert!(body.get("header").is_none(), "{r:?}"),
+                _ => assert!(body.get("header").is_none(), "{rejection:?}"),
             }
         }
     }

@@ -263,151 +263,183 @@ mod tests {
         let sky_strip = [prefix_rule(None, true)];
         let ui = [pattern_rule("/c/{cluster}/", true)];
         let ui_keep = [pattern_rule("/c/{cluster}", false)];
-        let cases: Vec<(&str, &[Route], &str, Want)> = vec![
-            (
-                "skypilot query",
-                &sky,
-                "/kubernetes-pod-ssh-proxy?cluster_name=mycluster&worker=0&client_version=62",
-                Some(Ok(("mycluster", None))),
-            ),
-            (
-                "other path is not routed",
-                &sky,
-                "/api/v1/status?cluster_name=x",
-                None,
-            ),
-            (
-                "prefix is segment-aware",
-                &sky,
-                "/kubernetes-pod-ssh-proxyx?cluster_name=a",
-                None,
-            ),
-            (
-                "missing cluster",
-                &sky,
-                "/kubernetes-pod-ssh-proxy?worker=0",
-                Some(Err(MissingCluster)),
-            ),
-            (
-                "no query",
-                &sky,
-                "/kubernetes-pod-ssh-proxy",
-                Some(Err(MissingCluster)),
-            ),
-            (
-                "empty cluster",
-                &sky,
-                "/kubernetes-pod-ssh-proxy?cluster_name=",
-                Some(Err(InvalidCluster)),
-            ),
-            (
-                "repeated cluster",
-                &sky,
-                "/kubernetes-pod-ssh-proxy?cluster_name=a&cluster_name=b",
-                Some(Err(AmbiguousCluster)),
-            ),
-            (
-                "encoded repeated name",
-                &sky,
-                "/kubernetes-pod-ssh-proxy?cluster_name=a&cluster%5Fname=b",
-                Some(Err(AmbiguousCluster)),
-            ),
-            (
-                "encoded dots",
-                &sky,
-                "/kubernetes-pod-ssh-proxy?cluster_name=%2e%2e",
-                Some(Err(InvalidCluster)),
-            ),
-            (
-                "dotted name",
-                &sky,
-                "/kubernetes-pod-ssh-proxy?cluster_name=a.b",
-                Some(Err(InvalidCluster)),
-            ),
-            (
-                "host:port",
-                &sky,
-                "/kubernetes-pod-ssh-proxy?cluster_name=10.0.0.1:22",
-                Some(Err(InvalidCluster)),
-            ),
-            (
-                "uppercase",
-                &sky,
-                "/kubernetes-pod-ssh-proxy?cluster_name=Prod",
-                Some(Err(InvalidCluster)),
-            ),
-            (
-                "bad percent",
-                &sky,
-                "/kubernetes-pod-ssh-proxy?cluster_name=%zz",
-                Some(Err(InvalidCluster)),
-            ),
-            (
-                "percent-encoded valid",
-                &sky,
-                "/kubernetes-pod-ssh-proxy?cluster_name=my%2Dcluster",
-                Some(Ok(("my-cluster", None))),
-            ),
-            (
-                "allow-listed",
-                &sky_allow,
-                "/kubernetes-pod-ssh-proxy?cluster_name=prod",
-                Some(Ok(("prod", None))),
-            ),
-            (
-                "not allow-listed",
-                &sky_allow,
-                "/kubernetes-pod-ssh-proxy?cluster_name=staging",
-                Some(Err(UnknownCluster)),
-            ),
-            (
-                "strip prefix keeps query",
-                &sky_strip,
-                "/kubernetes-pod-ssh-proxy?cluster_name=a",
-                Some(Ok(("a", Some("/?cluster_name=a")))),
-            ),
-            (
-                "path pattern",
-                &ui,
-                "/c/prod/api/v1/pods",
-                Some(Ok(("prod", Some("/api/v1/pods")))),
-            ),
-            (
-                "path pattern, nothing after",
-                &ui,
-                "/c/prod",
-                Some(Ok(("prod", Some("/")))),
-            ),
-            (
-                "path pattern keeps query",
-                &ui,
-                "/c/prod/x?watch=1",
-                Some(Ok(("prod", Some("/x?watch=1")))),
-            ),
-            (
-                "pattern without strip",
-                &ui_keep,
-                "/c/prod/x",
-                Some(Ok(("prod", None))),
-            ),
-            (
-                "dot-dot segment",
-                &ui,
-                "/c/../etc",
-                Some(Err(InvalidCluster)),
-            ),
-            ("empty segment", &ui, "/c//x", Some(Err(InvalidCluster))),
-            (
-                "encoded slash",
-                &ui,
-                "/c/a%2Fb/x",
-                Some(Err(InvalidCluster)),
-            ),
-            ("literal must match", &ui, "/d/prod/x", None),
-            ("too short", &ui, "/c", None),
-            ("double slash before literal", &ui, "//c/prod", None),
+        struct Case<'a> {
+            name: &'static str,
+            routes: &'a [Route],
+            path: &'static str,
+            want: Want,
+        }
+        let cases: Vec<Case> = vec![
+            Case {
+                name: "skypilot query",
+                routes: &sky,
+                path: "/kubernetes-pod-ssh-proxy?cluster_name=mycluster&worker=0&client_version=62",
+                want: Some(Ok(("mycluster", None))),
+            },
+            Case {
+                name: "other path is not routed",
+                routes: &sky,
+                path: "/api/v1/status?cluster_name=x",
+                want: None,
+            },
+            Case {
+                name: "prefix is segment-aware",
+                routes: &sky,
+                path: "/kubernetes-pod-ssh-proxyx?cluster_name=a",
+                want: None,
+            },
+            Case {
+                name: "missing cluster",
+                routes: &sky,
+                path: "/kubernetes-pod-ssh-proxy?worker=0",
+                want: Some(Err(MissingCluster)),
+            },
+            Case {
+                name: "no query",
+                routes: &sky,
+                path: "/kubernetes-pod-ssh-proxy",
+                want: Some(Err(MissingCluster)),
+            },
+            Case {
+                name: "empty cluster",
+                routes: &sky,
+                path: "/kubernetes-pod-ssh-proxy?cluster_name=",
+                want: Some(Err(InvalidCluster)),
+            },
+            Case {
+                name: "repeated cluster",
+                routes: &sky,
+                path: "/kubernetes-pod-ssh-proxy?cluster_name=a&cluster_name=b",
+                want: Some(Err(AmbiguousCluster)),
+            },
+            Case {
+                name: "encoded repeated name",
+                routes: &sky,
+                path: "/kubernetes-pod-ssh-proxy?cluster_name=a&cluster%5Fname=b",
+                want: Some(Err(AmbiguousCluster)),
+            },
+            Case {
+                name: "encoded dots",
+                routes: &sky,
+                path: "/kubernetes-pod-ssh-proxy?cluster_name=%2e%2e",
+                want: Some(Err(InvalidCluster)),
+            },
+            Case {
+                name: "dotted name",
+                routes: &sky,
+                path: "/kubernetes-pod-ssh-proxy?cluster_name=a.b",
+                want: Some(Err(InvalidCluster)),
+            },
+            Case {
+                name: "host:port",
+                routes: &sky,
+                path: "/kubernetes-pod-ssh-proxy?cluster_name=10.0.0.1:22",
+                want: Some(Err(InvalidCluster)),
+            },
+            Case {
+                name: "uppercase",
+                routes: &sky,
+                path: "/kubernetes-pod-ssh-proxy?cluster_name=Prod",
+                want: Some(Err(InvalidCluster)),
+            },
+            Case {
+                name: "bad percent",
+                routes: &sky,
+                path: "/kubernetes-pod-ssh-proxy?cluster_name=%zz",
+                want: Some(Err(InvalidCluster)),
+            },
+            Case {
+                name: "percent-encoded valid",
+                routes: &sky,
+                path: "/kubernetes-pod-ssh-proxy?cluster_name=my%2Dcluster",
+                want: Some(Ok(("my-cluster", None))),
+            },
+            Case {
+                name: "allow-listed",
+                routes: &sky_allow,
+                path: "/kubernetes-pod-ssh-proxy?cluster_name=prod",
+                want: Some(Ok(("prod", None))),
+            },
+            Case {
+                name: "not allow-listed",
+                routes: &sky_allow,
+                path: "/kubernetes-pod-ssh-proxy?cluster_name=staging",
+                want: Some(Err(UnknownCluster)),
+            },
+            Case {
+                name: "strip prefix keeps query",
+                routes: &sky_strip,
+                path: "/kubernetes-pod-ssh-proxy?cluster_name=a",
+                want: Some(Ok(("a", Some("/?cluster_name=a")))),
+            },
+            Case {
+                name: "path pattern",
+                routes: &ui,
+                path: "/c/prod/api/v1/pods",
+                want: Some(Ok(("prod", Some("/api/v1/pods")))),
+            },
+            Case {
+                name: "path pattern, nothing after",
+                routes: &ui,
+                path: "/c/prod",
+                want: Some(Ok(("prod", Some("/")))),
+            },
+            Case {
+                name: "path pattern keeps query",
+                routes: &ui,
+                path: "/c/prod/x?watch=1",
+                want: Some(Ok(("prod", Some("/x?watch=1")))),
+            },
+            Case {
+                name: "pattern without strip",
+                routes: &ui_keep,
+                path: "/c/prod/x",
+                want: Some(Ok(("prod", None))),
+            },
+            Case {
+                name: "dot-dot segment",
+                routes: &ui,
+                path: "/c/../etc",
+                want: Some(Err(InvalidCluster)),
+            },
+            Case {
+                name: "empty segment",
+                routes: &ui,
+                path: "/c//x",
+                want: Some(Err(InvalidCluster)),
+            },
+            Case {
+                name: "encoded slash",
+                routes: &ui,
+                path: "/c/a%2Fb/x",
+                want: Some(Err(InvalidCluster)),
+            },
+            Case {
+                name: "literal must match",
+                routes: &ui,
+                path: "/d/prod/x",
+                want: None,
+            },
+            Case {
+                name: "too short",
+                routes: &ui,
+                path: "/c",
+                want: None,
+            },
+            Case {
+                name: "double slash before literal",
+                routes: &ui,
+                path: "//c/prod",
+                want: None,
+            },
         ];
-        for (name, routes, path, want) in cases {
+        for Case {
+            name,
+            routes,
+            path,
+            want,
+        } in cases
+        {
             let want = want.map(|w| w.map(|(c, p)| (c.to_string(), p.map(String::from))));
             assert_eq!(run(routes, path), want, "{name}");
         }

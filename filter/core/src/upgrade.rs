@@ -72,107 +72,119 @@ mod tests {
     #[test]
     fn classification_table() {
         use UpgradeKind::*;
-        type Case = (
-            &'static str,
-            Vec<(String, String)>,
-            bool,
-            Option<UpgradeKind>,
-        );
+        struct Case {
+            name: &'static str,
+            headers: Vec<(String, String)>,
+            /// What the `multiplexed` host call answers: an HTTP/2 or HTTP/3 stream.
+            multiplexed: bool,
+            want: Option<UpgradeKind>,
+        }
         let cases: &[Case] = &[
-            ("plain GET", h(&[(":method", "GET")]), false, None),
-            (
-                "websocket",
-                h(&[("upgrade", "websocket"), ("connection", "Upgrade")]),
-                false,
-                Some(WebSocket),
-            ),
-            (
-                "case-insensitive values",
-                h(&[
+            Case {
+                name: "plain GET",
+                headers: h(&[(":method", "GET")]),
+                multiplexed: false,
+                want: None,
+            },
+            Case {
+                name: "websocket",
+                headers: h(&[("upgrade", "websocket"), ("connection", "Upgrade")]),
+                multiplexed: false,
+                want: Some(WebSocket),
+            },
+            Case {
+                name: "case-insensitive values",
+                headers: h(&[
                     ("upgrade", "WebSocket"),
                     ("connection", "keep-alive, UPGRADE"),
                 ]),
-                false,
-                Some(WebSocket),
-            ),
-            (
-                "every connection line is scanned",
-                h(&[
+                multiplexed: false,
+                want: Some(WebSocket),
+            },
+            Case {
+                name: "every connection line is scanned",
+                headers: h(&[
                     ("upgrade", "websocket"),
                     ("connection", "keep-alive"),
                     ("connection", "upgrade"),
                 ]),
-                false,
-                Some(WebSocket),
-            ),
-            (
-                "connection substring match, like the apiserver",
-                h(&[("upgrade", "websocket"), ("connection", "xupgradex")]),
-                false,
-                Some(WebSocket),
-            ),
-            (
-                "no connection upgrade",
-                h(&[("upgrade", "websocket")]),
-                false,
-                None,
-            ),
-            (
-                "only the first upgrade line counts",
-                h(&[
+                multiplexed: false,
+                want: Some(WebSocket),
+            },
+            Case {
+                name: "connection substring match, like the apiserver",
+                headers: h(&[("upgrade", "websocket"), ("connection", "xupgradex")]),
+                multiplexed: false,
+                want: Some(WebSocket),
+            },
+            Case {
+                name: "no connection upgrade",
+                headers: h(&[("upgrade", "websocket")]),
+                multiplexed: false,
+                want: None,
+            },
+            Case {
+                name: "only the first upgrade line counts",
+                headers: h(&[
                     ("upgrade", "h2c"),
                     ("upgrade", "websocket"),
                     ("connection", "upgrade"),
                 ]),
-                false,
-                None,
-            ),
-            (
-                "h2 websocket as Envoy presents it",
-                h(&[(":method", "GET"), ("upgrade", "websocket")]),
-                true,
-                Some(WebSocketH2),
-            ),
-            (
-                "h2 websocket with the connection line Envoy's codec adds",
-                h(&[("upgrade", "websocket"), ("connection", "upgrade")]),
-                true,
-                Some(WebSocketH2),
-            ),
-            (
-                "h2 websocket that sends a key anyway: handled like HTTP/1.1",
-                h(&[
+                multiplexed: false,
+                want: None,
+            },
+            Case {
+                name: "h2 websocket as Envoy presents it",
+                headers: h(&[(":method", "GET"), ("upgrade", "websocket")]),
+                multiplexed: true,
+                want: Some(WebSocketH2),
+            },
+            Case {
+                name: "h2 websocket with the connection line Envoy's codec adds",
+                headers: h(&[("upgrade", "websocket"), ("connection", "upgrade")]),
+                multiplexed: true,
+                want: Some(WebSocketH2),
+            },
+            Case {
+                name: "h2 websocket that sends a key anyway: handled like HTTP/1.1",
+                headers: h(&[
                     ("upgrade", "websocket"),
                     ("connection", "upgrade"),
                     ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
                 ]),
-                true,
-                Some(WebSocket),
-            ),
-            (
-                "spdy",
-                h(&[("upgrade", "SPDY/3.1"), ("connection", "Upgrade")]),
-                false,
-                Some(Spdy),
-            ),
-            (
-                "h2c is not ours",
-                h(&[
+                multiplexed: true,
+                want: Some(WebSocket),
+            },
+            Case {
+                name: "spdy",
+                headers: h(&[("upgrade", "SPDY/3.1"), ("connection", "Upgrade")]),
+                multiplexed: false,
+                want: Some(Spdy),
+            },
+            Case {
+                name: "h2c is not ours",
+                headers: h(&[
                     ("upgrade", "h2c"),
                     ("connection", "Upgrade, HTTP2-Settings"),
                 ]),
-                false,
-                None,
-            ),
-            (
-                "websocket-ish",
-                h(&[("upgrade", "websocketx"), ("connection", "upgrade")]),
-                false,
-                None,
-            ),
+                multiplexed: false,
+                want: None,
+            },
+            Case {
+                name: "websocket-ish",
+                headers: h(&[("upgrade", "websocketx"), ("connection", "upgrade")]),
+                multiplexed: false,
+                want: None,
+            },
         ];
-        for (name, headers, mux, want) in cases {
-            assert_eq!(classify(Headers(headers), || *mux), *want, "{name}");
+        for Case {
+            name,
+            headers,
+            multiplexed,
+            want,
+        } in cases
+        {
+            assert_eq!(classify(Headers(headers), || *multiplexed), *want, "{name}");
         }
     }
 

@@ -9,22 +9,43 @@ use props::{check_config, check_decide, check_framing, check_token, check_wsfram
 
 type Check = fn(&[u8]) -> Result<(), String>;
 
-const TARGETS: [(&str, Check); 5] = [
-    ("token", check_token),
-    ("decide", check_decide),
-    ("config", check_config),
-    ("framing", check_framing),
-    ("wsframe", check_wsframe),
+/// A fuzz target: its name (that of its corpus and artifacts directories) and its property.
+struct Target {
+    name: &'static str,
+    check: Check,
+}
+
+const TARGETS: [Target; 5] = [
+    Target {
+        name: "token",
+        check: check_token,
+    },
+    Target {
+        name: "decide",
+        check: check_decide,
+    },
+    Target {
+        name: "config",
+        check: check_config,
+    },
+    Target {
+        name: "framing",
+        check: check_framing,
+    },
+    Target {
+        name: "wsframe",
+        check: check_wsframe,
+    },
 ];
 
 #[test]
 fn every_corpus_and_crash_file_holds_its_property() {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
-    for (target, check) in TARGETS {
+    for Target { name, check } in TARGETS {
         let mut seen = 0;
         for dir in [
-            fuzz.join("corpus").join(target),
-            fuzz.join("artifacts").join(target),
+            fuzz.join("corpus").join(name),
+            fuzz.join("artifacts").join(name),
         ] {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
@@ -40,7 +61,7 @@ fn every_corpus_and_crash_file_holds_its_property() {
         }
         assert!(
             seen > 0,
-            "no corpus for fuzz target {target}: run `make fuzz`"
+            "no corpus for fuzz target {name}: run `make fuzz`"
         );
     }
 }
