@@ -220,8 +220,6 @@ mod tests {
 
     #[tokio::test]
     async fn exec_plugin_token() {
-        let dir = std::env::temp_dir().join(format!("wsgate-exec-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
         let yaml = r#"
 apiVersion: v1
 kind: Config
@@ -241,6 +239,5 @@ users:
         let auth = kc.auth_infos[0].auth_info.as_ref().unwrap();
         let t = token_from_auth_info(auth, "ctx", "hint").await.unwrap();
         assert_eq!(t.value.expose(), "from-exec");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -188,18 +188,66 @@ mod tests {
 
     #[test]
     fn url_table() {
+        struct Case {
+            server: &'static str,
+            cluster: &'static str,
+            want: &'static str,
+            plaintext: bool,
+            loopback: bool,
+        }
         let cases = [
-            ("https://gw.example.com", "prod", "wss://gw.example.com/kubernetes-pod-ssh-proxy?cluster_name=prod&worker=0&client_version=62", false, false),
-            ("http://gw.example.com:8080/", "prod", "ws://gw.example.com:8080/kubernetes-pod-ssh-proxy?cluster_name=prod&worker=0&client_version=62", true, false),
-            ("https://gw.example.com/sky/", "prod.wsgate", "wss://gw.example.com/sky/kubernetes-pod-ssh-proxy?cluster_name=prod&worker=0&client_version=62", false, false),
-            ("wss://127.0.0.1:9443/a/b", "dev", "wss://127.0.0.1:9443/a/b/kubernetes-pod-ssh-proxy?cluster_name=dev&worker=0&client_version=62", false, true),
-            ("ws://localhost", "dev", "ws://localhost/kubernetes-pod-ssh-proxy?cluster_name=dev&worker=0&client_version=62", true, true),
-            ("http://[::1]:80/", "dev", "ws://[::1]/kubernetes-pod-ssh-proxy?cluster_name=dev&worker=0&client_version=62", true, true),
+            Case {
+                server: "https://gw.example.com",
+                cluster: "prod",
+                want: "wss://gw.example.com/kubernetes-pod-ssh-proxy?cluster_name=prod&worker=0&client_version=62",
+                plaintext: false,
+                loopback: false,
+            },
+            Case {
+                server: "http://gw.example.com:8080/",
+                cluster: "prod",
+                want: "ws://gw.example.com:8080/kubernetes-pod-ssh-proxy?cluster_name=prod&worker=0&client_version=62",
+                plaintext: true,
+                loopback: false,
+            },
+            Case {
+                server: "https://gw.example.com/sky/",
+                cluster: "prod.wsgate",
+                want: "wss://gw.example.com/sky/kubernetes-pod-ssh-proxy?cluster_name=prod&worker=0&client_version=62",
+                plaintext: false,
+                loopback: false,
+            },
+            Case {
+                server: "wss://127.0.0.1:9443/a/b",
+                cluster: "dev",
+                want: "wss://127.0.0.1:9443/a/b/kubernetes-pod-ssh-proxy?cluster_name=dev&worker=0&client_version=62",
+                plaintext: false,
+                loopback: true,
+            },
+            Case {
+                server: "ws://localhost",
+                cluster: "dev",
+                want: "ws://localhost/kubernetes-pod-ssh-proxy?cluster_name=dev&worker=0&client_version=62",
+                plaintext: true,
+                loopback: true,
+            },
+            Case {
+                server: "http://[::1]:80/",
+                cluster: "dev",
+                want: "ws://[::1]/kubernetes-pod-ssh-proxy?cluster_name=dev&worker=0&client_version=62",
+                plaintext: true,
+                loopback: true,
+            },
         ];
-        for (server, cluster, want, plaintext, loopback) in cases {
-            let e = build(server, cluster, 0, "kubernetes-pod-ssh-proxy").unwrap();
-            assert_eq!(e.url.as_str(), want, "{server}");
-            assert_eq!((e.plaintext, e.loopback), (plaintext, loopback), "{server}");
+        for c in cases {
+            let e = build(c.server, c.cluster, 0, "kubernetes-pod-ssh-proxy").unwrap();
+            assert_eq!(e.url.as_str(), c.want, "{}", c.server);
+            assert_eq!(
+                (e.plaintext, e.loopback),
+                (c.plaintext, c.loopback),
+                "{}",
+                c.server
+            );
         }
         let e = build("https://gw.example.com?x=1", "prod", 3, "/ssh/").unwrap();
         assert_eq!(
@@ -286,24 +334,30 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for (host, want) in [
-            ("localhost", true),
-            ("LocalHost", true),
-            ("127.0.0.1", true),
-            ("127.1.2.3", true),
-            ("::1", true),
-            ("[::1]", true),
-            ("[::ffff:127.0.0.1]", true),
-            ("[::ffff:7f00:1]", true),
-            ("localhost.", false),
-            ("a.localhost", false),
-            ("0.0.0.0", false),
-            ("[::]", false),
-            ("[::ffff:10.0.0.1]", false),
-            ("10.0.0.1", false),
-            ("gw.example.com", false),
-        ] {
-            assert_eq!(is_loopback_host(host), want, "{host}");
+        let loopback = [
+            "localhost",
+            "LocalHost",
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "[::1]",
+            "[::ffff:127.0.0.1]",
+            "[::ffff:7f00:1]",
+        ];
+        let elsewhere = [
+            "localhost.",
+            "a.localhost",
+            "0.0.0.0",
+            "[::]",
+            "[::ffff:10.0.0.1]",
+            "10.0.0.1",
+            "gw.example.com",
+        ];
+        for host in loopback {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in elsewhere {
+            assert!(!is_loopback_host(host), "{host}");
         }
     }
 
@@ -318,29 +372,72 @@ mod tests {
             with_default_scheme("proxy:3128", "http"),
             "http://proxy:3128"
         );
-        for (given, want) in [
-            ("https", Some("wss")),
-            ("wss", Some("wss")),
-            ("http", Some("ws")),
-            ("ws", Some("ws")),
-            ("ftp", None),
-            ("HTTPS", None),
-        ] {
-            assert_eq!(websocket_scheme(given), want, "{given}");
+        struct Case {
+            given: &'static str,
+            websocket: Option<&'static str>,
+        }
+        let cases = [
+            Case {
+                given: "https",
+                websocket: Some("wss"),
+            },
+            Case {
+                given: "wss",
+                websocket: Some("wss"),
+            },
+            Case {
+                given: "http",
+                websocket: Some("ws"),
+            },
+            Case {
+                given: "ws",
+                websocket: Some("ws"),
+            },
+            Case {
+                given: "ftp",
+                websocket: None,
+            },
+            Case {
+                given: "HTTPS",
+                websocket: None,
+            },
+        ];
+        for c in cases {
+            assert_eq!(websocket_scheme(c.given), c.websocket, "{}", c.given);
         }
     }
 
     #[test]
     fn bad_input_is_a_usage_error() {
-        for (server, cluster) in [
-            ("ftp://x", "a"),
-            ("not a url", "a"),
-            ("https://gw", "Prod"),
-            ("https://gw", "a_b"),
-            ("https://gw", ""),
-        ] {
-            let e = build(server, cluster, 0, "kubernetes-pod-ssh-proxy").unwrap_err();
-            assert_eq!(e.exit_code(), 2, "{server} {cluster}: {e}");
+        struct Case {
+            server: &'static str,
+            cluster: &'static str,
+        }
+        let cases = [
+            Case {
+                server: "ftp://x",
+                cluster: "a",
+            },
+            Case {
+                server: "not a url",
+                cluster: "a",
+            },
+            Case {
+                server: "https://gw",
+                cluster: "Prod",
+            },
+            Case {
+                server: "https://gw",
+                cluster: "a_b",
+            },
+            Case {
+                server: "https://gw",
+                cluster: "",
+            },
+        ];
+        for c in cases {
+            let e = build(c.server, c.cluster, 0, "kubernetes-pod-ssh-proxy").unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{} {}: {e}", c.server, c.cluster);
         }
     }
 
