@@ -15,6 +15,9 @@ use crate::error::ClientError;
 /// value SkyPilot's own client sends today).
 pub const CLIENT_VERSION: u32 = 62;
 
+/// The endpoint path when `--endpoint` is not given: SkyPilot's.
+pub const DEFAULT_ENDPOINT: &str = "kubernetes-pod-ssh-proxy";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     /// The `ws://` or `wss://` URL to open.
