@@ -1,6 +1,7 @@
 //! `wsgate ssh-config`: the `~/.ssh/config` block that sends `ssh <cluster>.<suffix>` through
-//! `wsgate proxy`. It writes no file (the user appends the block) and never writes a secret (a
-//! proxy password, `--insecure-skip-tls-verify` or `--allow-plaintext` stay out).
+//! `wsgate proxy`, with this very binary as the ProxyCommand. It writes no file (the user
+//! appends the block) and never writes a secret (a proxy password, `--insecure-skip-tls-verify`
+//! or `--allow-plaintext` stay out).
 
 use std::path::PathBuf;
 
@@ -30,47 +31,80 @@ pub struct Options {
     pub proxy: Option<String>,
 }
 
-/// The running binary's path, for the ProxyCommand (`wsgate` if the OS cannot say).
+/// The running binary's canonical path, for the ProxyCommand: `cargo install`'s
+/// `~/.cargo/bin/wsgate` writes that path, whatever `PATH` ssh runs with. When the OS cannot
+/// say (or the path is not UTF-8), `wsgate`, for ssh's shell to find on `PATH`, with a warning.
 pub fn program() -> String {
-    std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "wsgate".to_string())
+    let found = std::env::current_exe().and_then(std::fs::canonicalize);
+    match found {
+        Ok(path) => match path.to_str() {
+            Some(p) => return p.to_string(),
+            None => tracing::warn!(
+                "this binary's path {} is not UTF-8: the block runs `wsgate` from PATH instead",
+                path.display()
+            ),
+        },
+        Err(e) => tracing::warn!(
+            "cannot find this binary's path ({e}): the block runs `wsgate` from PATH instead"
+        ),
+    }
+    "wsgate".to_string()
 }
 
 /// The block, with `program` as the ProxyCommand's program.
 pub fn render(o: &Options, program: &str) -> Result<String, ClientError> {
     // Validates the URL the same way `proxy` will.
     endpoint::build(&o.server, "example", 0, &o.endpoint)?;
-    let q = |s: &str| {
-        if s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/:._-=@%+,".contains(c))
-        {
-            s.to_string()
-        } else {
-            format!("'{}'", s.replace('\'', r"'\''"))
+    if o.suffix.is_empty()
+        || !o
+            .suffix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        return Err(ClientError::Usage(format!(
+            "--suffix {:?}: want a host name suffix (letters, digits, '-' and '.')",
+            o.suffix
+        )));
+    }
+    if let Some(u) = &o.user {
+        if u.is_empty() || u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ClientError::Usage(format!(
+                "--user {u:?}: want a user name without spaces"
+            )));
         }
-    };
-    let mut cmd = vec![q(program), "proxy".into(), q(&o.server), "%h".into()];
+    }
+    let mut cmd = vec![
+        word("this binary's path", program)?,
+        "proxy".into(),
+        word("the server URL", &o.server)?,
+        "%h".into(),
+    ];
     if let Some(f) = &o.ca_file {
-        cmd.extend(["--ca-file".into(), q(&f.display().to_string())]);
+        cmd.extend([
+            "--ca-file".into(),
+            word("--ca-file", &f.display().to_string())?,
+        ]);
     }
     if let Some(f) = &o.token_file {
-        cmd.extend(["--token-file".into(), q(&f.display().to_string())]);
+        cmd.extend([
+            "--token-file".into(),
+            word("--token-file", &f.display().to_string())?,
+        ]);
     }
     if o.kubeconfig {
         cmd.push("--kubeconfig".into());
     }
     if let Some(ctx) = &o.context {
-        cmd.extend(["--context".into(), q(ctx)]);
+        cmd.extend(["--context".into(), word("--context", ctx)?]);
     }
     if o.token_in_subprotocol {
         cmd.push("--token-in-subprotocol".into());
     }
     if o.endpoint != DEFAULT_ENDPOINT {
-        cmd.extend(["--endpoint".into(), q(&o.endpoint)]);
+        cmd.extend(["--endpoint".into(), word("--endpoint", &o.endpoint)?]);
     }
     for h in &o.headers {
-        cmd.extend(["--header".into(), q(h)]);
+        cmd.extend(["--header".into(), word("a --header value", h)?]);
     }
     if let Some(p) = &o.proxy {
         if let Setting::Flag(parsed) = proxy::setting_from_flag(Some(p))? {
@@ -80,7 +114,7 @@ pub fn render(o: &Options, program: &str) -> Result<String, ClientError> {
                 ));
             }
         }
-        cmd.extend(["--proxy".into(), q(p)]);
+        cmd.extend(["--proxy".into(), word("--proxy", p)?]);
     }
     let mut out = format!(
         "# wsgate: `ssh <cluster>.{s}` reaches that cluster through {server}\nHost *.{s}\n    ProxyCommand {cmd}\n    ServerAliveInterval 30\n    ServerAliveCountMax 3\n",
@@ -92,6 +126,34 @@ pub fn render(o: &Options, program: &str) -> Result<String, ClientError> {
         out.push_str(&format!("    User {u}\n"));
     }
     Ok(out)
+}
+
+/// A value that will sit on one line of ssh's config: no control characters (a newline would
+/// end the line and start a directive of the value's choosing). The value is not repeated in
+/// the error: it may be a header's secret.
+fn one_line<'a>(what: &str, s: &'a str) -> Result<&'a str, ClientError> {
+    if s.chars().any(char::is_control) {
+        return Err(ClientError::Usage(format!(
+            "{what} has a control character (a line break would start a directive of its own): it cannot be written into ssh's config"
+        )));
+    }
+    Ok(s)
+}
+
+/// `s` as one word of the ProxyCommand: ssh first expands `%` tokens in the line (so a `%` is
+/// written `%%`), then runs it with the user's shell (so anything outside a plain set of
+/// characters is single-quoted).
+fn word(what: &str, s: &str) -> Result<String, ClientError> {
+    let s = one_line(what, s)?;
+    let quoted = if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/:._-=@%+,".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    };
+    Ok(quoted.replace('%', "%%"))
 }
 
 #[cfg(test)]
@@ -146,6 +208,95 @@ mod tests {
         ), "{block}");
     }
 
+    /// Each word survives ssh's `%` expansion and then the shell: the program's path above all
+    /// (an installed binary's directory may hold anything).
+    #[test]
+    fn words_survive_ssh_and_the_shell() {
+        struct Case {
+            given: &'static str,
+            written: &'static str,
+        }
+        let cases = [
+            Case {
+                given: "/home/me/.cargo/bin/wsgate",
+                written: "/home/me/.cargo/bin/wsgate",
+            },
+            Case {
+                given: "/opt/my tools/wsgate",
+                written: "'/opt/my tools/wsgate'",
+            },
+            Case {
+                given: "/opt/it's/wsgate",
+                written: r"'/opt/it'\''s/wsgate'",
+            },
+            Case {
+                given: "/opt/100%/wsgate",
+                written: "/opt/100%%/wsgate",
+            },
+            Case {
+                given: "/opt/$HOME `x`%h/wsgate",
+                written: "'/opt/$HOME `x`%%h/wsgate'",
+            },
+            Case {
+                given: "",
+                written: "''",
+            },
+        ];
+        for c in cases {
+            assert_eq!(word("a value", c.given).unwrap(), c.written, "{}", c.given);
+            let block = render(&options("https://gw"), c.given).unwrap();
+            assert!(
+                block.contains(&format!("    ProxyCommand {} proxy ", c.written)),
+                "{block}"
+            );
+        }
+        let o = Options {
+            headers: vec!["Cookie: a%3Db".into()],
+            ..options("https://gw/a%20b")
+        };
+        assert!(render(&o, "wsgate")
+            .unwrap()
+            .contains(" proxy https://gw/a%%20b %h --header 'Cookie: a%%3Db'\n"));
+    }
+
+    /// Nothing written can end its line and start a directive of its own.
+    #[test]
+    fn nothing_breaks_out_of_its_line() {
+        let injected = "x\n    ProxyCommand evil";
+        assert_eq!(
+            render(&options("https://gw"), injected)
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+        let o = Options {
+            headers: vec![format!("A: {injected}")],
+            ..options("https://gw")
+        };
+        assert_eq!(render(&o, "wsgate").unwrap_err().exit_code(), 2);
+        // The URL parser drops tabs and newlines: the URL would pass, the line would not.
+        let o = options("https://gw\nHost *\n ProxyCommand evil");
+        assert_eq!(render(&o, "wsgate").unwrap_err().exit_code(), 2);
+        for suffix in ["", "a b", "a\nb", "*"] {
+            let o = Options {
+                suffix: suffix.into(),
+                ..options("https://gw")
+            };
+            assert_eq!(
+                render(&o, "wsgate").unwrap_err().exit_code(),
+                2,
+                "{suffix:?}"
+            );
+        }
+        for user in ["", "a b", "a\nHost *"] {
+            let o = Options {
+                user: Some(user.into()),
+                ..options("https://gw")
+            };
+            assert_eq!(render(&o, "wsgate").unwrap_err().exit_code(), 2, "{user:?}");
+        }
+    }
+
     #[test]
     fn a_proxy_but_never_its_password() {
         let block = |proxy: &str| {
@@ -166,5 +317,14 @@ mod tests {
         let e = block("http://me:hunter2@proxy.corp:3128").unwrap_err();
         assert_eq!(e.exit_code(), 2);
         assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn the_program_is_this_binary() {
+        let p = program();
+        assert_eq!(
+            std::path::Path::new(&p),
+            std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap()
+        );
     }
 }
