@@ -164,7 +164,7 @@ pub struct SshConfigArgs {
 impl ProxyArgs {
     /// The options for [`run::proxy`]; `env_token` is `WSGATE_TOKEN` (read by the caller, so
     /// that this stays a pure function of its inputs). Only flags are checked here: the URL and
-    /// the cluster are `run`'s.
+    /// the cluster are `run`'s (inside the session's log span).
     pub fn into_options(self, env_token: Option<String>) -> Result<run::Options, ClientError> {
         let c = self.conn;
         Ok(run::Options {

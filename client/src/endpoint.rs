@@ -32,6 +32,22 @@ pub struct Endpoint {
     pub cluster: String,
 }
 
+impl Endpoint {
+    /// `host[:port]/path`, escaped: where this session goes, for logs (no query, and never the
+    /// URL's user name or password).
+    pub fn target(&self) -> String {
+        crate::text::escape(&format!("{}{}", self.host, self.url.path())).into_owned()
+    }
+
+    /// The URL without its user name and password, escaped, for logs.
+    pub fn shown_url(&self) -> String {
+        let mut url = self.url.clone();
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        crate::text::escape(url.as_str()).into_owned()
+    }
+}
+
 /// Builds the session URL. `cluster` may be a host alias (`prod.wsgate`): a cluster is one
 /// DNS label, so everything from the first dot on is dropped (what `ssh-config` relies on).
 pub fn build(
@@ -243,7 +259,7 @@ mod tests {
             },
         ];
         for c in cases {
-            let e = build(c.server, c.cluster, 0, "kubernetes-pod-ssh-proxy").unwrap();
+            let e = build(c.server, c.cluster, 0, DEFAULT_ENDPOINT).unwrap();
             assert_eq!(e.url.as_str(), c.want, "{}", c.server);
             assert_eq!(
                 (e.plaintext, e.loopback),
@@ -259,9 +275,32 @@ mod tests {
         );
     }
 
+    /// What logs show of a session URL: no user name or password, no query in the target,
+    /// nothing from a redirect unescaped.
+    #[test]
+    fn what_logs_show() {
+        let e = build(
+            "https://me:hunter2@gw.example.com:8443/sky",
+            "prod",
+            0,
+            "ssh",
+        )
+        .unwrap();
+        assert_eq!(e.target(), "gw.example.com:8443/sky/ssh");
+        assert_eq!(
+            e.shown_url(),
+            "wss://gw.example.com:8443/sky/ssh?cluster_name=prod&worker=0&client_version=62"
+        );
+        let e = build("http://[::1]", "prod", 0, DEFAULT_ENDPOINT).unwrap();
+        assert_eq!(e.target(), "[::1]/kubernetes-pod-ssh-proxy");
+        let e = redirect_target("ws://u:p@127.0.0.1:9/a\x1b[31m?t=1", "prod").unwrap();
+        assert_eq!(e.target(), "127.0.0.1:9/a%1B[31m");
+        assert_eq!(e.shown_url(), "ws://127.0.0.1:9/a%1B[31m?t=1");
+    }
+
     #[test]
     fn a_bare_host_means_https_and_the_cluster_fills_the_path() {
-        let e = build("gw.example.com:8443", "prod", 0, "kubernetes-pod-ssh-proxy").unwrap();
+        let e = build("gw.example.com:8443", "prod", 0, DEFAULT_ENDPOINT).unwrap();
         assert_eq!(
             e.url.as_str(),
             "wss://gw.example.com:8443/kubernetes-pod-ssh-proxy?cluster_name=prod&worker=0&client_version=62"
@@ -439,7 +478,7 @@ mod tests {
             },
         ];
         for c in cases {
-            let e = build(c.server, c.cluster, 0, "kubernetes-pod-ssh-proxy").unwrap_err();
+            let e = build(c.server, c.cluster, 0, DEFAULT_ENDPOINT).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{} {}: {e}", c.server, c.cluster);
         }
     }

@@ -1,7 +1,8 @@
 //! wsgate-client: `wsgate proxy`, ssh's ProxyCommand over a WebSocket, and `wsgate ssh-config`.
 //!
 //! - [`cli`]: flags (clap derive: the doc comments are `--help`), turned into the options below.
-//! - [`run`]: `wsgate proxy` from start to end (token, connection, session, redirect, hangup).
+//! - [`run`]: `wsgate proxy` from start to end (token, connection, session, redirect, hangup),
+//!   each session in one log span.
 //! - [`ssh_config`]: the `~/.ssh/config` block, with this binary as the ProxyCommand.
 //! - [`endpoint`]: server URL + cluster → `ws(s)://` session URL.
 //! - [`credentials`]: the token and where it came from.

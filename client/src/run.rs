@@ -2,12 +2,19 @@
 //! plaintext only where the rule allows), the session between stdio and the server, SkyPilot's
 //! redirect (followed once), and ssh's hangup. It parses no flags (`cli` does) and touches no
 //! frame (`session` does).
+//!
+//! Each session runs in one tracing span, `session` (`id`, `user`, `cluster`), and each
+//! connection in a `hop` span inside it (`n`, `target`, `client`): every log line of the session
+//! carries them. The spans are at ERROR level so that they are on whenever any line is logged
+//! (a span below the filter's level is not recorded, and the lines inside it would lose its
+//! fields).
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::{field, Instrument};
 use url::Url;
 
 use crate::connect::{self, Request};
@@ -68,33 +75,54 @@ pub async fn proxy_over<H>(
 where
     H: Future<Output = ()> + Send + 'static,
 {
-    let endpoint = endpoint::build(&opts.server, &opts.cluster, opts.worker, &opts.endpoint)?;
-    let token = credentials::resolve(&opts.credentials).await?;
-    if opts.insecure_skip_tls_verify {
-        tracing::warn!("--insecure-skip-tls-verify: the server's identity is NOT checked; anyone on the path can read this session and take the token");
-    }
-    let mut flow = Flow {
-        opts,
-        token,
-        origin: endpoint.url.clone(),
-        tls: None,
-    };
-    let mut current = endpoint;
-    let mut extra: Vec<(String, String)> = Vec::new();
-    for n in 1..=MAX_HOPS {
-        let (stdin, stdout) = stdio();
-        let end = flow
-            .hop(n, &current, &extra, stdin, stdout, hangup())
-            .await?;
-        match end {
-            End::Done => return Ok(()),
-            End::Redirect(_) if n == MAX_HOPS => {
-                return Err(ClientError::Protocol("redirected twice".into()))
-            }
-            End::Redirect(info) => (current, extra) = flow.follow(&info, &current)?,
+    let span = tracing::error_span!(
+        "session",
+        id = %session_id(),
+        user = field::Empty,
+        cluster = field::Empty,
+    );
+    async {
+        let endpoint = endpoint::build(&opts.server, &opts.cluster, opts.worker, &opts.endpoint)?;
+        let session = tracing::Span::current();
+        session.record("cluster", field::display(&endpoint.cluster));
+        let token = credentials::resolve(&opts.credentials).await?;
+        let user = token.as_ref().map_or("anonymous", |t| t.user.as_str());
+        session.record("user", field::display(text::escape(user)));
+        if opts.insecure_skip_tls_verify {
+            tracing::warn!("--insecure-skip-tls-verify: the server's identity is NOT checked; anyone on the path can read this session and take the token");
         }
+        let mut flow = Flow {
+            opts,
+            token,
+            origin: endpoint.url.clone(),
+            tls: None,
+        };
+        let mut current = endpoint;
+        let mut extra: Vec<(String, String)> = Vec::new();
+        for n in 1..=MAX_HOPS {
+            let hop = tracing::error_span!(
+                "hop",
+                n,
+                target = %current.target(),
+                client = field::Empty,
+            );
+            let (stdin, stdout) = stdio();
+            let end = flow
+                .hop(n, &current, &extra, stdin, stdout, hangup())
+                .instrument(hop)
+                .await?;
+            match end {
+                End::Done => return Ok(()),
+                End::Redirect(_) if n == MAX_HOPS => {
+                    return Err(ClientError::Protocol("redirected twice".into()))
+                }
+                End::Redirect(info) => (current, extra) = flow.follow(&info, &current)?,
+            }
+        }
+        Ok(())
     }
-    Ok(())
+    .instrument(span)
+    .await
 }
 
 /// What the connections of one session share.
@@ -138,7 +166,7 @@ impl Flow<'_> {
             tracing::info!(proxy = %p.described(), "connecting through a proxy");
         }
         tracing::info!(
-            url = %text::escape(to.url.as_str()),
+            url = %to.shown_url(),
             token_source = token.map_or("none", |t| t.source.as_str()),
             "connecting"
         );
@@ -155,6 +183,10 @@ impl Flow<'_> {
             cross_origin: !same_origin,
         };
         let conn = connect::open(&req).await?;
+        if let Some(local) = conn.local {
+            tracing::Span::current().record("client", field::display(local));
+        }
+        tracing::info!("connected");
         session::run(
             conn.io,
             conn.read_ahead,
@@ -178,7 +210,7 @@ impl Flow<'_> {
         let to = endpoint::redirect_target(url, &from.cluster)?;
         let keeps = endpoint::same_origin(&self.origin, &to.url);
         tracing::info!(
-            url = %text::escape(to.url.as_str()),
+            url = %to.shown_url(),
             same_origin = keeps,
             "following the server's redirect{}",
             if keeps { "" } else { " (another origin: the token and --header values stay here)" }
@@ -193,6 +225,16 @@ impl Flow<'_> {
             .unwrap_or_default();
         Ok((to, headers))
     }
+}
+
+/// A short random id for the session's log lines (8 hex digits; the process id if the OS has
+/// no randomness to give). The sidecar sends no session id of its own to use instead.
+fn session_id() -> String {
+    let mut b = [0u8; 4];
+    if getrandom::fill(&mut b).is_err() {
+        b = std::process::id().to_be_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Resolves on SIGHUP or SIGTERM (ssh hangs up its ProxyCommand when it exits); never if the
@@ -301,5 +343,15 @@ mod tests {
                 .exit_code(),
             9
         );
+    }
+
+    #[test]
+    fn session_ids_are_short_and_differ() {
+        let (a, b) = (session_id(), session_id());
+        assert!(
+            a.len() == 8 && a.chars().all(|c| c.is_ascii_hexdigit()),
+            "{a}"
+        );
+        assert_ne!(a, b);
     }
 }
