@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -46,6 +47,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub struct Conn {
     pub io: Box<dyn Io>,
     pub read_ahead: Vec<u8>,
+    /// This end's socket address (to the proxy, when there is one), for the session's logs.
+    pub local: Option<SocketAddr>,
 }
 
 /// The subprotocol offered beside a subprotocol token (a token needs another entry beside it).
@@ -154,7 +157,7 @@ pub async fn open(r: &Request<'_>) -> Result<Conn, ClientError> {
     }
     let deadline = Deadline::after(r.timeout);
     let handshake = async {
-        let io = connect(r, deadline).await?;
+        let (io, local) = connect(r, deadline).await?;
         let mut recorder = Recorder {
             io: Some(io),
             seen: Vec::new(),
@@ -168,7 +171,11 @@ pub async fn open(r: &Request<'_>) -> Result<Conn, ClientError> {
             ClientError::Protocol("the connection was lost during the handshake".into())
         })?;
         let read_ahead = after_head(&recorder.seen).to_vec();
-        Ok(Conn { io, read_ahead })
+        Ok(Conn {
+            io,
+            read_ahead,
+            local,
+        })
     };
     // A timeout while the proxy opens the tunnel is the proxy's error, from `proxy::dial` (its
     // timer has the same deadline and is polled first); what is left is the server's.
@@ -209,15 +216,19 @@ async fn dial(r: &Request<'_>, deadline: Deadline) -> Result<TcpStream, ClientEr
     Ok(tcp)
 }
 
-/// TCP, then TLS for `wss://`.
-async fn connect(r: &Request<'_>, deadline: Deadline) -> Result<Box<dyn Io>, ClientError> {
+/// TCP, then TLS for `wss://`; also this end's socket address.
+async fn connect(
+    r: &Request<'_>,
+    deadline: Deadline,
+) -> Result<(Box<dyn Io>, Option<SocketAddr>), ClientError> {
     let tcp = dial(r, deadline).await?;
+    let local = tcp.local_addr().ok();
     let Some(tls) = &r.tls else {
-        return Ok(Box::new(tcp));
+        return Ok((Box::new(tcp), local));
     };
     let (host, _) = host_port(r)?;
     match tls_handshake(Arc::clone(tls), &host, tcp).await {
-        Ok(stream) => Ok(Box::new(stream)),
+        Ok(stream) => Ok((Box::new(stream), local)),
         Err((e, first)) => Err(tls_error(r, e, &first)),
     }
 }
@@ -616,19 +627,25 @@ mod tests {
 
     #[test]
     fn what_counts_as_a_tls_record() {
-        for (first, want) in [
-            (&b"\x16\x03\x01\x00\x2a"[..], true),
-            (b"\x15\x03\x03\x00\x02\x02\x28", true),
-            (b"\x16\x03", true),
-            (b"\x14\x03\x03", false),
-            (b"\x17\x03\x03", false),
-            (b"\x18\x03\x03", false),
-            (b"\x16\x02\x00", false),
-            (b"\x16", false),
-            (b"", false),
-            (b"HTTP/1.1 400 Bad Request", false),
-        ] {
-            assert_eq!(is_tls_record(first), want, "{first:?}");
+        let tls_records: [&[u8]; 3] = [
+            b"\x16\x03\x01\x00\x2a",
+            b"\x15\x03\x03\x00\x02\x02\x28",
+            b"\x16\x03",
+        ];
+        let others: [&[u8]; 7] = [
+            b"\x14\x03\x03",
+            b"\x17\x03\x03",
+            b"\x18\x03\x03",
+            b"\x16\x02\x00",
+            b"\x16",
+            b"",
+            b"HTTP/1.1 400 Bad Request",
+        ];
+        for first in tls_records {
+            assert!(is_tls_record(first), "{first:?}");
+        }
+        for first in others {
+            assert!(!is_tls_record(first), "{first:?}");
         }
     }
 
@@ -749,6 +766,8 @@ mod tests {
         .await;
         let conn = open_at(&server).await.unwrap();
         assert_eq!(conn.read_ahead, b"\x82\x0c\x00SSH-2.0-x\r\n");
+        let local = conn.local.unwrap();
+        assert!(local.ip().is_loopback() && local.port() != 0, "{local}");
     }
 
     /// Error answers keep their body (the reason shown to the user).

@@ -17,6 +17,9 @@ use crate::error::ClientError;
 pub struct Token {
     pub value: BearerToken,
     pub source: String,
+    /// Whom the token stands for, as far as this end knows, for the session's logs: the
+    /// kubeconfig user's name, else the source's name (`--token`, `WSGATE_TOKEN`, `--token-file`).
+    pub user: String,
     /// How to get a fresh one, for a 401.
     pub hint: String,
 }
@@ -31,7 +34,7 @@ pub struct Sources {
     pub context: Option<String>,
 }
 
-fn checked(value: String, source: String, hint: &str) -> Result<Token, ClientError> {
+fn checked(value: String, source: String, user: &str, hint: &str) -> Result<Token, ClientError> {
     let value = value.trim().to_string();
     if value.is_empty() {
         return Err(ClientError::Token(format!("{source} is empty")));
@@ -44,6 +47,7 @@ fn checked(value: String, source: String, hint: &str) -> Result<Token, ClientErr
     Ok(Token {
         value: BearerToken::new(value),
         source,
+        user: user.to_string(),
         hint: hint.to_string(),
     })
 }
@@ -54,6 +58,7 @@ pub async fn resolve(s: &Sources) -> Result<Option<Token>, ClientError> {
         return checked(
             t.clone(),
             "--token".into(),
+            "--token",
             "Pass a valid token with --token.",
         )
         .map(Some);
@@ -62,6 +67,7 @@ pub async fn resolve(s: &Sources) -> Result<Option<Token>, ClientError> {
         return checked(
             t.clone(),
             "WSGATE_TOKEN".into(),
+            "WSGATE_TOKEN",
             "Export a valid token in WSGATE_TOKEN.",
         )
         .map(Some);
@@ -71,7 +77,13 @@ pub async fn resolve(s: &Sources) -> Result<Option<Token>, ClientError> {
             .await
             .map_err(|e| ClientError::Token(format!("--token-file {}: {e}", path.display())))?;
         let source = format!("--token-file {}", path.display());
-        return checked(text, source, "Write a valid token into that file.").map(Some);
+        return checked(
+            text,
+            source,
+            "--token-file",
+            "Write a valid token into that file.",
+        )
+        .map(Some);
     }
     if s.kubeconfig {
         return from_kubeconfig(s.context.as_deref()).await.map(Some);
@@ -106,25 +118,36 @@ async fn from_kubeconfig(context: Option<&str>) -> Result<Token, ClientError> {
         })?;
     let source = format!("kubeconfig context {name:?} (user {user:?})");
     let hint = "Refresh your kubeconfig credentials (e.g. log in again).";
-    token_from_auth_info(auth, &source, hint).await
+    token_from_auth_info(auth, &source, &user, hint).await
 }
 
 async fn token_from_auth_info(
     auth: &AuthInfo,
     source: &str,
+    user: &str,
     hint: &str,
 ) -> Result<Token, ClientError> {
     if let Some(t) = &auth.token {
-        return checked(t.expose_secret().to_string(), source.to_string(), hint);
+        return checked(
+            t.expose_secret().to_string(),
+            source.to_string(),
+            user,
+            hint,
+        );
     }
     if let Some(f) = &auth.token_file {
         let text = tokio::fs::read_to_string(Path::new(f))
             .await
             .map_err(|e| ClientError::Token(format!("{source}: token file {f}: {e}")))?;
-        return checked(text, source.to_string(), hint);
+        return checked(text, source.to_string(), user, hint);
     }
     if let Some(exec) = &auth.exec {
-        return checked(run_exec(exec, source).await?, source.to_string(), hint);
+        return checked(
+            run_exec(exec, source).await?,
+            source.to_string(),
+            user,
+            hint,
+        );
     }
     Err(ClientError::Token(format!(
         "{source} has no token, token file or exec plugin (client certificates cannot be sent through a WebSocket gateway)"
@@ -192,7 +215,10 @@ mod tests {
         .await
         .unwrap()
         .unwrap();
-        assert_eq!((t.value.expose(), t.source.as_str()), ("a", "--token"));
+        assert_eq!(
+            (t.value.expose(), t.source.as_str(), t.user.as_str()),
+            ("a", "--token", "--token")
+        );
         let t = resolve(&Sources {
             env: Some(" b\n".into()),
             ..Default::default()
@@ -220,8 +246,6 @@ mod tests {
 
     #[tokio::test]
     async fn exec_plugin_token() {
-        let dir = std::env::temp_dir().join(format!("wsgate-exec-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
         let yaml = r#"
 apiVersion: v1
 kind: Config
@@ -239,8 +263,9 @@ users:
 "#;
         let kc = Kubeconfig::from_yaml(yaml).unwrap();
         let auth = kc.auth_infos[0].auth_info.as_ref().unwrap();
-        let t = token_from_auth_info(auth, "ctx", "hint").await.unwrap();
-        assert_eq!(t.value.expose(), "from-exec");
-        std::fs::remove_dir_all(&dir).unwrap();
+        let t = token_from_auth_info(auth, "ctx", "u", "hint")
+            .await
+            .unwrap();
+        assert_eq!((t.value.expose(), t.user.as_str()), ("from-exec", "u"));
     }
 }

@@ -15,6 +15,9 @@ use crate::error::ClientError;
 /// value SkyPilot's own client sends today).
 pub const CLIENT_VERSION: u32 = 62;
 
+/// The endpoint path when `--endpoint` is not given: SkyPilot's.
+pub const DEFAULT_ENDPOINT: &str = "kubernetes-pod-ssh-proxy";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     /// The `ws://` or `wss://` URL to open.
@@ -27,6 +30,22 @@ pub struct Endpoint {
     /// environment's proxy is not used for it.
     pub loopback: bool,
     pub cluster: String,
+}
+
+impl Endpoint {
+    /// `host[:port]/path`, escaped: where this session goes, for logs (no query, and never the
+    /// URL's user name or password).
+    pub fn target(&self) -> String {
+        crate::text::escape(&format!("{}{}", self.host, self.url.path())).into_owned()
+    }
+
+    /// The URL without its user name and password, escaped, for logs.
+    pub fn shown_url(&self) -> String {
+        let mut url = self.url.clone();
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        crate::text::escape(url.as_str()).into_owned()
+    }
 }
 
 /// Builds the session URL. `cluster` may be a host alias (`prod.wsgate`): a cluster is one
@@ -188,18 +207,66 @@ mod tests {
 
     #[test]
     fn url_table() {
+        struct Case {
+            server: &'static str,
+            cluster: &'static str,
+            want: &'static str,
+            plaintext: bool,
+            loopback: bool,
+        }
         let cases = [
-            ("https://gw.example.com", "prod", "wss://gw.example.com/kubernetes-pod-ssh-proxy?cluster_name=prod&worker=0&client_version=62", false, false),
-            ("http://gw.example.com:8080/", "prod", "ws://gw.example.com:8080/kubernetes-pod-ssh-proxy?cluster_name=prod&worker=0&client_version=62", true, false),
-            ("https://gw.example.com/sky/", "prod.wsgate", "wss://gw.example.com/sky/kubernetes-pod-ssh-proxy?cluster_name=prod&worker=0&client_version=62", false, false),
-            ("wss://127.0.0.1:9443/a/b", "dev", "wss://127.0.0.1:9443/a/b/kubernetes-pod-ssh-proxy?cluster_name=dev&worker=0&client_version=62", false, true),
-            ("ws://localhost", "dev", "ws://localhost/kubernetes-pod-ssh-proxy?cluster_name=dev&worker=0&client_version=62", true, true),
-            ("http://[::1]:80/", "dev", "ws://[::1]/kubernetes-pod-ssh-proxy?cluster_name=dev&worker=0&client_version=62", true, true),
+            Case {
+                server: "https://gw.example.com",
+                cluster: "prod",
+                want: "wss://gw.example.com/kubernetes-pod-ssh-proxy?cluster_name=prod&worker=0&client_version=62",
+                plaintext: false,
+                loopback: false,
+            },
+            Case {
+                server: "http://gw.example.com:8080/",
+                cluster: "prod",
+                want: "ws://gw.example.com:8080/kubernetes-pod-ssh-proxy?cluster_name=prod&worker=0&client_version=62",
+                plaintext: true,
+                loopback: false,
+            },
+            Case {
+                server: "https://gw.example.com/sky/",
+                cluster: "prod.wsgate",
+                want: "wss://gw.example.com/sky/kubernetes-pod-ssh-proxy?cluster_name=prod&worker=0&client_version=62",
+                plaintext: false,
+                loopback: false,
+            },
+            Case {
+                server: "wss://127.0.0.1:9443/a/b",
+                cluster: "dev",
+                want: "wss://127.0.0.1:9443/a/b/kubernetes-pod-ssh-proxy?cluster_name=dev&worker=0&client_version=62",
+                plaintext: false,
+                loopback: true,
+            },
+            Case {
+                server: "ws://localhost",
+                cluster: "dev",
+                want: "ws://localhost/kubernetes-pod-ssh-proxy?cluster_name=dev&worker=0&client_version=62",
+                plaintext: true,
+                loopback: true,
+            },
+            Case {
+                server: "http://[::1]:80/",
+                cluster: "dev",
+                want: "ws://[::1]/kubernetes-pod-ssh-proxy?cluster_name=dev&worker=0&client_version=62",
+                plaintext: true,
+                loopback: true,
+            },
         ];
-        for (server, cluster, want, plaintext, loopback) in cases {
-            let e = build(server, cluster, 0, "kubernetes-pod-ssh-proxy").unwrap();
-            assert_eq!(e.url.as_str(), want, "{server}");
-            assert_eq!((e.plaintext, e.loopback), (plaintext, loopback), "{server}");
+        for c in cases {
+            let e = build(c.server, c.cluster, 0, DEFAULT_ENDPOINT).unwrap();
+            assert_eq!(e.url.as_str(), c.want, "{}", c.server);
+            assert_eq!(
+                (e.plaintext, e.loopback),
+                (c.plaintext, c.loopback),
+                "{}",
+                c.server
+            );
         }
         let e = build("https://gw.example.com?x=1", "prod", 3, "/ssh/").unwrap();
         assert_eq!(
@@ -208,9 +275,32 @@ mod tests {
         );
     }
 
+    /// What logs show of a session URL: no user name or password, no query in the target,
+    /// nothing from a redirect unescaped.
+    #[test]
+    fn what_logs_show() {
+        let e = build(
+            "https://me:hunter2@gw.example.com:8443/sky",
+            "prod",
+            0,
+            "ssh",
+        )
+        .unwrap();
+        assert_eq!(e.target(), "gw.example.com:8443/sky/ssh");
+        assert_eq!(
+            e.shown_url(),
+            "wss://gw.example.com:8443/sky/ssh?cluster_name=prod&worker=0&client_version=62"
+        );
+        let e = build("http://[::1]", "prod", 0, DEFAULT_ENDPOINT).unwrap();
+        assert_eq!(e.target(), "[::1]/kubernetes-pod-ssh-proxy");
+        let e = redirect_target("ws://u:p@127.0.0.1:9/a\x1b[31m?t=1", "prod").unwrap();
+        assert_eq!(e.target(), "127.0.0.1:9/a%1B[31m");
+        assert_eq!(e.shown_url(), "ws://127.0.0.1:9/a%1B[31m?t=1");
+    }
+
     #[test]
     fn a_bare_host_means_https_and_the_cluster_fills_the_path() {
-        let e = build("gw.example.com:8443", "prod", 0, "kubernetes-pod-ssh-proxy").unwrap();
+        let e = build("gw.example.com:8443", "prod", 0, DEFAULT_ENDPOINT).unwrap();
         assert_eq!(
             e.url.as_str(),
             "wss://gw.example.com:8443/kubernetes-pod-ssh-proxy?cluster_name=prod&worker=0&client_version=62"
@@ -286,24 +376,30 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for (host, want) in [
-            ("localhost", true),
-            ("LocalHost", true),
-            ("127.0.0.1", true),
-            ("127.1.2.3", true),
-            ("::1", true),
-            ("[::1]", true),
-            ("[::ffff:127.0.0.1]", true),
-            ("[::ffff:7f00:1]", true),
-            ("localhost.", false),
-            ("a.localhost", false),
-            ("0.0.0.0", false),
-            ("[::]", false),
-            ("[::ffff:10.0.0.1]", false),
-            ("10.0.0.1", false),
-            ("gw.example.com", false),
-        ] {
-            assert_eq!(is_loopback_host(host), want, "{host}");
+        let loopback = [
+            "localhost",
+            "LocalHost",
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "[::1]",
+            "[::ffff:127.0.0.1]",
+            "[::ffff:7f00:1]",
+        ];
+        let elsewhere = [
+            "localhost.",
+            "a.localhost",
+            "0.0.0.0",
+            "[::]",
+            "[::ffff:10.0.0.1]",
+            "10.0.0.1",
+            "gw.example.com",
+        ];
+        for host in loopback {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in elsewhere {
+            assert!(!is_loopback_host(host), "{host}");
         }
     }
 
@@ -318,29 +414,72 @@ mod tests {
             with_default_scheme("proxy:3128", "http"),
             "http://proxy:3128"
         );
-        for (given, want) in [
-            ("https", Some("wss")),
-            ("wss", Some("wss")),
-            ("http", Some("ws")),
-            ("ws", Some("ws")),
-            ("ftp", None),
-            ("HTTPS", None),
-        ] {
-            assert_eq!(websocket_scheme(given), want, "{given}");
+        struct Case {
+            given: &'static str,
+            websocket: Option<&'static str>,
+        }
+        let cases = [
+            Case {
+                given: "https",
+                websocket: Some("wss"),
+            },
+            Case {
+                given: "wss",
+                websocket: Some("wss"),
+            },
+            Case {
+                given: "http",
+                websocket: Some("ws"),
+            },
+            Case {
+                given: "ws",
+                websocket: Some("ws"),
+            },
+            Case {
+                given: "ftp",
+                websocket: None,
+            },
+            Case {
+                given: "HTTPS",
+                websocket: None,
+            },
+        ];
+        for c in cases {
+            assert_eq!(websocket_scheme(c.given), c.websocket, "{}", c.given);
         }
     }
 
     #[test]
     fn bad_input_is_a_usage_error() {
-        for (server, cluster) in [
-            ("ftp://x", "a"),
-            ("not a url", "a"),
-            ("https://gw", "Prod"),
-            ("https://gw", "a_b"),
-            ("https://gw", ""),
-        ] {
-            let e = build(server, cluster, 0, "kubernetes-pod-ssh-proxy").unwrap_err();
-            assert_eq!(e.exit_code(), 2, "{server} {cluster}: {e}");
+        struct Case {
+            server: &'static str,
+            cluster: &'static str,
+        }
+        let cases = [
+            Case {
+                server: "ftp://x",
+                cluster: "a",
+            },
+            Case {
+                server: "not a url",
+                cluster: "a",
+            },
+            Case {
+                server: "https://gw",
+                cluster: "Prod",
+            },
+            Case {
+                server: "https://gw",
+                cluster: "a_b",
+            },
+            Case {
+                server: "https://gw",
+                cluster: "",
+            },
+        ];
+        for c in cases {
+            let e = build(c.server, c.cluster, 0, DEFAULT_ENDPOINT).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{} {}: {e}", c.server, c.cluster);
         }
     }
 

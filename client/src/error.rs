@@ -441,33 +441,37 @@ mod tests {
             one_per_class.len(),
             "exit codes must be distinct"
         );
+        struct Case {
+            error: ClientError,
+            code: i32,
+        }
         let same_class = [
-            (
-                ClientError::Forbidden {
+            Case {
+                error: ClientError::Forbidden {
                     host: String::new(),
                     cluster: String::new(),
                     reason: None,
                     token: TokenUse::NoneGiven,
                 },
-                exit::AUTH,
-            ),
-            (
-                ClientError::NotTls {
+                code: exit::AUTH,
+            },
+            Case {
+                error: ClientError::NotTls {
                     host: String::new(),
                     reply: String::new(),
                 },
-                exit::TLS,
-            ),
-            (
-                ClientError::SpeaksTls {
+                code: exit::TLS,
+            },
+            Case {
+                error: ClientError::SpeaksTls {
                     host: String::new(),
                     evidence: String::new(),
                 },
-                exit::TLS,
-            ),
+                code: exit::TLS,
+            },
         ];
-        for (e, code) in same_class {
-            assert_eq!(e.exit_code(), code, "{e:?}");
+        for c in same_class {
+            assert_eq!(c.error.exit_code(), c.code, "{:?}", c.error);
         }
     }
 

@@ -1,6 +1,9 @@
 //! wsgate-client: `wsgate proxy`, ssh's ProxyCommand over a WebSocket, and `wsgate ssh-config`.
 //!
-//! - [`cli`]: flags (clap derive: the doc comments are `--help`) and the two commands.
+//! - [`cli`]: flags (clap derive: the doc comments are `--help`), turned into the options below.
+//! - [`run`]: `wsgate proxy` from start to end (token, connection, session, redirect, hangup),
+//!   each session in one log span.
+//! - [`ssh_config`]: the `~/.ssh/config` block, with this binary as the ProxyCommand.
 //! - [`endpoint`]: server URL + cluster → `ws(s)://` session URL.
 //! - [`credentials`]: the token and where it came from.
 //! - [`tls`]: rustls with system roots, `--ca-file`, or (loudly) no verification.
@@ -19,7 +22,9 @@ pub mod credentials;
 pub mod endpoint;
 pub mod error;
 pub mod proxy;
+pub mod run;
 pub mod session;
+pub mod ssh_config;
 pub mod stdio;
 pub mod text;
 pub mod tls;

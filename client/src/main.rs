@@ -4,8 +4,9 @@
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use wsgate_client::cli::{self, Cli, Command};
+use wsgate_client::cli::{Cli, Command};
 use wsgate_client::error::colour_on_stderr;
+use wsgate_client::{run, ssh_config};
 
 fn main() {
     let cli = Cli::parse();
@@ -24,17 +25,15 @@ fn main() {
         .with_target(false)
         .init();
     let result = match cli.command {
-        Command::SshConfig(a) => {
-            let program = std::env::current_exe()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "wsgate".to_string());
-            cli::ssh_config(&a, &program).map(|block| print!("{block}"))
-        }
+        Command::SshConfig(a) => ssh_config::render(&a.into_options(), &ssh_config::program())
+            .map(|block| print!("{block}")),
         Command::Proxy(a) => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(cli::proxy(a)),
+            Ok(rt) => a
+                .into_options(std::env::var("WSGATE_TOKEN").ok())
+                .and_then(|o| rt.block_on(run::proxy(&o))),
             Err(e) => {
                 eprintln!("wsgate: cannot start: {e}");
                 std::process::exit(1);

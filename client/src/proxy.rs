@@ -1139,16 +1139,21 @@ mod tests {
                 conns.push(s);
             }
         });
-        for (url, want) in [
-            (
-                format!("http://u:hunter2@127.0.0.1:{port}"),
-                format!("proxy http://127.0.0.1:{port} (from --proxy): the proxy accepted the connection but did not answer CONNECT gw:443 within 300ms (--connect-timeout)"),
-            ),
-            (
-                format!("socks5h://u:hunter2@127.0.0.1:{port}"),
-                format!("proxy socks5h://127.0.0.1:{port} (from --proxy): the proxy accepted the connection but did not complete the SOCKS5 exchange within 300ms (--connect-timeout)"),
-            ),
-        ] {
+        struct Case {
+            url: String,
+            want: String,
+        }
+        let cases = [
+            Case {
+                url: format!("http://u:hunter2@127.0.0.1:{port}"),
+                want: format!("proxy http://127.0.0.1:{port} (from --proxy): the proxy accepted the connection but did not answer CONNECT gw:443 within 300ms (--connect-timeout)"),
+            },
+            Case {
+                url: format!("socks5h://u:hunter2@127.0.0.1:{port}"),
+                want: format!("proxy socks5h://127.0.0.1:{port} (from --proxy): the proxy accepted the connection but did not complete the SOCKS5 exchange within 300ms (--connect-timeout)"),
+            },
+        ];
+        for Case { url, want } in cases {
             let p = parse(&url, "--proxy").unwrap();
             let dialled = dial(&p, "gw", 443, Deadline::after(Duration::from_millis(300)));
             let e = tokio::time::timeout(Duration::from_secs(5), dialled)

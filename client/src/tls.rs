@@ -1,5 +1,5 @@
 //! TLS for `wss://`: rustls with the system's roots, plus `--ca-file`, or no verification at all
-//! with `--insecure-skip-tls-verify` (which `main` announces loudly).
+//! with `--insecure-skip-tls-verify` (which `run` announces loudly).
 
 use std::path::Path;
 use std::sync::Arc;

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -160,12 +161,38 @@ def test_backend_down_is_exit_6(workdir, tls):
 
 
 def test_ssh_config_block(gw, tls):
+    """The ProxyCommand is the binary that wrote the block, by its canonical path."""
     r = run_wsgate("ssh-config", https(gw), "--ca-file", str(tls.ca_pem), "--token-file", "/tmp/t")
     assert r.returncode == 0
     out = r.stdout.decode()
     assert "Host *.wsgate" in out
-    assert f"ProxyCommand {WSGATE} proxy {https(gw)} %h --ca-file {tls.ca_pem} --token-file /tmp/t" in out
+    assert f"ProxyCommand {WSGATE.resolve()} proxy {https(gw)} %h --ca-file {tls.ca_pem} --token-file /tmp/t" in out
     assert "ServerAliveInterval 30" in out
+
+
+def test_ssh_goes_through_the_block_an_installed_binary_wrote(sshd, gw, tls, tmp_path):
+    """The README's path: install the binary (here a copy in a directory whose name needs
+    quoting for the shell and `%%` for ssh), append its `ssh-config` block, `ssh <cluster>.wsgate`.
+    The real ssh, with only that block for a config, reaches sshd through the installed copy."""
+    bindir = tmp_path / "it's my bin 100%h"
+    bindir.mkdir()
+    installed = bindir / "wsgate"
+    shutil.copy2(WSGATE, installed)
+    token_file = tmp_path / "token"
+    token_file.write_text(ALICE + "\n")
+    r = subprocess.run([str(installed), "ssh-config", https(gw), "--ca-file", str(tls.ca_pem),
+                        "--token-file", str(token_file)], capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr.decode()
+    assert "ProxyCommand '" in r.stdout.decode() and "100%%h" in r.stdout.decode(), r.stdout.decode()
+    config = tmp_path / "ssh_config"
+    config.write_bytes(r.stdout)
+    ssh = ["ssh", "-F", str(config), "-i", str(sshd.client_key), "-o", "IdentitiesOnly=yes",
+           "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+           "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", f"{sshd.user}@prod.wsgate", "echo", "via-ssh-config"]
+    env = {k: v for k, v in os.environ.items() if k != "WSGATE_TOKEN"}
+    r = subprocess.run(ssh, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == b"via-ssh-config\n"
 
 
 SETUP_SKYPILOT = Path(__file__).resolve().parents[1] / "setup-skypilot.sh"
