@@ -1,17 +1,15 @@
-//! The HTTP side: routes, the handshake (validate, authenticate, authorize, admit, resolve,
+//! The server: routes, the handshake (validate, authenticate, authorize, admit, resolve,
 //! connect — all before the upgrade), session tasks, and graceful shutdown.
 //!
-//! `run(listener, admin_listener, sidecar, shutdown)` is the whole server; `main` only parses
-//! flags and builds the pieces. Tests call `run` on `127.0.0.1:0`.
+//! [`run`]`(listeners, config, shutdown)` is the whole server: `main` only reads the settings,
+//! sets up the log and binds; the integration tests (`tests/`) call it on `127.0.0.1:0`.
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::http::{serve as serve_http, HttpLimits};
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -21,62 +19,50 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
+use wsgate_proto::framing::Framing;
 use wsgate_proto::names::is_dns_label;
 use wsgate_proto::query::{percent_decode, query_pairs};
 
-use crate::auth::{credential, Authenticator, Identity};
-use crate::authz::Authorizer;
-use crate::bridge::{bridge, BridgeConfig, Observer};
+use crate::auth::{credential, Identity};
+use crate::backends::{BackendError, Backends};
+use crate::bridge::{bridge, Observer};
+use crate::config::{AuthConfig, Config, ServerConfig, SKYPILOT_PATH};
 use crate::error::Reject;
+use crate::http::{serve as serve_http, HttpLimits};
 use crate::metrics::Metrics;
-use crate::origin::{Origin, PeerAddr, TrustedHops};
+use crate::origin::{Origin, PeerAddr};
 use crate::sessions::{Admission, Registry, SessionInfo};
-use crate::target::TargetResolver;
 use crate::upgrade::{Connection, WsUpgrade};
-use wsgate_proto::framing::Framing;
 
-/// SkyPilot's endpoint, unchanged, so its client works as is.
-pub const SKYPILOT_PATH: &str = "/kubernetes-pod-ssh-proxy";
-
-/// Everything that is not a pluggable backend.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// A generic endpoint such as `/ssh/{cluster}`, besides SkyPilot's.
-    pub path_template: Option<String>,
-    /// When set, only these clusters (404 otherwise).
-    pub allowed_clusters: Option<BTreeSet<String>>,
-    pub max_sessions: usize,
-    pub max_sessions_per_user: usize,
-    /// Client connections open at once on the session listener (`crate::http`), upgraded ones
-    /// included: each holds a file descriptor.
-    pub max_connections: usize,
-    /// Framing is decided per session; the rest applies to all.
-    pub bridge: BridgeConfig,
-    /// Each request head's deadline (`crate::http`).
-    pub header_read_timeout: Duration,
-    /// How long a kept-alive connection may wait for its next request; zero: no keep-alive.
-    pub keepalive_timeout: Duration,
-    /// From request to upgrade (authentication, lookup, connect).
-    pub handshake_timeout: Duration,
-    pub connect_timeout: Duration,
-    /// From SIGTERM, how long sessions (and requests in progress) may go on; then sessions are
-    /// closed with 1001 and unfinished requests dropped.
-    pub shutdown_grace: Duration,
-    /// Proxies whose `X-Forwarded-For` / `x-envoy-external-address` the audit trail believes.
-    pub trusted_hops: TrustedHops,
+/// The two listening sockets, bound by the caller: `main` binds them with a deep accept queue,
+/// tests on `127.0.0.1:0`.
+pub struct Listeners {
+    /// WebSocket sessions, and `/healthz` and `/readyz` for the gateway's health checks
+    /// (`--listen`).
+    pub sessions: TcpListener,
+    /// `/metrics`, `/sessions`, `/healthz`, `/readyz` (`--admin-listen`): apart, so the session
+    /// listing and the metrics can stay off the network the clients reach.
+    pub admin: TcpListener,
 }
 
-/// The server's parts: settings and the three backends.
-pub struct Sidecar {
-    pub settings: Settings,
-    pub auth: Arc<dyn Authenticator>,
-    pub authz: Arc<dyn Authorizer>,
-    pub resolver: Arc<dyn TargetResolver>,
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Backends(#[from] BackendError),
+    #[error("reading a listener's address: {0}")]
+    Listener(std::io::Error),
 }
 
+/// What every handler shares.
 struct AppState {
-    sidecar: Sidecar,
+    /// Routes, limits and timeouts, as checked at start.
+    config: ServerConfig,
+    /// Who is asking, may they, and where their session goes.
+    backends: Backends,
+    /// Admission limits and the `/sessions` listing.
     registry: Arc<Registry>,
+    /// Counted by handshakes, sessions and the accept loop; rendered on `/metrics`.
     metrics: Arc<Metrics>,
     /// Set on shutdown: `/readyz` turns false and new sessions get 503.
     draining: AtomicBool,
@@ -87,20 +73,44 @@ struct AppState {
     close_all: CancellationToken,
 }
 
-/// Serves until `shutdown` resolves, then drains: stops accepting, waits up to the grace period
-/// for sessions, closes the rest with 1001, and returns.
+/// Builds the backends (reading the token file and the policy, connecting a Kubernetes client
+/// if one is needed), then serves until `shutdown` resolves, then drains: stops accepting,
+/// waits up to `--shutdown-grace` for sessions, closes the rest with 1001, and returns, at
+/// most `3 × CLOSE_WAIT` after the grace period.
 pub async fn run(
-    listener: TcpListener,
-    admin: TcpListener,
-    sidecar: Sidecar,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let s = &sidecar.settings;
-    let registry = Registry::new(s.max_sessions, s.max_sessions_per_user);
-    let grace = s.shutdown_grace;
-    let reviews = sidecar.auth.review_metrics();
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let backends = Backends::new(&config).await?;
+    if matches!(config.auth, AuthConfig::None) {
+        warn!(
+            "authentication is OFF (--auth none): anyone who reaches {} can open SSH sessions",
+            listeners
+                .sessions
+                .local_addr()
+                .map_err(StartError::Listener)?
+        );
+    }
+    serve(listeners, config.server, backends, shutdown).await
+}
+
+async fn serve(
+    listeners: Listeners,
+    config: ServerConfig,
+    backends: Backends,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let Listeners {
+        sessions: listener,
+        admin,
+    } = listeners;
+    let registry = Registry::new(config.max_sessions, config.max_sessions_per_user);
+    let grace = config.shutdown_grace;
+    let reviews = backends.auth.review_metrics();
     let st = Arc::new(AppState {
-        sidecar,
+        config,
+        backends,
         registry,
         metrics: Arc::new(Metrics::with_reviews(reviews)),
         draining: AtomicBool::new(false),
@@ -108,23 +118,23 @@ pub async fn run(
         close_all: CancellationToken::new(),
     });
     info!(
-        listen = %listener.local_addr()?,
-        admin = %admin.local_addr()?,
-        auth = %st.sidecar.auth.describe(),
-        authz = %st.sidecar.authz.describe(),
-        targets = %st.sidecar.resolver.describe(),
+        listen = %listener.local_addr().map_err(StartError::Listener)?,
+        admin = %admin.local_addr().map_err(StartError::Listener)?,
+        auth = %st.backends.auth.describe(),
+        authz = %st.backends.authz.describe(),
+        targets = %st.backends.resolver.describe(),
         "wsgate-sidecar {} serving",
         env!("CARGO_PKG_VERSION"),
     );
 
     // Both listeners: a deadline on every request head, on keep-alive idle time and on the
     // `101`, and a cap on open connections; the handlers get the peer as
-    // `ConnectInfo<PeerAddr>` (the audit trail). After SIGTERM, requests in progress and
-    // sessions share the grace period.
+    // `ConnectInfo<PeerAddr>` (the audit trail). After the shutdown signal, requests in
+    // progress and sessions share the grace period.
     let limits = HttpLimits {
-        header_read_timeout: st.sidecar.settings.header_read_timeout,
-        keepalive_timeout: st.sidecar.settings.keepalive_timeout,
-        max_connections: st.sidecar.settings.max_connections,
+        header_read_timeout: st.config.header_read_timeout,
+        keepalive_timeout: st.config.keepalive_timeout,
+        max_connections: st.config.max_connections,
         drain: grace,
     };
     // The admin listener serves probes and scrapes: a few connections, and it is stopped only
@@ -198,7 +208,7 @@ fn router(st: Arc<AppState>) -> Router {
         .route(SKYPILOT_PATH, get(skypilot_endpoint))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
-    if let Some(t) = &st.sidecar.settings.path_template {
+    if let Some(t) = &st.config.path_template {
         r = r.route(t, get(path_endpoint));
     }
     r.with_state(st)
@@ -333,7 +343,7 @@ async fn handshake(
     ws: Upgrade,
 ) -> Response {
     let mut audit = Audit {
-        origin: Origin::new(peer, &headers, &st.sidecar.settings.trusted_hops),
+        origin: Origin::new(peer, &headers, &st.config.trusted_hops),
         user: None,
         cluster: None,
         target: None,
@@ -341,7 +351,7 @@ async fn handshake(
     let Ok(ws) = ws else {
         return refuse(&st, Reject::NotWebSocket, &audit);
     };
-    let limit = st.sidecar.settings.handshake_timeout;
+    let limit = st.config.handshake_timeout;
     let prepared = tokio::time::timeout(
         limit,
         prepare(&st, query, path_cluster, &headers, &mut audit),
@@ -384,41 +394,43 @@ async fn prepare(
     if st.draining.load(Ordering::SeqCst) {
         return Err(Reject::Draining);
     }
-    let s = &st.sidecar.settings;
     let cred = credential(headers)?;
     let who = st
-        .sidecar
+        .backends
         .auth
         .authenticate(cred.as_ref().map(|c| &c.token))
         .await?;
     audit.user = Some(who.user.clone());
     let ask = parse_query(query.as_deref(), path_cluster)?;
     audit.cluster = Some(ask.cluster.clone());
-    if s.allowed_clusters
+    if st
+        .config
+        .allowed_clusters
         .as_ref()
         .is_some_and(|a| !a.contains(&ask.cluster))
     {
         return Err(Reject::UnknownCluster);
     }
-    st.sidecar.authz.authorize(&who, &ask.cluster).await?;
+    st.backends.authz.authorize(&who, &ask.cluster).await?;
     let admission = st.registry.admit(&who.user)?;
     let addr = st
-        .sidecar
+        .backends
         .resolver
         .resolve(&ask.cluster, ask.worker)
         .await?;
     audit.target = Some(addr.clone());
-    let stream = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(&addr)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            warn!(target_addr = %addr, error = %e, "target unreachable");
-            return Err(Reject::TargetUnreachable);
-        }
-        Err(_) => {
-            warn!(target_addr = %addr, "target connect timed out");
-            return Err(Reject::TargetUnreachable);
-        }
-    };
+    let stream =
+        match tokio::time::timeout(st.config.connect_timeout, TcpStream::connect(&addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                warn!(target_addr = %addr, error = %e, "target unreachable");
+                return Err(Reject::TargetUnreachable);
+            }
+            Err(_) => {
+                warn!(target_addr = %addr, "target connect timed out");
+                return Err(Reject::TargetUnreachable);
+            }
+        };
     let _ = stream.set_nodelay(true);
     Ok(Ready {
         who,
@@ -455,7 +467,7 @@ fn start_session(st: Arc<AppState>, ready: Ready, ws: WsUpgrade, origin: Origin)
     // The connection comes once the `101` is written, which the client can delay by not
     // reading (the HTTP server bounds that write too). An upgrade that does not complete in
     // the handshake timeout lets go of the admission and the target connection, audited.
-    let limit = st.sidecar.settings.handshake_timeout;
+    let limit = st.config.handshake_timeout;
     let tracker = st.tracker.clone();
     tracker.spawn(async move {
         let why = match tokio::time::timeout(limit, conn).await {
@@ -490,7 +502,7 @@ async fn session(st: Arc<AppState>, ready: Ready, socket: Connection, origin: Or
         admission,
         ..
     } = ready;
-    let mut cfg = st.sidecar.settings.bridge.clone();
+    let mut cfg = st.config.bridge.clone();
     cfg.framing = Framing::for_client_version(ask.client_version);
     let listed = st
         .registry
