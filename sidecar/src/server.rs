@@ -3,6 +3,10 @@
 //!
 //! [`run`]`(listeners, config, shutdown)` is the whole server: `main` only reads the settings,
 //! sets up the log and binds; the integration tests (`tests/`) call it on `127.0.0.1:0`.
+//!
+//! Each WebSocket request is one `session` span, from its first check to its audit line: `id`
+//! and `client` from the start, `user`, `cluster` and `target` as the handshake learns them, so
+//! every line of a session says whose it is. The span never holds a token.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,7 +22,8 @@ use axum::{Json, Router};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::field::{display, Empty};
+use tracing::{info, info_span, warn, Instrument, Span};
 use wsgate_proto::framing::Framing;
 use wsgate_proto::names::is_dns_label;
 use wsgate_proto::query::{percent_decode, query_pairs};
@@ -29,6 +34,7 @@ use crate::bridge::{bridge, Observer};
 use crate::config::{AuthConfig, Config, ServerConfig, SKYPILOT_PATH};
 use crate::error::Reject;
 use crate::http::{serve as serve_http, HttpLimits};
+use crate::logs::Shown;
 use crate::metrics::Metrics;
 use crate::origin::{Origin, PeerAddr};
 use crate::sessions::{Admission, Registry, SessionInfo};
@@ -324,14 +330,37 @@ struct Ready {
     echo_protocol: Option<String>,
 }
 
-/// What is known of a request so far, for its audit line: a refusal says as much as the checks
-/// before it had learnt (a user only once authenticated, a target only once resolved).
+/// What is known of a request so far, for its audit line and its span: a refusal says as much
+/// as the checks before it had learnt (a user only once authenticated, a target only once
+/// resolved).
 #[derive(Debug)]
 struct Audit {
+    /// The session's number, in its span, its audit lines and `/sessions`. Every WebSocket
+    /// request takes one, so a refused one's lines can be told apart too.
+    id: u64,
     origin: Origin,
     user: Option<String>,
     cluster: Option<String>,
     target: Option<String>,
+    /// The `session` span, given each field as it is learnt.
+    span: Span,
+}
+
+impl Audit {
+    fn learn_user(&mut self, user: &str) {
+        self.span.record("user", display(Shown(user)));
+        self.user = Some(user.to_string());
+    }
+
+    fn learn_cluster(&mut self, cluster: &str) {
+        self.span.record("cluster", display(Shown(cluster)));
+        self.cluster = Some(cluster.to_string());
+    }
+
+    fn learn_target(&mut self, target: &str) {
+        self.span.record("target", display(Shown(target)));
+        self.target = Some(target.to_string());
+    }
 }
 
 async fn handshake(
@@ -342,12 +371,37 @@ async fn handshake(
     headers: HeaderMap,
     ws: Upgrade,
 ) -> Response {
-    let mut audit = Audit {
-        origin: Origin::new(peer, &headers, &st.config.trusted_hops),
+    let id = st.registry.new_id();
+    let origin = Origin::new(peer, &headers, &st.config.trusted_hops);
+    let span = info_span!(
+        "session",
+        id,
+        user = Empty,
+        cluster = Empty,
+        target = Empty,
+        client = %origin.client,
+    );
+    let audit = Audit {
+        id,
+        origin,
         user: None,
         cluster: None,
         target: None,
+        span: span.clone(),
     };
+    checked_handshake(st, query, path_cluster, headers, ws, audit)
+        .instrument(span)
+        .await
+}
+
+async fn checked_handshake(
+    st: Arc<AppState>,
+    query: Option<String>,
+    path_cluster: Option<String>,
+    headers: HeaderMap,
+    ws: Upgrade,
+    mut audit: Audit,
+) -> Response {
     let Ok(ws) = ws else {
         return refuse(&st, Reject::NotWebSocket, &audit);
     };
@@ -358,7 +412,7 @@ async fn handshake(
     )
     .await;
     match prepared {
-        Ok(Ok(ready)) => start_session(st, ready, ws, audit.origin),
+        Ok(Ok(ready)) => start_session(st, ready, ws, audit),
         Ok(Err(reject)) => refuse(&st, reject, &audit),
         Err(_) => refuse(&st, Reject::HandshakeTimeout, &audit),
     }
@@ -369,9 +423,9 @@ fn refuse(st: &AppState, reject: Reject, audit: &Audit) -> Response {
     info!(
         target: "wsgate::audit",
         event = "session_refused",
-        user = audit.user.as_deref(),
-        cluster = audit.cluster.as_deref(),
-        target_addr = audit.target.as_deref(),
+        user = audit.user.as_deref().map(|u| display(Shown(u))),
+        cluster = audit.cluster.as_deref().map(display),
+        target_addr = audit.target.as_deref().map(|t| display(Shown(t))),
         peer_addr = %audit.origin.peer,
         client_addr = %audit.origin.client,
         status = reject.status().as_u16(),
@@ -400,9 +454,9 @@ async fn prepare(
         .auth
         .authenticate(cred.as_ref().map(|c| &c.token))
         .await?;
-    audit.user = Some(who.user.clone());
+    audit.learn_user(&who.user);
     let ask = parse_query(query.as_deref(), path_cluster)?;
-    audit.cluster = Some(ask.cluster.clone());
+    audit.learn_cluster(&ask.cluster);
     if st
         .config
         .allowed_clusters
@@ -418,19 +472,19 @@ async fn prepare(
         .resolver
         .resolve(&ask.cluster, ask.worker)
         .await?;
-    audit.target = Some(addr.clone());
-    let stream =
-        match tokio::time::timeout(st.config.connect_timeout, TcpStream::connect(&addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                warn!(target_addr = %addr, error = %e, "target unreachable");
-                return Err(Reject::TargetUnreachable);
-            }
-            Err(_) => {
-                warn!(target_addr = %addr, "target connect timed out");
-                return Err(Reject::TargetUnreachable);
-            }
-        };
+    audit.learn_target(&addr);
+    let connect = TcpStream::connect(&addr);
+    let stream = match tokio::time::timeout(st.config.connect_timeout, connect).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            warn!(target_addr = %Shown(&addr), error = %e, "target unreachable");
+            return Err(Reject::TargetUnreachable);
+        }
+        Err(_) => {
+            warn!(target_addr = %Shown(&addr), "target connect timed out");
+            return Err(Reject::TargetUnreachable);
+        }
+    };
     let _ = stream.set_nodelay(true);
     Ok(Ready {
         who,
@@ -462,16 +516,18 @@ impl Observer for SessionObserver {
     }
 }
 
-fn start_session(st: Arc<AppState>, ready: Ready, ws: WsUpgrade, origin: Origin) -> Response {
+fn start_session(st: Arc<AppState>, ready: Ready, ws: WsUpgrade, audit: Audit) -> Response {
     let (resp, conn) = ws.accept(ready.echo_protocol.as_deref());
     // The connection comes once the `101` is written, which the client can delay by not
     // reading (the HTTP server bounds that write too). An upgrade that does not complete in
     // the handshake timeout lets go of the admission and the target connection, audited.
     let limit = st.config.handshake_timeout;
     let tracker = st.tracker.clone();
-    tracker.spawn(async move {
+    // A spawned task does not inherit the span it was spawned in: it is handed over.
+    let span = audit.span.clone();
+    let task = async move {
         let why = match tokio::time::timeout(limit, conn).await {
-            Ok(Ok(conn)) => return session(st, ready, conn, origin).await,
+            Ok(Ok(conn)) => return session(st, ready, conn, audit).await,
             Ok(Err(e)) => e.to_string(),
             Err(_) => "not complete within the handshake timeout".to_string(),
         };
@@ -479,21 +535,22 @@ fn start_session(st: Arc<AppState>, ready: Ready, ws: WsUpgrade, origin: Origin)
         info!(
             target: "wsgate::audit",
             event = "session_refused",
-            user = %ready.who.user,
+            user = %Shown(&ready.who.user),
             cluster = %ready.ask.cluster,
-            target_addr = %ready.addr,
-            peer_addr = %origin.peer,
-            client_addr = %origin.client,
+            target_addr = %Shown(&ready.addr),
+            peer_addr = %audit.origin.peer,
+            client_addr = %audit.origin.client,
             status = StatusCode::SWITCHING_PROTOCOLS.as_u16(),
             reason = "upgrade_failed",
             "refused: the WebSocket upgrade did not complete: {why}"
         );
         // `ready` goes here, and the admission and the target connection with it.
-    });
+    };
+    tracker.spawn(task.instrument(span));
     resp
 }
 
-async fn session(st: Arc<AppState>, ready: Ready, socket: Connection, origin: Origin) {
+async fn session(st: Arc<AppState>, ready: Ready, socket: Connection, audit: Audit) {
     let Ready {
         who,
         ask,
@@ -502,20 +559,21 @@ async fn session(st: Arc<AppState>, ready: Ready, socket: Connection, origin: Or
         admission,
         ..
     } = ready;
+    let origin = audit.origin;
     let mut cfg = st.config.bridge.clone();
     cfg.framing = Framing::for_client_version(ask.client_version);
     let listed = st
         .registry
-        .list_session(&who.user, &ask.cluster, ask.worker, &addr);
+        .list_session(audit.id, &who.user, &ask.cluster, ask.worker, &addr);
     st.metrics.session_opened();
     info!(
         target: "wsgate::audit",
         event = "session_start",
-        id = listed.info.id,
-        user = %who.user,
+        id = audit.id,
+        user = %Shown(&who.user),
         cluster = %ask.cluster,
         worker = ask.worker,
-        target_addr = %addr,
+        target_addr = %Shown(&addr),
         peer_addr = %origin.peer,
         client_addr = %origin.client,
         framing = ?cfg.framing,
@@ -531,11 +589,11 @@ async fn session(st: Arc<AppState>, ready: Ready, socket: Connection, origin: Or
     info!(
         target: "wsgate::audit",
         event = "session_end",
-        id = listed.info.id,
-        user = %who.user,
+        id = audit.id,
+        user = %Shown(&who.user),
         cluster = %ask.cluster,
         worker = ask.worker,
-        target_addr = %addr,
+        target_addr = %Shown(&addr),
         peer_addr = %origin.peer,
         client_addr = %origin.client,
         bytes_up = listed.info.bytes_up.load(Ordering::Relaxed),

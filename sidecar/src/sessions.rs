@@ -114,15 +114,22 @@ impl Registry {
         })
     }
 
+    /// A fresh session id, taken when a request arrives so that its log lines carry it before
+    /// it is a session; refused requests leave gaps in the ids of `/sessions`.
+    pub fn new_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
     pub fn list_session(
         self: &Arc<Self>,
+        id: u64,
         user: &str,
         cluster: &str,
         worker: u32,
         target: &str,
     ) -> Listed {
         let info = Arc::new(SessionInfo {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            id,
             user: user.to_string(),
             cluster: cluster.to_string(),
             worker,
@@ -185,7 +192,7 @@ mod tests {
     #[test]
     fn listing_follows_the_guard() {
         let r = Registry::new(10, 10);
-        let l = r.list_session("alice", "prod", 0, "127.0.0.1:22");
+        let l = r.list_session(r.new_id(), "alice", "prod", 0, "127.0.0.1:22");
         l.info.bytes_up.fetch_add(5, Ordering::Relaxed);
         let snap = r.snapshot();
         assert_eq!(snap.len(), 1);
