@@ -324,9 +324,14 @@ async fn path_endpoint(
 struct Ready {
     who: Identity,
     ask: Ask,
+    /// The target's `host:port`, for the listing and the audit.
     addr: String,
+    /// Connected before the `101`, so an unreachable target is a 502, not a dead session.
     stream: TcpStream,
+    /// The session's slot under the limits, held until it ends.
     admission: Admission,
+    /// The subprotocol to echo in the `101`, when the token came as one (the client requires
+    /// one echoed back).
     echo_protocol: Option<String>,
 }
 
@@ -498,7 +503,9 @@ async fn prepare(
 
 /// Reports the bridge's byte counts to the session listing and the metrics.
 struct SessionObserver {
+    /// The session's `/sessions` entry.
     info: Arc<SessionInfo>,
+    /// The server's totals.
     metrics: Arc<Metrics>,
 }
 
@@ -613,56 +620,79 @@ mod tests {
 
     #[test]
     fn query_table() {
-        let ok = |c: &str, w, v| {
+        struct Case {
+            query: &'static str,
+            /// The cluster of the generic endpoint's path, if the request came that way.
+            path_cluster: Option<&'static str>,
+            want: Result<Ask, Reject>,
+        }
+        fn ask(cluster: &str, worker: u32, client_version: Option<u32>) -> Result<Ask, Reject> {
             Ok(Ask {
-                cluster: c.into(),
-                worker: w,
-                client_version: v,
+                cluster: cluster.into(),
+                worker,
+                client_version,
             })
-        };
-        let cases: Vec<(&str, Option<&str>, Result<Ask, Reject>)> = vec![
-            (
-                "cluster_name=prod&worker=0&client_version=62",
-                None,
-                ok("prod", 0, Some(62)),
-            ),
-            ("cluster_name=prod", None, ok("prod", 0, None)),
-            (
-                "cluster_name=prod&worker=2&no_redirect=1",
-                None,
-                ok("prod", 2, None),
-            ),
-            ("worker=1", Some("dev"), ok("dev", 1, None)),
-            ("cluster_name=evil", Some("dev"), ok("dev", 0, None)),
-            ("worker=0", None, Err(Reject::MissingCluster)),
-            (
-                "cluster_name=10.0.0.1:22",
-                None,
-                Err(Reject::InvalidCluster),
-            ),
-            (
-                "cluster_name=a&cluster_name=b",
-                None,
-                Err(Reject::BadRequest("a query parameter is repeated")),
-            ),
-            (
-                "cluster_name=a&worker=x",
-                None,
-                Err(Reject::BadRequest("worker must be a number")),
-            ),
-            (
-                "cluster_name=a&client_version=-1",
-                None,
-                Err(Reject::BadRequest("client_version must be a number")),
-            ),
-            (
-                "cluster_name=%zz",
-                None,
-                Err(Reject::BadRequest("malformed query string")),
-            ),
+        }
+        let cases = [
+            Case {
+                query: "cluster_name=prod&worker=0&client_version=62",
+                path_cluster: None,
+                want: ask("prod", 0, Some(62)),
+            },
+            Case {
+                query: "cluster_name=prod",
+                path_cluster: None,
+                want: ask("prod", 0, None),
+            },
+            Case {
+                query: "cluster_name=prod&worker=2&no_redirect=1",
+                path_cluster: None,
+                want: ask("prod", 2, None),
+            },
+            Case {
+                query: "worker=1",
+                path_cluster: Some("dev"),
+                want: ask("dev", 1, None),
+            },
+            Case {
+                query: "cluster_name=evil",
+                path_cluster: Some("dev"),
+                want: ask("dev", 0, None),
+            },
+            Case {
+                query: "worker=0",
+                path_cluster: None,
+                want: Err(Reject::MissingCluster),
+            },
+            Case {
+                query: "cluster_name=10.0.0.1:22",
+                path_cluster: None,
+                want: Err(Reject::InvalidCluster),
+            },
+            Case {
+                query: "cluster_name=a&cluster_name=b",
+                path_cluster: None,
+                want: Err(Reject::BadRequest("a query parameter is repeated")),
+            },
+            Case {
+                query: "cluster_name=a&worker=x",
+                path_cluster: None,
+                want: Err(Reject::BadRequest("worker must be a number")),
+            },
+            Case {
+                query: "cluster_name=a&client_version=-1",
+                path_cluster: None,
+                want: Err(Reject::BadRequest("client_version must be a number")),
+            },
+            Case {
+                query: "cluster_name=%zz",
+                path_cluster: None,
+                want: Err(Reject::BadRequest("malformed query string")),
+            },
         ];
-        for (q, path, want) in cases {
-            assert_eq!(parse_query(Some(q), path.map(String::from)), want, "{q}");
+        for c in cases {
+            let got = parse_query(Some(c.query), c.path_cluster.map(String::from));
+            assert_eq!(got, c.want, "{}", c.query);
         }
     }
 }

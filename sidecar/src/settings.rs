@@ -299,32 +299,46 @@ const CONFIG_ENV: &str = "WSGATE_CONFIG";
 /// They are exact names, each at least three edits away from every setting (a unit test
 /// checks), so ignoring them cannot hide a typo of a setting; an end-to-end test fails when
 /// the repository uses a `WSGATE_*` name that is neither a setting nor listed here.
-const OTHER_PROGRAMS: &[(&str, &str)] = &[
-    ("WSGATE_TOKEN", "the wsgate client"),
-    ("WSGATE_CA_FILE", "the wsgate client"),
-    ("WSGATE_CLIENT", "the test bed"),
-    ("WSGATE_SIDECAR", "the test bed"),
-    ("WSGATE_ENVOY", "the test bed"),
-    ("WSGATE_WASM", "the test bed"),
-    ("WSGATE_BENCH", "the benchmarks"),
-    ("WSGATE_VENV", "testenv/setup.sh"),
-    ("WSGATE_SKY_VENV", "testenv/setup.sh"),
-    ("WSGATE_KIND_CLUSTER", "the kind scripts"),
-    ("WSGATE_KIND_WORK", "the kind scripts"),
-    ("WSGATE_CRASH_WASM", "the test bed"),
-    ("WSGATE_REGISTRY_PORT", "the kind scripts"),
-    ("WSGATE_REGISTRY_NAME", "the kind scripts"),
-    ("WSGATE_KIND_HTTP_PORT", "the kind scripts"),
-    ("WSGATE_KIND_HTTPS_PORT", "the kind scripts"),
-    ("WSGATE_E2E_RUN_ID", "the kind scripts"),
-    ("WSGATE_GIT_HASH", "the filter's build"),
+const OTHER_PROGRAMS: &[OtherProgram] = &[
+    OtherProgram::new("WSGATE_TOKEN", "the wsgate client"),
+    OtherProgram::new("WSGATE_CA_FILE", "the wsgate client"),
+    OtherProgram::new("WSGATE_CLIENT", "the test bed"),
+    OtherProgram::new("WSGATE_SIDECAR", "the test bed"),
+    OtherProgram::new("WSGATE_ENVOY", "the test bed"),
+    OtherProgram::new("WSGATE_WASM", "the test bed"),
+    OtherProgram::new("WSGATE_BENCH", "the benchmarks"),
+    OtherProgram::new("WSGATE_VENV", "testenv/setup.sh"),
+    OtherProgram::new("WSGATE_SKY_VENV", "testenv/setup.sh"),
+    OtherProgram::new("WSGATE_KIND_CLUSTER", "the kind scripts"),
+    OtherProgram::new("WSGATE_KIND_WORK", "the kind scripts"),
+    OtherProgram::new("WSGATE_CRASH_WASM", "the test bed"),
+    OtherProgram::new("WSGATE_REGISTRY_PORT", "the kind scripts"),
+    OtherProgram::new("WSGATE_REGISTRY_NAME", "the kind scripts"),
+    OtherProgram::new("WSGATE_KIND_HTTP_PORT", "the kind scripts"),
+    OtherProgram::new("WSGATE_KIND_HTTPS_PORT", "the kind scripts"),
+    OtherProgram::new("WSGATE_E2E_RUN_ID", "the kind scripts"),
+    OtherProgram::new("WSGATE_GIT_HASH", "the filter's build"),
 ];
+
+/// A `WSGATE_*` name that belongs to another program.
+struct OtherProgram {
+    /// The variable's exact name.
+    name: &'static str,
+    /// Who reads it, for the message when it shows up in the config file.
+    reader: &'static str,
+}
+
+impl OtherProgram {
+    const fn new(name: &'static str, reader: &'static str) -> OtherProgram {
+        OtherProgram { name, reader }
+    }
+}
 
 fn other_program(name: &str) -> Option<&'static str> {
     OTHER_PROGRAMS
         .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, who)| *who)
+        .find(|p| p.name == name)
+        .map(|p| p.reader)
 }
 
 /// One `NAME=value` line of a config file.
@@ -686,27 +700,37 @@ mod tests {
         )
     }
 
+    /// A `FileLine`, from string literals.
+    fn file_line(name: &str, value: &str, line: usize) -> FileLine {
+        FileLine {
+            name: name.into(),
+            value: value.into(),
+            line,
+        }
+    }
+
     #[test]
     fn config_file_syntax() {
         struct Case {
             name: &'static str,
             text: &'static str,
-            want: Result<Vec<(&'static str, &'static str, usize)>, &'static str>,
+            /// The lines read, or a part of the error.
+            want: Result<Vec<FileLine>, &'static str>,
         }
         let cases = [
             Case {
                 name: "comments, blank lines, spaces and quotes",
                 text: "# comment\n\n  # indented comment\nWSGATE_TARGET=127.0.0.1:2222\nWSGATE_AUTH = \"none\"\nWSGATE_KUBE_HEAD_LABEL=\n",
                 want: Ok(vec![
-                    ("WSGATE_TARGET", "127.0.0.1:2222", 4),
-                    ("WSGATE_AUTH", "none", 5),
-                    ("WSGATE_KUBE_HEAD_LABEL", "", 6),
+                    file_line("WSGATE_TARGET", "127.0.0.1:2222", 4),
+                    file_line("WSGATE_AUTH", "none", 5),
+                    file_line("WSGATE_KUBE_HEAD_LABEL", "", 6),
                 ]),
             },
             Case {
                 name: "a value may hold '='",
                 text: "WSGATE_KUBE_SELECTOR=skypilot-cluster-name={cluster}\n",
-                want: Ok(vec![(
+                want: Ok(vec![file_line(
                     "WSGATE_KUBE_SELECTOR",
                     "skypilot-cluster-name={cluster}",
                     1,
@@ -728,13 +752,7 @@ mod tests {
             let path = dir.join("cfg");
             std::fs::write(&path, c.text).unwrap();
             match (read_config_file(&path), c.want) {
-                (Ok(got), Ok(want)) => {
-                    let got: Vec<(&str, &str, usize)> = got
-                        .iter()
-                        .map(|l| (l.name.as_str(), l.value.as_str(), l.line))
-                        .collect();
-                    assert_eq!(got, want, "{}", c.name);
-                }
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{}", c.name),
                 (Err(e), Err(want)) => {
                     let e = e.to_string();
                     assert!(
@@ -1090,10 +1108,10 @@ mod tests {
             .get_arguments()
             .filter_map(|a| a.get_env()?.to_str())
             .collect();
-        for (name, _) in OTHER_PROGRAMS {
+        for p in OTHER_PROGRAMS {
             for s in &settings {
-                let d = strsim::levenshtein(name, s);
-                assert!(d >= 3, "{name} is {d} edits from the setting {s}");
+                let d = strsim::levenshtein(p.name, s);
+                assert!(d >= 3, "{} is {d} edits from the setting {s}", p.name);
             }
         }
     }
