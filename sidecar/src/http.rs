@@ -338,8 +338,7 @@ pub async fn serve(
     metrics: Option<Arc<Metrics>>,
     until: impl Future<Output = ()>,
 ) {
-    let stop = CancellationToken::new();
-    let cut = CancellationToken::new();
+    let stops = Stops::default();
     let connections = TaskTracker::new();
     let places = Arc::new(Semaphore::new(
         limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
@@ -388,11 +387,11 @@ pub async fn serve(
             limits,
             metrics.clone(),
             slot,
-            (stop.clone(), cut.clone()),
+            stops.clone(),
         ));
     }
     drop(listener);
-    stop.cancel();
+    stops.stop.cancel();
     connections.close();
     if tokio::time::timeout(limits.drain, connections.wait())
         .await
@@ -402,13 +401,22 @@ pub async fn serve(
             connections = connections.len(),
             "connections still in HTTP after the drain time: dropped"
         );
-        cut.cancel();
+        stops.cut.cancel();
         connections.wait().await;
     }
 }
 
+/// How the accept loop ends its connections.
+#[derive(Debug, Clone, Default)]
+struct Stops {
+    /// Asks a connection to finish the request it is on, then close (the listener stopped).
+    stop: CancellationToken,
+    /// Drops it where it is (the drain time is over).
+    cut: CancellationToken,
+}
+
 /// One connection: hyper's HTTP/1.1 server with upgrades, the deadlines, and graceful stop.
-/// `stops.0` asks it to finish the request it is on; `stops.1` drops it.
+/// `stops` ends it, gracefully or not.
 async fn connection<T>(
     io: T,
     peer: SocketAddr,
@@ -416,11 +424,11 @@ async fn connection<T>(
     limits: HttpLimits,
     metrics: Option<Arc<Metrics>>,
     slot: Slot,
-    stops: (CancellationToken, CancellationToken),
+    stops: Stops,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (stop, cut) = stops;
+    let Stops { stop, cut } = stops;
     let phase = Arc::new(Phase::default());
     let io = TokioIo::new(Guarded::new(io, Arc::clone(&phase), limits, Some(slot)));
     let handler_phase = Arc::clone(&phase);
@@ -702,7 +710,7 @@ mod tests {
     async fn a_101_the_client_does_not_take_is_cut_and_the_upgrade_fails() {
         let (tx, mut handed) = tokio::sync::mpsc::unbounded_channel();
         let (mut client, server) = tokio::io::duplex(16);
-        let stops = (CancellationToken::new(), CancellationToken::new());
+        let stops = Stops::default();
         let conn = tokio::spawn(connection(
             server,
             peer(),
@@ -734,7 +742,7 @@ mod tests {
     async fn a_taken_101_hands_over_a_connection_with_no_deadline() {
         let (tx, mut handed) = tokio::sync::mpsc::unbounded_channel();
         let (mut client, server) = tokio::io::duplex(1024);
-        let stops = (CancellationToken::new(), CancellationToken::new());
+        let stops = Stops::default();
         tokio::spawn(connection(
             server,
             peer(),
@@ -765,7 +773,7 @@ mod tests {
     async fn a_stop_while_the_101_is_written_lets_it_finish() {
         let (tx, mut handed) = tokio::sync::mpsc::unbounded_channel();
         let (mut client, server) = tokio::io::duplex(16);
-        let (stop, cut) = (CancellationToken::new(), CancellationToken::new());
+        let stops = Stops::default();
         tokio::spawn(connection(
             server,
             peer(),
@@ -773,11 +781,11 @@ mod tests {
             LIMITS,
             None,
             slot().await,
-            (stop.clone(), cut),
+            stops.clone(),
         ));
         client.write_all(UPGRADE).await.unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        stop.cancel();
+        stops.stop.cancel();
         tokio::time::sleep(Duration::from_secs(1)).await;
         let head = tokio::time::timeout(Duration::from_secs(5), read_head(&mut client))
             .await

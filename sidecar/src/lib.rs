@@ -1,7 +1,12 @@
 //! wsgate-sidecar: the WebSocket ↔ SSH bridge that runs next to `sshd` (or centrally).
 //!
-//! - [`server`]: routes, the handshake (everything is checked and the target connected before
-//!   the upgrade), sessions, graceful shutdown; `run(listener, admin, sidecar, shutdown)`.
+//! From the command line to a session:
+//! - [`settings`]: flags, `WSGATE_*` environment and config file, read fail-closed into `Args`.
+//! - [`config`]: `Args` checked and turned into a [`Config`], plain data, no I/O.
+//! - [`backends`]: the authenticator, authorizer and target resolver a `Config` names (files
+//!   read, a Kubernetes client connected).
+//! - [`server`]: [`run`]`(listeners, config, shutdown)`: routes, the handshake (everything is
+//!   checked and the target connected before the upgrade), sessions, graceful shutdown.
 //! - [`http`]: the accept loop and HTTP/1.1 connections, a deadline on every head and idle wait.
 //! - [`upgrade`]: the WebSocket upgrade (checks, `101`), handing the raw connection over.
 //! - [`bridge`]: one session's byte pump and RFC 6455 framing, generic over both connections.
@@ -11,22 +16,26 @@
 //! - [`sessions`]: admission limits and the `/sessions` listing.
 //! - [`origin`]: where a request comes from (peer, and the client behind trusted hops), for
 //!   the audit.
+//! - [`logs`]: the log's two formats, and text from outside escaped for it.
 //! - [`metrics`]: Prometheus text.
 //! - [`error`]: every refusal and close reason, mapped to statuses and close codes.
-//! - [`config`]: flags, environment and config file, validated into a [`Sidecar`].
 
 pub mod auth;
 pub mod authz;
+pub mod backends;
 pub mod bridge;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod kube;
+pub mod logs;
 pub mod metrics;
 pub mod origin;
 pub mod server;
 pub mod sessions;
+pub mod settings;
 pub mod target;
 pub mod upgrade;
 
-pub use server::{run, Settings, Sidecar};
+pub use config::Config;
+pub use server::{run, Listeners, StartError};

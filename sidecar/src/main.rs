@@ -1,50 +1,52 @@
 //! `wsgate-sidecar`: reads its settings (flags, `WSGATE_*` environment, optional config file),
-//! sets up logging (stderr), binds, and runs the server until SIGTERM or Ctrl-C.
+//! sets up the log (stderr), binds, and runs the server ([`wsgate_sidecar::run`]) until
+//! SIGTERM or Ctrl-C.
 
-use anyhow::Context;
-use tracing_subscriber::layer::SubscriberExt;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context};
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
-use wsgate_sidecar::config::{Args, AuthMode, ConfigError, LogFormat};
+use wsgate_sidecar::settings::{Args, SettingsError};
+use wsgate_sidecar::{Config, Listeners};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     // Flags, then the environment, then the config file; an unknown WSGATE_* name stops here.
     let args = match Args::load(std::env::args_os(), std::env::vars_os()) {
         Ok(args) => args,
         // Usage errors, --help and --version: clap prints them and picks the exit code.
-        Err(ConfigError::Clap(e)) => e.exit(),
-        Err(e) => return Err(e.into()),
+        Err(SettingsError::Clap(e)) => e.exit(),
+        Err(e) => return fail(e.into()),
     };
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?
-        .block_on(serve(args))
+    match start(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
-    // `--log` (WSGATE_LOG) picks the levels; the guard over it keeps the Kubernetes client's
-    // HTTP stack from logging bodies (tokens) whatever `--log` says.
-    let filter = EnvFilter::try_new(&args.log)
-        .with_context(|| format!("--log (WSGATE_LOG): {:?} is not a log filter", args.log))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let guard = wsgate_sidecar::kube::log_guard();
-    match args.log_format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .finish()
-            .with(guard)
-            .init(),
-        LogFormat::Text => builder.finish().with(guard).init(),
-    }
-    let sidecar = args.build().await?;
+/// Says why the sidecar stops on stderr (also before the log is set up), on one line: the
+/// library's errors carry their causes in their messages, `main`'s contexts come before them.
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("Error: {e:#}");
+    ExitCode::FAILURE
+}
+
+fn start(args: &Args) -> anyhow::Result<()> {
+    let config = Config::from_args(args)?;
+    let colour = std::io::stderr().is_terminal();
+    wsgate_sidecar::logs::subscriber(&args.log, args.log_format, colour, std::io::stderr)
+        .map_err(|e| {
+            anyhow!(
+                "--log (WSGATE_LOG): {:?} is not a log filter: {e}",
+                args.log
+            )
+        })?
+        .try_init()
+        .context("setting up the log")?;
     if let Some(open_files) = raise_open_files_limit() {
         // A descriptor per connection, a second per session (its target), and a few for the
         // listeners, the Kubernetes client and the log.
-        let wanted = args.max_connections + args.max_sessions + 64;
+        let wanted = config.server.max_connections + config.server.max_sessions + 64;
         if open_files < wanted as libc::rlim_t {
             tracing::warn!(
                 open_files,
@@ -54,19 +56,21 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             );
         }
     }
-    if args.auth == AuthMode::None {
-        tracing::warn!(
-            "authentication is OFF (--auth none): anyone who reaches {} can open SSH sessions",
-            args.listen
-        );
-    }
-    let listener =
-        bind_deep(args.listen).with_context(|| format!("binding --listen {}", args.listen))?;
-    let admin = tokio::net::TcpListener::bind(args.admin_listen)
-        .await
-        .with_context(|| format!("binding --admin-listen {}", args.admin_listen))?;
-    wsgate_sidecar::run(listener, admin, sidecar, shutdown_signal()).await?;
-    Ok(())
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let listeners = Listeners {
+            sessions: bind_deep(args.listen)
+                .with_context(|| format!("binding --listen {}", args.listen))?,
+            admin: tokio::net::TcpListener::bind(args.admin_listen)
+                .await
+                .with_context(|| format!("binding --admin-listen {}", args.admin_listen))?,
+        };
+        wsgate_sidecar::run(listeners, config, shutdown_signal()).await?;
+        Ok(())
+    })
 }
 
 /// Binds with a deep accept queue (the kernel caps it at `net.core.somaxconn`): a burst of

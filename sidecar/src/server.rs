@@ -1,17 +1,19 @@
-//! The HTTP side: routes, the handshake (validate, authenticate, authorize, admit, resolve,
+//! The server: routes, the handshake (validate, authenticate, authorize, admit, resolve,
 //! connect — all before the upgrade), session tasks, and graceful shutdown.
 //!
-//! `run(listener, admin_listener, sidecar, shutdown)` is the whole server; `main` only parses
-//! flags and builds the pieces. Tests call `run` on `127.0.0.1:0`.
+//! [`run`]`(listeners, config, shutdown)` is the whole server: `main` only reads the settings,
+//! sets up the log and binds; the integration tests (`tests/`) call it on `127.0.0.1:0`.
+//!
+//! Each WebSocket request is one `session` span, from its first check to its audit line: `id`
+//! and `client` from the start, `user`, `cluster` and `target` as the handshake learns them, so
+//! every line of a session says whose it is. The span never holds a token.
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::http::{serve as serve_http, HttpLimits};
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -20,63 +22,53 @@ use axum::{Json, Router};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::field::{display, Empty};
+use tracing::{info, info_span, warn, Instrument, Span};
+use wsgate_proto::framing::Framing;
 use wsgate_proto::names::is_dns_label;
 use wsgate_proto::query::{percent_decode, query_pairs};
 
-use crate::auth::{credential, Authenticator, Identity};
-use crate::authz::Authorizer;
-use crate::bridge::{bridge, BridgeConfig, Observer};
+use crate::auth::{credential, Identity};
+use crate::backends::{BackendError, Backends};
+use crate::bridge::{bridge, Observer};
+use crate::config::{AuthConfig, Config, ServerConfig, SKYPILOT_PATH};
 use crate::error::Reject;
+use crate::http::{serve as serve_http, HttpLimits};
+use crate::logs::Shown;
 use crate::metrics::Metrics;
-use crate::origin::{Origin, PeerAddr, TrustedHops};
+use crate::origin::{Origin, PeerAddr};
 use crate::sessions::{Admission, Registry, SessionInfo};
-use crate::target::TargetResolver;
 use crate::upgrade::{Connection, WsUpgrade};
-use wsgate_proto::framing::Framing;
 
-/// SkyPilot's endpoint, unchanged, so its client works as is.
-pub const SKYPILOT_PATH: &str = "/kubernetes-pod-ssh-proxy";
-
-/// Everything that is not a pluggable backend.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// A generic endpoint such as `/ssh/{cluster}`, besides SkyPilot's.
-    pub path_template: Option<String>,
-    /// When set, only these clusters (404 otherwise).
-    pub allowed_clusters: Option<BTreeSet<String>>,
-    pub max_sessions: usize,
-    pub max_sessions_per_user: usize,
-    /// Client connections open at once on the session listener (`crate::http`), upgraded ones
-    /// included: each holds a file descriptor.
-    pub max_connections: usize,
-    /// Framing is decided per session; the rest applies to all.
-    pub bridge: BridgeConfig,
-    /// Each request head's deadline (`crate::http`).
-    pub header_read_timeout: Duration,
-    /// How long a kept-alive connection may wait for its next request; zero: no keep-alive.
-    pub keepalive_timeout: Duration,
-    /// From request to upgrade (authentication, lookup, connect).
-    pub handshake_timeout: Duration,
-    pub connect_timeout: Duration,
-    /// From SIGTERM, how long sessions (and requests in progress) may go on; then sessions are
-    /// closed with 1001 and unfinished requests dropped.
-    pub shutdown_grace: Duration,
-    /// Proxies whose `X-Forwarded-For` / `x-envoy-external-address` the audit trail believes.
-    pub trusted_hops: TrustedHops,
+/// The two listening sockets, bound by the caller: `main` binds them with a deep accept queue,
+/// tests on `127.0.0.1:0`.
+pub struct Listeners {
+    /// WebSocket sessions, and `/healthz` and `/readyz` for the gateway's health checks
+    /// (`--listen`).
+    pub sessions: TcpListener,
+    /// `/metrics`, `/sessions`, `/healthz`, `/readyz` (`--admin-listen`): apart, so the session
+    /// listing and the metrics can stay off the network the clients reach.
+    pub admin: TcpListener,
 }
 
-/// The server's parts: settings and the three backends.
-pub struct Sidecar {
-    pub settings: Settings,
-    pub auth: Arc<dyn Authenticator>,
-    pub authz: Arc<dyn Authorizer>,
-    pub resolver: Arc<dyn TargetResolver>,
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Backends(#[from] BackendError),
+    #[error("reading a listener's address: {0}")]
+    Listener(std::io::Error),
 }
 
+/// What every handler shares.
 struct AppState {
-    sidecar: Sidecar,
+    /// Routes, limits and timeouts, as checked at start.
+    config: ServerConfig,
+    /// Who is asking, may they, and where their session goes.
+    backends: Backends,
+    /// Admission limits and the `/sessions` listing.
     registry: Arc<Registry>,
+    /// Counted by handshakes, sessions and the accept loop; rendered on `/metrics`.
     metrics: Arc<Metrics>,
     /// Set on shutdown: `/readyz` turns false and new sessions get 503.
     draining: AtomicBool,
@@ -87,20 +79,44 @@ struct AppState {
     close_all: CancellationToken,
 }
 
-/// Serves until `shutdown` resolves, then drains: stops accepting, waits up to the grace period
-/// for sessions, closes the rest with 1001, and returns.
+/// Builds the backends (reading the token file and the policy, connecting a Kubernetes client
+/// if one is needed), then serves until `shutdown` resolves, then drains: stops accepting,
+/// waits up to `--shutdown-grace` for sessions, closes the rest with 1001, and returns, at
+/// most `3 × CLOSE_WAIT` after the grace period.
 pub async fn run(
-    listener: TcpListener,
-    admin: TcpListener,
-    sidecar: Sidecar,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let s = &sidecar.settings;
-    let registry = Registry::new(s.max_sessions, s.max_sessions_per_user);
-    let grace = s.shutdown_grace;
-    let reviews = sidecar.auth.review_metrics();
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let backends = Backends::new(&config).await?;
+    if matches!(config.auth, AuthConfig::None) {
+        warn!(
+            "authentication is OFF (--auth none): anyone who reaches {} can open SSH sessions",
+            listeners
+                .sessions
+                .local_addr()
+                .map_err(StartError::Listener)?
+        );
+    }
+    serve(listeners, config.server, backends, shutdown).await
+}
+
+async fn serve(
+    listeners: Listeners,
+    config: ServerConfig,
+    backends: Backends,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let Listeners {
+        sessions: listener,
+        admin,
+    } = listeners;
+    let registry = Registry::new(config.max_sessions, config.max_sessions_per_user);
+    let grace = config.shutdown_grace;
+    let reviews = backends.auth.review_metrics();
     let st = Arc::new(AppState {
-        sidecar,
+        config,
+        backends,
         registry,
         metrics: Arc::new(Metrics::with_reviews(reviews)),
         draining: AtomicBool::new(false),
@@ -108,23 +124,23 @@ pub async fn run(
         close_all: CancellationToken::new(),
     });
     info!(
-        listen = %listener.local_addr()?,
-        admin = %admin.local_addr()?,
-        auth = %st.sidecar.auth.describe(),
-        authz = %st.sidecar.authz.describe(),
-        targets = %st.sidecar.resolver.describe(),
+        listen = %listener.local_addr().map_err(StartError::Listener)?,
+        admin = %admin.local_addr().map_err(StartError::Listener)?,
+        auth = %st.backends.auth.describe(),
+        authz = %st.backends.authz.describe(),
+        targets = %st.backends.resolver.describe(),
         "wsgate-sidecar {} serving",
         env!("CARGO_PKG_VERSION"),
     );
 
     // Both listeners: a deadline on every request head, on keep-alive idle time and on the
     // `101`, and a cap on open connections; the handlers get the peer as
-    // `ConnectInfo<PeerAddr>` (the audit trail). After SIGTERM, requests in progress and
-    // sessions share the grace period.
+    // `ConnectInfo<PeerAddr>` (the audit trail). After the shutdown signal, requests in
+    // progress and sessions share the grace period.
     let limits = HttpLimits {
-        header_read_timeout: st.sidecar.settings.header_read_timeout,
-        keepalive_timeout: st.sidecar.settings.keepalive_timeout,
-        max_connections: st.sidecar.settings.max_connections,
+        header_read_timeout: st.config.header_read_timeout,
+        keepalive_timeout: st.config.keepalive_timeout,
+        max_connections: st.config.max_connections,
         drain: grace,
     };
     // The admin listener serves probes and scrapes: a few connections, and it is stopped only
@@ -198,7 +214,7 @@ fn router(st: Arc<AppState>) -> Router {
         .route(SKYPILOT_PATH, get(skypilot_endpoint))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
-    if let Some(t) = &st.sidecar.settings.path_template {
+    if let Some(t) = &st.config.path_template {
         r = r.route(t, get(path_endpoint));
     }
     r.with_state(st)
@@ -308,20 +324,48 @@ async fn path_endpoint(
 struct Ready {
     who: Identity,
     ask: Ask,
+    /// The target's `host:port`, for the listing and the audit.
     addr: String,
+    /// Connected before the `101`, so an unreachable target is a 502, not a dead session.
     stream: TcpStream,
+    /// The session's slot under the limits, held until it ends.
     admission: Admission,
+    /// The subprotocol to echo in the `101`, when the token came as one (the client requires
+    /// one echoed back).
     echo_protocol: Option<String>,
 }
 
-/// What is known of a request so far, for its audit line: a refusal says as much as the checks
-/// before it had learnt (a user only once authenticated, a target only once resolved).
+/// What is known of a request so far, for its audit line and its span: a refusal says as much
+/// as the checks before it had learnt (a user only once authenticated, a target only once
+/// resolved).
 #[derive(Debug)]
 struct Audit {
+    /// The session's number, in its span, its audit lines and `/sessions`. Every WebSocket
+    /// request takes one, so a refused one's lines can be told apart too.
+    id: u64,
     origin: Origin,
     user: Option<String>,
     cluster: Option<String>,
     target: Option<String>,
+    /// The `session` span, given each field as it is learnt.
+    span: Span,
+}
+
+impl Audit {
+    fn learn_user(&mut self, user: &str) {
+        self.span.record("user", display(Shown(user)));
+        self.user = Some(user.to_string());
+    }
+
+    fn learn_cluster(&mut self, cluster: &str) {
+        self.span.record("cluster", display(Shown(cluster)));
+        self.cluster = Some(cluster.to_string());
+    }
+
+    fn learn_target(&mut self, target: &str) {
+        self.span.record("target", display(Shown(target)));
+        self.target = Some(target.to_string());
+    }
 }
 
 async fn handshake(
@@ -332,23 +376,48 @@ async fn handshake(
     headers: HeaderMap,
     ws: Upgrade,
 ) -> Response {
-    let mut audit = Audit {
-        origin: Origin::new(peer, &headers, &st.sidecar.settings.trusted_hops),
+    let id = st.registry.new_id();
+    let origin = Origin::new(peer, &headers, &st.config.trusted_hops);
+    let span = info_span!(
+        "session",
+        id,
+        user = Empty,
+        cluster = Empty,
+        target = Empty,
+        client = %origin.client,
+    );
+    let audit = Audit {
+        id,
+        origin,
         user: None,
         cluster: None,
         target: None,
+        span: span.clone(),
     };
+    checked_handshake(st, query, path_cluster, headers, ws, audit)
+        .instrument(span)
+        .await
+}
+
+async fn checked_handshake(
+    st: Arc<AppState>,
+    query: Option<String>,
+    path_cluster: Option<String>,
+    headers: HeaderMap,
+    ws: Upgrade,
+    mut audit: Audit,
+) -> Response {
     let Ok(ws) = ws else {
         return refuse(&st, Reject::NotWebSocket, &audit);
     };
-    let limit = st.sidecar.settings.handshake_timeout;
+    let limit = st.config.handshake_timeout;
     let prepared = tokio::time::timeout(
         limit,
         prepare(&st, query, path_cluster, &headers, &mut audit),
     )
     .await;
     match prepared {
-        Ok(Ok(ready)) => start_session(st, ready, ws, audit.origin),
+        Ok(Ok(ready)) => start_session(st, ready, ws, audit),
         Ok(Err(reject)) => refuse(&st, reject, &audit),
         Err(_) => refuse(&st, Reject::HandshakeTimeout, &audit),
     }
@@ -359,9 +428,9 @@ fn refuse(st: &AppState, reject: Reject, audit: &Audit) -> Response {
     info!(
         target: "wsgate::audit",
         event = "session_refused",
-        user = audit.user.as_deref(),
-        cluster = audit.cluster.as_deref(),
-        target_addr = audit.target.as_deref(),
+        user = audit.user.as_deref().map(|u| display(Shown(u))),
+        cluster = audit.cluster.as_deref().map(display),
+        target_addr = audit.target.as_deref().map(|t| display(Shown(t))),
         peer_addr = %audit.origin.peer,
         client_addr = %audit.origin.client,
         status = reject.status().as_u16(),
@@ -384,38 +453,40 @@ async fn prepare(
     if st.draining.load(Ordering::SeqCst) {
         return Err(Reject::Draining);
     }
-    let s = &st.sidecar.settings;
     let cred = credential(headers)?;
     let who = st
-        .sidecar
+        .backends
         .auth
         .authenticate(cred.as_ref().map(|c| &c.token))
         .await?;
-    audit.user = Some(who.user.clone());
+    audit.learn_user(&who.user);
     let ask = parse_query(query.as_deref(), path_cluster)?;
-    audit.cluster = Some(ask.cluster.clone());
-    if s.allowed_clusters
+    audit.learn_cluster(&ask.cluster);
+    if st
+        .config
+        .allowed_clusters
         .as_ref()
         .is_some_and(|a| !a.contains(&ask.cluster))
     {
         return Err(Reject::UnknownCluster);
     }
-    st.sidecar.authz.authorize(&who, &ask.cluster).await?;
+    st.backends.authz.authorize(&who, &ask.cluster).await?;
     let admission = st.registry.admit(&who.user)?;
     let addr = st
-        .sidecar
+        .backends
         .resolver
         .resolve(&ask.cluster, ask.worker)
         .await?;
-    audit.target = Some(addr.clone());
-    let stream = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(&addr)).await {
+    audit.learn_target(&addr);
+    let connect = TcpStream::connect(&addr);
+    let stream = match tokio::time::timeout(st.config.connect_timeout, connect).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            warn!(target_addr = %addr, error = %e, "target unreachable");
+            warn!(target_addr = %Shown(&addr), error = %e, "target unreachable");
             return Err(Reject::TargetUnreachable);
         }
         Err(_) => {
-            warn!(target_addr = %addr, "target connect timed out");
+            warn!(target_addr = %Shown(&addr), "target connect timed out");
             return Err(Reject::TargetUnreachable);
         }
     };
@@ -432,7 +503,9 @@ async fn prepare(
 
 /// Reports the bridge's byte counts to the session listing and the metrics.
 struct SessionObserver {
+    /// The session's `/sessions` entry.
     info: Arc<SessionInfo>,
+    /// The server's totals.
     metrics: Arc<Metrics>,
 }
 
@@ -450,16 +523,18 @@ impl Observer for SessionObserver {
     }
 }
 
-fn start_session(st: Arc<AppState>, ready: Ready, ws: WsUpgrade, origin: Origin) -> Response {
+fn start_session(st: Arc<AppState>, ready: Ready, ws: WsUpgrade, audit: Audit) -> Response {
     let (resp, conn) = ws.accept(ready.echo_protocol.as_deref());
     // The connection comes once the `101` is written, which the client can delay by not
     // reading (the HTTP server bounds that write too). An upgrade that does not complete in
     // the handshake timeout lets go of the admission and the target connection, audited.
-    let limit = st.sidecar.settings.handshake_timeout;
+    let limit = st.config.handshake_timeout;
     let tracker = st.tracker.clone();
-    tracker.spawn(async move {
+    // A spawned task does not inherit the span it was spawned in: it is handed over.
+    let span = audit.span.clone();
+    let task = async move {
         let why = match tokio::time::timeout(limit, conn).await {
-            Ok(Ok(conn)) => return session(st, ready, conn, origin).await,
+            Ok(Ok(conn)) => return session(st, ready, conn, audit).await,
             Ok(Err(e)) => e.to_string(),
             Err(_) => "not complete within the handshake timeout".to_string(),
         };
@@ -467,21 +542,22 @@ fn start_session(st: Arc<AppState>, ready: Ready, ws: WsUpgrade, origin: Origin)
         info!(
             target: "wsgate::audit",
             event = "session_refused",
-            user = %ready.who.user,
+            user = %Shown(&ready.who.user),
             cluster = %ready.ask.cluster,
-            target_addr = %ready.addr,
-            peer_addr = %origin.peer,
-            client_addr = %origin.client,
+            target_addr = %Shown(&ready.addr),
+            peer_addr = %audit.origin.peer,
+            client_addr = %audit.origin.client,
             status = StatusCode::SWITCHING_PROTOCOLS.as_u16(),
             reason = "upgrade_failed",
             "refused: the WebSocket upgrade did not complete: {why}"
         );
         // `ready` goes here, and the admission and the target connection with it.
-    });
+    };
+    tracker.spawn(task.instrument(span));
     resp
 }
 
-async fn session(st: Arc<AppState>, ready: Ready, socket: Connection, origin: Origin) {
+async fn session(st: Arc<AppState>, ready: Ready, socket: Connection, audit: Audit) {
     let Ready {
         who,
         ask,
@@ -490,20 +566,21 @@ async fn session(st: Arc<AppState>, ready: Ready, socket: Connection, origin: Or
         admission,
         ..
     } = ready;
-    let mut cfg = st.sidecar.settings.bridge.clone();
+    let origin = audit.origin;
+    let mut cfg = st.config.bridge.clone();
     cfg.framing = Framing::for_client_version(ask.client_version);
     let listed = st
         .registry
-        .list_session(&who.user, &ask.cluster, ask.worker, &addr);
+        .list_session(audit.id, &who.user, &ask.cluster, ask.worker, &addr);
     st.metrics.session_opened();
     info!(
         target: "wsgate::audit",
         event = "session_start",
-        id = listed.info.id,
-        user = %who.user,
+        id = audit.id,
+        user = %Shown(&who.user),
         cluster = %ask.cluster,
         worker = ask.worker,
-        target_addr = %addr,
+        target_addr = %Shown(&addr),
         peer_addr = %origin.peer,
         client_addr = %origin.client,
         framing = ?cfg.framing,
@@ -519,11 +596,11 @@ async fn session(st: Arc<AppState>, ready: Ready, socket: Connection, origin: Or
     info!(
         target: "wsgate::audit",
         event = "session_end",
-        id = listed.info.id,
-        user = %who.user,
+        id = audit.id,
+        user = %Shown(&who.user),
         cluster = %ask.cluster,
         worker = ask.worker,
-        target_addr = %addr,
+        target_addr = %Shown(&addr),
         peer_addr = %origin.peer,
         client_addr = %origin.client,
         bytes_up = listed.info.bytes_up.load(Ordering::Relaxed),
@@ -543,56 +620,79 @@ mod tests {
 
     #[test]
     fn query_table() {
-        let ok = |c: &str, w, v| {
+        struct Case {
+            query: &'static str,
+            /// The cluster of the generic endpoint's path, if the request came that way.
+            path_cluster: Option<&'static str>,
+            want: Result<Ask, Reject>,
+        }
+        fn ask(cluster: &str, worker: u32, client_version: Option<u32>) -> Result<Ask, Reject> {
             Ok(Ask {
-                cluster: c.into(),
-                worker: w,
-                client_version: v,
+                cluster: cluster.into(),
+                worker,
+                client_version,
             })
-        };
-        let cases: Vec<(&str, Option<&str>, Result<Ask, Reject>)> = vec![
-            (
-                "cluster_name=prod&worker=0&client_version=62",
-                None,
-                ok("prod", 0, Some(62)),
-            ),
-            ("cluster_name=prod", None, ok("prod", 0, None)),
-            (
-                "cluster_name=prod&worker=2&no_redirect=1",
-                None,
-                ok("prod", 2, None),
-            ),
-            ("worker=1", Some("dev"), ok("dev", 1, None)),
-            ("cluster_name=evil", Some("dev"), ok("dev", 0, None)),
-            ("worker=0", None, Err(Reject::MissingCluster)),
-            (
-                "cluster_name=10.0.0.1:22",
-                None,
-                Err(Reject::InvalidCluster),
-            ),
-            (
-                "cluster_name=a&cluster_name=b",
-                None,
-                Err(Reject::BadRequest("a query parameter is repeated")),
-            ),
-            (
-                "cluster_name=a&worker=x",
-                None,
-                Err(Reject::BadRequest("worker must be a number")),
-            ),
-            (
-                "cluster_name=a&client_version=-1",
-                None,
-                Err(Reject::BadRequest("client_version must be a number")),
-            ),
-            (
-                "cluster_name=%zz",
-                None,
-                Err(Reject::BadRequest("malformed query string")),
-            ),
+        }
+        let cases = [
+            Case {
+                query: "cluster_name=prod&worker=0&client_version=62",
+                path_cluster: None,
+                want: ask("prod", 0, Some(62)),
+            },
+            Case {
+                query: "cluster_name=prod",
+                path_cluster: None,
+                want: ask("prod", 0, None),
+            },
+            Case {
+                query: "cluster_name=prod&worker=2&no_redirect=1",
+                path_cluster: None,
+                want: ask("prod", 2, None),
+            },
+            Case {
+                query: "worker=1",
+                path_cluster: Some("dev"),
+                want: ask("dev", 1, None),
+            },
+            Case {
+                query: "cluster_name=evil",
+                path_cluster: Some("dev"),
+                want: ask("dev", 0, None),
+            },
+            Case {
+                query: "worker=0",
+                path_cluster: None,
+                want: Err(Reject::MissingCluster),
+            },
+            Case {
+                query: "cluster_name=10.0.0.1:22",
+                path_cluster: None,
+                want: Err(Reject::InvalidCluster),
+            },
+            Case {
+                query: "cluster_name=a&cluster_name=b",
+                path_cluster: None,
+                want: Err(Reject::BadRequest("a query parameter is repeated")),
+            },
+            Case {
+                query: "cluster_name=a&worker=x",
+                path_cluster: None,
+                want: Err(Reject::BadRequest("worker must be a number")),
+            },
+            Case {
+                query: "cluster_name=a&client_version=-1",
+                path_cluster: None,
+                want: Err(Reject::BadRequest("client_version must be a number")),
+            },
+            Case {
+                query: "cluster_name=%zz",
+                path_cluster: None,
+                want: Err(Reject::BadRequest("malformed query string")),
+            },
         ];
-        for (q, path, want) in cases {
-            assert_eq!(parse_query(Some(q), path.map(String::from)), want, "{q}");
+        for c in cases {
+            let got = parse_query(Some(c.query), c.path_cluster.map(String::from));
+            assert_eq!(got, c.want, "{}", c.query);
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -16,17 +16,21 @@ use crate::error::Reject;
 /// What `/sessions` shows for one session; byte counters are updated by the bridge.
 #[derive(Debug)]
 pub struct SessionInfo {
+    /// The id of the session's span and audit lines, to find its log.
     pub id: u64,
     pub user: String,
     pub cluster: String,
     pub worker: u32,
     pub target: String,
+    /// For the age shown.
     pub started: Instant,
-    pub started_at: SystemTime,
+    /// Client → target bytes so far (the bridge's observer adds to it).
     pub bytes_up: AtomicU64,
+    /// Target → client bytes so far.
     pub bytes_down: AtomicU64,
 }
 
+/// One session as `/sessions` serializes it: a snapshot of [`SessionInfo`].
 #[derive(Debug, Serialize)]
 pub struct SessionView {
     pub id: u64,
@@ -39,19 +43,25 @@ pub struct SessionView {
     pub age_seconds: u64,
 }
 
+/// The server's sessions: what limits them, and what lists them.
 pub struct Registry {
     /// Caps sessions overall: past it, 503 (the server is full, not the user).
     global: Arc<Semaphore>,
+    /// Sessions one user may hold at once.
     max_per_user: usize,
     /// Open (or admitted) sessions per user: past `max_per_user`, 429.
     per_user: Mutex<HashMap<String, usize>>,
+    /// What `/sessions` lists, by id.
     live: Mutex<HashMap<u64, Arc<SessionInfo>>>,
+    /// The next session id: every WebSocket request takes one ([`Registry::new_id`]).
     next_id: AtomicU64,
 }
 
 /// A reserved slot; dropping it frees the slot.
 pub struct Admission {
+    /// The overall slot, given back on drop.
     _permit: OwnedSemaphorePermit,
+    /// Where the user's count is, to lower it on drop.
     registry: Arc<Registry>,
     user: String,
 }
@@ -71,7 +81,9 @@ impl Drop for Admission {
 
 /// A listed session; dropping it removes the listing.
 pub struct Listed {
+    /// Shared with the bridge's observer, which counts the bytes into it.
     pub info: Arc<SessionInfo>,
+    /// Where the listing is, to remove it on drop.
     registry: Arc<Registry>,
 }
 
@@ -114,21 +126,27 @@ impl Registry {
         })
     }
 
+    /// A fresh session id, taken when a request arrives so that its log lines carry it before
+    /// it is a session; refused requests leave gaps in the ids of `/sessions`.
+    pub fn new_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
     pub fn list_session(
         self: &Arc<Self>,
+        id: u64,
         user: &str,
         cluster: &str,
         worker: u32,
         target: &str,
     ) -> Listed {
         let info = Arc::new(SessionInfo {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            id,
             user: user.to_string(),
             cluster: cluster.to_string(),
             worker,
             target: target.to_string(),
             started: Instant::now(),
-            started_at: SystemTime::now(),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
         });
@@ -185,7 +203,7 @@ mod tests {
     #[test]
     fn listing_follows_the_guard() {
         let r = Registry::new(10, 10);
-        let l = r.list_session("alice", "prod", 0, "127.0.0.1:22");
+        let l = r.list_session(r.new_id(), "alice", "prod", 0, "127.0.0.1:22");
         l.info.bytes_up.fetch_add(5, Ordering::Relaxed);
         let snap = r.snapshot();
         assert_eq!(snap.len(), 1);
