@@ -36,7 +36,7 @@ use crate::credentials::Token;
 use crate::endpoint::{server_url_for, Endpoint};
 use crate::error::{ClientError, TokenUse, Withheld};
 use crate::proxy::{self, Proxy};
-use crate::text;
+use wsgate_proto::text;
 
 /// A connection to the server, plaintext or TLS.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}

@@ -36,7 +36,7 @@ impl Endpoint {
     /// `host[:port]/path`, escaped: where this session goes, for logs (no query, and never the
     /// URL's user name or password).
     pub fn target(&self) -> String {
-        crate::text::escape(&format!("{}{}", self.host, self.url.path())).into_owned()
+        wsgate_proto::text::escape(&format!("{}{}", self.host, self.url.path())).into_owned()
     }
 
     /// The URL without its user name and password, escaped, for logs.
@@ -44,7 +44,7 @@ impl Endpoint {
         let mut url = self.url.clone();
         let _ = url.set_username("");
         let _ = url.set_password(None);
-        crate::text::escape(url.as_str()).into_owned()
+        wsgate_proto::text::escape(url.as_str()).into_owned()
     }
 }
 
@@ -155,7 +155,7 @@ pub fn redirect_target(raw: &str, cluster: &str) -> Result<Endpoint, ClientError
     let bad = |why: String| {
         ClientError::Protocol(format!(
             "the server redirected to \"{}\": {why}",
-            crate::text::escape(raw)
+            wsgate_proto::text::escape(raw)
         ))
     };
     let mut url = Url::parse(raw).map_err(|e| bad(e.to_string()))?;

@@ -1,11 +1,11 @@
 //! Every way `wsgate proxy` can fail, each with a one-line message that says the cause and
 //! what to do, and an exit code per class (ssh prints our stderr line and exits 255; scripts
-//! can read ours). Text that came from the network is escaped (see [`crate::text`]) before it
+//! can read ours). Text that came from the network is escaped (see [`wsgate_proto::text`]) before it
 //! is put in a message, and the whole line is escaped again when it is printed.
 
 use std::io::IsTerminal;
 
-use crate::text;
+use wsgate_proto::text;
 
 /// Exit codes, stable: documented in docs/client.md and in `wsgate proxy --help`.
 pub mod exit {

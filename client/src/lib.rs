@@ -12,7 +12,6 @@
 //! - [`session`]: the stdio ↔ WebSocket pump with SkyPilot's framing.
 //! - [`stdio`]: stdin/stdout registered with the reactor.
 //! - [`error`]: messages and exit codes.
-//! - [`text`]: text from the network escaped before it is printed.
 //!
 //! Logs go to stderr only: stdout carries the SSH session.
 
@@ -26,5 +25,4 @@ pub mod run;
 pub mod session;
 pub mod ssh_config;
 pub mod stdio;
-pub mod text;
 pub mod tls;

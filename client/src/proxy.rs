@@ -28,7 +28,7 @@ use wsgate_proto::base64::encode_std;
 use crate::connect::Deadline;
 use crate::endpoint::{is_loopback_host, with_default_scheme};
 use crate::error::ClientError;
-use crate::text;
+use wsgate_proto::text;
 
 /// The longest proxy answer head accepted.
 const MAX_HEAD: usize = 16 * 1024;

@@ -24,7 +24,8 @@ use crate::error::ClientError;
 use crate::proxy::{self, Proxy, Setting};
 use crate::session::{self, End};
 use crate::stdio::{self, Input, Output};
-use crate::{text, tls};
+use crate::tls;
+use wsgate_proto::text;
 
 /// Connections a session may make: the first, and one for a SkyPilot redirect.
 const MAX_HOPS: u32 = 2;

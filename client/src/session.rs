@@ -28,7 +28,7 @@ use wsgate_proto::wsframe::{
 };
 
 use crate::error::ClientError;
-use crate::text;
+use wsgate_proto::text;
 
 /// What ended a session that did not fail.
 #[derive(Debug, PartialEq, Eq)]

@@ -11,11 +11,13 @@
 //! - [`names`]: RFC 1123 labels, header names and values, the header names wsgate adds.
 //! - [`query`]: a path's query string and its form decoding.
 //! - [`cidr`]: source addresses and networks (the plaintext allowance, trusted origins).
+//! - [`text`]: text from the network escaped before a terminal or a log sees it.
 
 pub mod base64;
 pub mod cidr;
 pub mod framing;
 pub mod names;
 pub mod query;
+pub mod text;
 pub mod token;
 pub mod wsframe;

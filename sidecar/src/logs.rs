@@ -6,9 +6,8 @@
 //!
 //! tracing-subscriber's text format writes field values as they are (only the message is
 //! guarded against escape sequences), so a user name holding a newline could forge a line.
-//! [`Shown`] escapes text that came from outside the sidecar before it becomes a field.
-
-use std::fmt::{self, Write as _};
+//! `wsgate_proto::text::Shown` escapes text that came from outside the sidecar before it becomes a
+//! field (the client's rule for what it prints).
 
 use tracing::Subscriber;
 use tracing_subscriber::filter::ParseError;
@@ -51,90 +50,4 @@ where
         ),
         LogFormat::Text => Box::new(builder.finish().with(guard)),
     })
-}
-
-/// Text from outside the sidecar (a user name from the API server or the token file, an
-/// address from a pod's status) as a log field: every control character escaped, so it cannot
-/// break a line, drive a terminal or read differently from what it holds. The rule is the
-/// client's for what it prints (`client/src/text.rs`): C0, DEL, C1, the bidirectional controls
-/// and the line/paragraph separators; `\n`, `\r`, `\t` as such, other ASCII controls as `\xNN`,
-/// the rest as `\u{NNNN}`. Anything else, quotes and backslashes included, is shown as is.
-pub struct Shown<'a>(pub &'a str);
-
-fn needs_escape(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{061C}'
-                | '\u{200E}'
-                | '\u{200F}'
-                | '\u{2028}'
-                | '\u{2029}'
-                | '\u{202A}'..='\u{202E}'
-                | '\u{2066}'..='\u{2069}'
-        )
-}
-
-impl fmt::Display for Shown<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if !self.0.chars().any(needs_escape) {
-            return f.write_str(self.0);
-        }
-        for c in self.0.chars() {
-            match c {
-                '\n' => f.write_str("\\n")?,
-                '\r' => f.write_str("\\r")?,
-                '\t' => f.write_str("\\t")?,
-                c if needs_escape(c) && c.is_ascii() => write!(f, "\\x{:02x}", c as u32)?,
-                c if needs_escape(c) => write!(f, "\\u{{{:04x}}}", c as u32)?,
-                c => f.write_char(c)?,
-            }
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shown_escapes_what_could_forge_a_line() {
-        struct Case {
-            input: &'static str,
-            want: &'static str,
-        }
-        for c in [
-            Case {
-                input: "alice",
-                want: "alice",
-            },
-            Case {
-                input: "system:serviceaccount:ns:sa",
-                want: "system:serviceaccount:ns:sa",
-            },
-            Case {
-                input: "o'brien \"x\" a\\b",
-                want: "o'brien \"x\" a\\b",
-            },
-            Case {
-                input: "eve\n2025-01-01T00:00:00Z INFO session started user=root",
-                want: "eve\\n2025-01-01T00:00:00Z INFO session started user=root",
-            },
-            Case {
-                input: "\u{1b}[31mred\u{7}\u{7f}\r\t",
-                want: "\\x1b[31mred\\x07\\x7f\\r\\t",
-            },
-            Case {
-                input: "\u{9b}31m \u{202e}txt.exe \u{2028}",
-                want: "\\u{009b}31m \\u{202e}txt.exe \\u{2028}",
-            },
-            Case {
-                input: "ünïcødé ✓",
-                want: "ünïcødé ✓",
-            },
-        ] {
-            assert_eq!(Shown(c.input).to_string(), c.want, "{:?}", c.input);
-        }
-    }
 }

@@ -34,11 +34,11 @@ use crate::bridge::{bridge, Observer};
 use crate::config::{AuthConfig, Config, ServerConfig, SKYPILOT_PATH};
 use crate::error::Reject;
 use crate::http::{serve as serve_http, HttpLimits};
-use crate::logs::Shown;
 use crate::metrics::Metrics;
 use crate::origin::{Origin, PeerAddr};
 use crate::sessions::{Admission, Registry, SessionInfo};
 use crate::upgrade::{Connection, WsUpgrade};
+use wsgate_proto::text::Shown;
 
 /// The two listening sockets, bound by the caller: `main` binds them with a deep accept queue,
 /// tests on `127.0.0.1:0`.

@@ -1,6 +1,7 @@
-//! Text from the network made safe to print: every control character escaped, so a server's
-//! words (error bodies, close reasons, header values, redirect URLs) cannot drive the user's
-//! terminal (ssh passes our stderr straight to it).
+//! Text from the network made safe to print or log: every control character escaped, so a
+//! peer's words (error bodies, close reasons, header values, redirect URLs, user names) cannot
+//! drive a terminal (ssh passes the client's stderr straight to it) or forge a log line. One
+//! rule for the client's messages and the sidecar's log fields.
 //!
 //! Escaped: C0 (U+0000–U+001F), DEL, C1 (U+0080–U+009F), the Unicode bidirectional controls
 //! (which can make a line read differently from what it holds) and the line/paragraph
@@ -9,7 +10,7 @@
 //! nothing.
 
 use std::borrow::Cow;
-use std::fmt::Write;
+use std::fmt::{self, Write};
 
 /// The most characters of a server's body shown in one message.
 pub const MAX_SHOWN: usize = 200;
@@ -34,21 +35,33 @@ pub fn escape(s: &str) -> Cow<'_, str> {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
+    let _ = write_escaped(&mut out, s);
+    Cow::Owned(out)
+}
+
+/// `s` as a `Display` value with every control character escaped, written straight into the
+/// formatter (a log field costs no allocation). Quotes and backslashes are shown as they are.
+pub struct Shown<'a>(pub &'a str);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_escaped(f, self.0)
+    }
+}
+
+/// The one escaping rule, for [`escape`] and [`Shown`].
+fn write_escaped<W: Write>(out: &mut W, s: &str) -> fmt::Result {
     for c in s.chars() {
         match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if needs_escape(c) && (c as u32) < 0x80 => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c if needs_escape(c) => {
-                let _ = write!(out, "\\u{{{:04x}}}", c as u32);
-            }
-            c => out.push(c),
+            '\n' => out.write_str("\\n")?,
+            '\r' => out.write_str("\\r")?,
+            '\t' => out.write_str("\\t")?,
+            c if needs_escape(c) && c.is_ascii() => write!(out, "\\x{:02x}", c as u32)?,
+            c if needs_escape(c) => write!(out, "\\u{{{:04x}}}", c as u32)?,
+            c => out.write_char(c)?,
         }
     }
-    Cow::Owned(out)
+    Ok(())
 }
 
 /// Bytes from the network as one printable line: invalid UTF-8 replaced, whitespace runs
@@ -117,5 +130,45 @@ mod tests {
             "a b \\x1b[2J\u{fffd}"
         );
         assert_eq!(shown_bytes(b"abcdef", 3), "abc…");
+    }
+
+    #[test]
+    fn shown_escapes_what_could_forge_a_line() {
+        struct Case {
+            input: &'static str,
+            want: &'static str,
+        }
+        for c in [
+            Case {
+                input: "alice",
+                want: "alice",
+            },
+            Case {
+                input: "system:serviceaccount:ns:sa",
+                want: "system:serviceaccount:ns:sa",
+            },
+            Case {
+                input: "o'brien \"x\" a\\b",
+                want: "o'brien \"x\" a\\b",
+            },
+            Case {
+                input: "eve\n2025-01-01T00:00:00Z INFO session started user=root",
+                want: "eve\\n2025-01-01T00:00:00Z INFO session started user=root",
+            },
+            Case {
+                input: "\u{1b}[31mred\u{7}\u{7f}\r\t",
+                want: "\\x1b[31mred\\x07\\x7f\\r\\t",
+            },
+            Case {
+                input: "\u{9b}31m \u{202e}txt.exe \u{2028}",
+                want: "\\u{009b}31m \\u{202e}txt.exe \\u{2028}",
+            },
+            Case {
+                input: "ünïcødé ✓",
+                want: "ünïcødé ✓",
+            },
+        ] {
+            assert_eq!(Shown(c.input).to_string(), c.want, "{:?}", c.input);
+        }
     }
 }
