@@ -277,7 +277,8 @@ where
                 && !self.to_peer.is_closed()
                 && self.to_peer.is_idle();
             if read_input {
-                Framer::prepare(&mut self.input, self.config.local_read_size);
+                self.framer
+                    .prepare(&mut self.input, self.config.local_read_size);
             }
             let deadline = self.timers.next();
             if deadline != armed {
