@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 use wsgate_proto::token::TokenError;
 
 use wsgate_proto::framing::FrameError;
+use wsgate_proto::wsframe::HeaderError;
+use wsgate_tunnel::{CloseFrame, Reason, Violation};
 
 /// Why a request was refused before the WebSocket upgrade.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -208,6 +210,43 @@ impl CloseReason {
         }
         m[..end].to_string()
     }
+
+    /// The close frame sent to the client: none when it is gone.
+    pub fn close_frame(&self) -> Option<CloseFrame> {
+        (*self != CloseReason::ClientGone).then(|| CloseFrame {
+            code: self.code(),
+            reason: self.message(),
+        })
+    }
+}
+
+/// Every way the tunnel engine ends a session, as the sidecar (the server role) reports it.
+impl From<&Reason> for CloseReason {
+    fn from(why: &Reason) -> Self {
+        match why {
+            Reason::PeerClosed(_) => CloseReason::ClientClosed,
+            Reason::PeerEof | Reason::PeerReadFailed(_) | Reason::PeerWriteFailed(_) => {
+                CloseReason::ClientGone
+            }
+            Reason::Violation(v) => match v {
+                Violation::Header(HeaderError::TooBig(_)) | Violation::MessageTooBig(_) => {
+                    CloseReason::TooBig
+                }
+                Violation::Text => CloseReason::TextFrame,
+                Violation::Framing(e) => CloseReason::Frame(*e),
+                other => CloseReason::Protocol(other.to_string()),
+            },
+            // Only a client is redirected; from a client, a redirect breaks the framing.
+            Reason::Redirected(_) => CloseReason::Frame(FrameError::UnexpectedRedirect),
+            // The engine lingers only in the client role; either way the target ended it.
+            Reason::LocalClosed | Reason::Lingered => CloseReason::TargetClosed,
+            Reason::LocalReadFailed(_) | Reason::LocalWriteFailed(_) => CloseReason::TargetError,
+            Reason::Shutdown => CloseReason::Shutdown,
+            Reason::IdleTimeout => CloseReason::IdleTimeout,
+            Reason::MaxAge => CloseReason::MaxAge,
+            Reason::KeepaliveTimeout => CloseReason::KeepaliveTimeout,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -243,6 +282,85 @@ mod tests {
             .headers()
             .get(axum::http::header::RETRY_AFTER)
             .is_none());
+    }
+
+    #[test]
+    fn every_engine_end_maps_to_one_close_reason() {
+        struct Case {
+            why: Reason,
+            code: u16,
+            label: &'static str,
+            sent: bool,
+        }
+        let io = || std::io::Error::other("x");
+        let case = |why, code, label| Case {
+            why,
+            code,
+            label,
+            sent: true,
+        };
+        let cases = [
+            case(Reason::PeerClosed(None), 1000, "client_closed"),
+            case(Reason::LocalClosed, 1000, "target_closed"),
+            case(Reason::Shutdown, 1001, "shutdown"),
+            case(
+                Reason::Violation(Violation::Unmasked),
+                1002,
+                "protocol_error",
+            ),
+            case(
+                Reason::Violation(Violation::Header(HeaderError::Reserved)),
+                1002,
+                "protocol_error",
+            ),
+            case(
+                Reason::Violation(Violation::Header(HeaderError::TooBig(1 << 20))),
+                1009,
+                "frame_too_big",
+            ),
+            case(
+                Reason::Violation(Violation::MessageTooBig(1040)),
+                1009,
+                "frame_too_big",
+            ),
+            case(Reason::Violation(Violation::Text), 1008, "text_frame"),
+            case(
+                Reason::Violation(Violation::Framing(FrameError::Empty)),
+                1008,
+                "bad_frame",
+            ),
+            case(Reason::IdleTimeout, 1008, "idle_timeout"),
+            case(Reason::MaxAge, 1008, "max_session_age"),
+            case(Reason::KeepaliveTimeout, 1011, "keepalive_timeout"),
+            case(Reason::LocalReadFailed(io()), 1011, "target_error"),
+            case(Reason::LocalWriteFailed(io()), 1011, "target_error"),
+            Case {
+                why: Reason::PeerEof,
+                code: 1006,
+                label: "client_gone",
+                sent: false,
+            },
+            Case {
+                why: Reason::PeerWriteFailed(io()),
+                code: 1006,
+                label: "client_gone",
+                sent: false,
+            },
+        ];
+        for c in cases {
+            let r = CloseReason::from(&c.why);
+            assert_eq!((r.code(), r.label()), (c.code, c.label), "{:?}", c.why);
+            assert_eq!(
+                r.close_frame().map(|f| (f.code, f.reason)),
+                c.sent.then(|| (c.code, r.message())),
+                "{:?}",
+                c.why
+            );
+        }
+        assert_eq!(
+            CloseReason::from(&Reason::Violation(Violation::StrayContinuation)).message(),
+            "protocol error: continuation frame outside a message"
+        );
     }
 
     #[test]
