@@ -194,7 +194,7 @@ async fn every_line_names_the_session_and_its_connection() {
         lines,
         stdout,
         port,
-    } = session_logged("wsgate_client=debug").await;
+    } = session_logged("wsgate_client=debug,wsgate_tunnel=debug").await;
     assert_eq!(stdout, b"SSH-2.0-test\r\n");
     assert!(lines.len() >= 6, "{lines:#?}");
     let id = field(&lines[0], "id").unwrap();
