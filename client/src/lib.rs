@@ -9,7 +9,7 @@
 //! - [`tls`]: rustls with system roots, `--ca-file`, or (loudly) no verification.
 //! - [`proxy`]: the proxy settings (`https_proxy`, `no_proxy`, `--proxy`), CONNECT and SOCKS5.
 //! - [`connect`]: the handshake, and its failures as actionable errors.
-//! - [`session`]: the stdio ↔ WebSocket pump with SkyPilot's framing.
+//! - [`session`]: one session on `wsgate-tunnel`'s engine (client role), its end told to the user.
 //! - [`stdio`]: stdin/stdout registered with the reactor.
 //! - [`error`]: messages and exit codes.
 //!

@@ -34,7 +34,8 @@ pub struct BridgeConfig {
     pub read_size: usize,
     /// WebSocket pings from the server; `None` disables them.
     pub ping_interval: Option<Duration>,
-    /// Pings without a pong before the session is closed.
+    /// Pings without a pong (or ping intervals in which the client took none of the frames
+    /// waiting for it) before the session is closed.
     pub max_missed_pongs: u32,
     /// Close after this long with no session bytes either way.
     pub idle_timeout: Option<Duration>,

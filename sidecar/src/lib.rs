@@ -17,7 +17,7 @@
 //! - [`sessions`]: admission limits and the `/sessions` listing.
 //! - [`origin`]: where a request comes from (peer, and the client behind trusted hops), for
 //!   the audit.
-//! - [`logs`]: the log's two formats, and text from outside escaped for it.
+//! - [`logs`]: the log's two formats (text from outside is escaped with `wsgate_proto::text`).
 //! - [`metrics`]: Prometheus text.
 //! - [`error`]: every refusal and close reason, mapped to statuses and close codes.
 

@@ -1,5 +1,5 @@
 //! The HTTP/1.1 WebSocket upgrade (RFC 6455 §4.2): checking the request, answering `101`, and
-//! handing the raw connection to the bridge, which does the framing itself (`crate::bridge`).
+//! handing the raw connection to the bridge (`crate::bridge`; the tunnel engine frames it).
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;

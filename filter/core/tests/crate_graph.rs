@@ -88,6 +88,7 @@ fn every_program_speaks_the_wire_formats_of_proto() {
     let g = graph();
     for program in [
         "wsgate-core",
+        "wsgate-tunnel",
         "wsgate-sidecar",
         "wsgate-client",
         "wsgate-bench",
@@ -100,6 +101,22 @@ fn every_program_speaks_the_wire_formats_of_proto() {
         assert!(
             deps.iter().any(|d| d == "wsgate-proto"),
             "{program} does not import wsgate-proto"
+        );
+    }
+}
+
+#[test]
+fn both_tunnel_ends_run_the_one_engine() {
+    let g = graph();
+    for program in ["wsgate-sidecar", "wsgate-client"] {
+        let deps = g
+            .iter()
+            .find(|(name, _)| name == program)
+            .map(|(_, deps)| deps)
+            .unwrap_or_else(|| panic!("{program} not found in the workspace"));
+        assert!(
+            deps.iter().any(|d| d == "wsgate-tunnel"),
+            "{program} does not run its sessions on wsgate-tunnel"
         );
     }
 }
