@@ -493,7 +493,9 @@ def scale(work: Path, s: Sizes, res: dict) -> str:
     target, taddr = start_announcing([str(BENCH), "target"], work / "target-scale.log")
     top = max(s.sessions)
     side = Sidecar(work / "sidecar-scale", standard_args(
-        work, taddr, "--max-sessions", str(top), "--max-sessions-per-user", str(top))).start()
+        work, taddr, "--max-sessions", str(top), "--max-sessions-per-user", str(top),
+        # Every session holds a connection: the sidecar refuses fewer connections than sessions.
+        "--max-connections", str(top + 64))).start()
     time.sleep(1)
     rest = side.rss_kib()
     rows = []
