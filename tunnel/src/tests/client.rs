@@ -24,6 +24,18 @@ async fn server_after_banner(more: &[u8]) -> (DuplexStream, DuplexStream) {
     (conn, peer)
 }
 
+/// Runs a client session on `conn` to its end, stdin held open with nothing typed; what it
+/// wrote to stdout, read once it has ended (for sessions that write less than the pipe holds).
+async fn run_to_end(conn: DuplexStream) -> (Ended, Vec<u8>) {
+    let (stdin, _feed) = tokio::io::duplex(64);
+    let (mut read_out, stdout) = tokio::io::duplex(1024);
+    let c = client_config();
+    let ended = connect(conn, b"", stdin, stdout, &c, &Seen::default(), pending()).await;
+    let mut got = Vec::new();
+    read_out.read_to_end(&mut got).await.unwrap();
+    (ended, got)
+}
+
 #[tokio::test]
 async fn typed_server_gets_typed_frames_and_stdin_eof_closes() {
     let (conn, mut srv) = ws(WsRole::Server).await;
@@ -135,18 +147,13 @@ async fn the_first_message_tells_the_framing() {
         srv.write_all(&unmasked(0x88, &close_payload(1000, "")))
             .await
             .unwrap();
-        let (stdin, _feed) = tokio::io::duplex(64);
-        let (mut read_out, stdout) = tokio::io::duplex(1024);
-        let c = client_config();
-        let ended = connect(conn, b"", stdin, stdout, &c, &Seen::default(), pending()).await;
+        let (ended, got) = run_to_end(conn).await;
         assert!(
             matches!(ended.reason, Reason::PeerClosed(Some(_))),
             "{}: {ended:?}",
             case.what
         );
         assert_eq!(ended.framing, case.framing, "{}", case.what);
-        let mut got = Vec::new();
-        read_out.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, case.stdout, "{}", case.what);
     }
 }
@@ -156,18 +163,7 @@ async fn a_redirect_first_ends_the_session_with_its_json() {
     let (conn, mut srv) = ws(WsRole::Server).await;
     let info = serde_json::json!({"url": "wss://x/y"});
     srv.send(bin(&redirect_frame(&info))).await.unwrap();
-    let (stdin, _f) = tokio::io::duplex(64);
-    let (_o, stdout) = tokio::io::duplex(64);
-    let ended = connect(
-        conn,
-        b"",
-        stdin,
-        stdout,
-        &client_config(),
-        &Seen::default(),
-        pending(),
-    )
-    .await;
+    let (ended, _) = run_to_end(conn).await;
     match ended.reason {
         Reason::Redirected(json) => assert_eq!(json, info.to_string().as_bytes()),
         other => panic!("{other:?}"),
@@ -371,18 +367,7 @@ async fn data_before_the_close_reaches_stdout() {
         &close_payload(1011, "target connection failed"),
     ));
     let (conn, _peer) = server_after_banner(&more).await;
-    let (stdin, _f) = tokio::io::duplex(64);
-    let (mut read_out, stdout) = tokio::io::duplex(1024);
-    let ended = connect(
-        conn,
-        b"",
-        stdin,
-        stdout,
-        &client_config(),
-        &Seen::default(),
-        pending(),
-    )
-    .await;
+    let (ended, got) = run_to_end(conn).await;
     match ended.reason {
         Reason::PeerClosed(Some(f)) => assert_eq!(
             (f.code, f.reason.as_str()),
@@ -390,8 +375,6 @@ async fn data_before_the_close_reaches_stdout() {
         ),
         other => panic!("{other:?}"),
     }
-    let mut got = Vec::new();
-    read_out.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, b"SSH-2.0-x\r\none two");
 }
 
