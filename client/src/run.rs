@@ -88,7 +88,7 @@ where
         session.record("cluster", field::display(&endpoint.cluster));
         let token = credentials::resolve(&opts.credentials).await?;
         let user = token.as_ref().map_or("anonymous", |t| t.user.as_str());
-        session.record("user", field::display(text::escape(user)));
+        session.record("user", field::display(text::Shown(user)));
         if opts.insecure_skip_tls_verify {
             tracing::warn!("--insecure-skip-tls-verify: the server's identity is NOT checked; anyone on the path can read this session and take the token");
         }
