@@ -26,6 +26,9 @@ pub mod exit {
     pub const PROXY: i32 = 12;
     /// The server closed the session with 1001: it is shutting down; connect again.
     pub const GOING_AWAY: i32 = 13;
+    /// The connection was lost and the session could not be resumed (the sidecar refused, or
+    /// `--resume-timeout` passed without a working connection).
+    pub const RESUME: i32 = 16;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +135,11 @@ pub enum ClientError {
         /// The close reason (escaped).
         reason: String,
     },
+    #[error("the connection was lost and the session could not be resumed: {why}; run ssh again for a new session")]
+    Resume {
+        /// What ended the attempts (network text in it escaped).
+        why: String,
+    },
 }
 
 /// What became of the user's token on a request the server answered with 401 or 403.
@@ -200,6 +208,7 @@ impl ClientError {
             ClientError::Http { .. } => exit::OTHER,
             ClientError::Proxy { .. } => exit::PROXY,
             ClientError::GoingAway { .. } => exit::GOING_AWAY,
+            ClientError::Resume { .. } => exit::RESUME,
         }
     }
 
@@ -432,6 +441,7 @@ mod tests {
             ClientError::GoingAway {
                 reason: String::new(),
             },
+            ClientError::Resume { why: String::new() },
         ];
         let mut codes: Vec<i32> = one_per_class.iter().map(|e| e.exit_code()).collect();
         codes.sort();

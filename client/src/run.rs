@@ -22,6 +22,7 @@ use crate::credentials::{self, Sources, Token};
 use crate::endpoint::{self, Endpoint};
 use crate::error::ClientError;
 use crate::proxy::{self, Proxy, Setting};
+use crate::resume;
 use crate::session::{self, End};
 use crate::stdio::{self, Input, Output};
 use crate::tls;
@@ -59,6 +60,8 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// Keepalive and buffer sizes.
     pub session: session::Options,
+    /// Offer resumption, and how to resume (`None`: `--no-resume`).
+    pub resume: Option<resume::Options>,
 }
 
 /// Runs the session over this process's stdin and stdout until it ends, ssh hangs up, or it
