@@ -185,6 +185,11 @@ impl Flow<'_> {
             extra,
             proxy: proxy.as_ref(),
             cross_origin: !same_origin,
+            resumption: match opts.resume {
+                Some(_) => connect::Resumption::Offer,
+                None => connect::Resumption::Off,
+            },
+            route_header: opts.resume.as_ref().map(|r| r.route_header.as_str()),
         };
         let conn = connect::open(&req).await?;
         if let Some(local) = conn.local {
