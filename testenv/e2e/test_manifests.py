@@ -2,7 +2,8 @@
 
 `cargo test` (filter/core/tests/manifests.rs) parses the same pluginConfig with the filter's own
 parser; here the real Envoy runs with it, and the test bed's Envoy config is checked against what
-Istio generates for the same Gateway.
+Istio generates for the same Gateway. A second real Envoy, configured as istiod configures the
+gateway for the central sidecar's session label, shows resumes reaching their replica.
 """
 from __future__ import annotations
 
