@@ -3,7 +3,7 @@
 //! can read ours). Text that came from the network is escaped (see [`wsgate_proto::text`]) before it
 //! is put in a message, and the whole line is escaped again when it is printed.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use wsgate_proto::text;
 
@@ -223,6 +223,19 @@ impl ClientError {
             format!("wsgate: {message}")
         }
     }
+}
+
+/// Prints a line on stderr that is not an error (a resumption's progress): `wsgate: <message>`,
+/// escaped. On a terminal it ends with CR LF: during an ssh session the terminal is in raw
+/// mode, where a bare LF would not bring the cursor back to the left.
+pub fn notice(message: &str) {
+    let line = notice_line(message, std::io::stderr().is_terminal());
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+fn notice_line(message: &str, terminal: bool) -> String {
+    let end = if terminal { "\r\n" } else { "\n" };
+    format!("wsgate: {}{end}", text::escape(message))
 }
 
 /// Whether stderr gets colour: only a terminal, and never with `NO_COLOR` set (no-color.org:
@@ -492,6 +505,18 @@ mod tests {
         assert_eq!(
             e.report(true),
             "\x1b[1;31mwsgate:\x1b[0m closed: \\x1b[31mred\\x07"
+        );
+    }
+
+    #[test]
+    fn notices_are_escaped_lines() {
+        assert_eq!(
+            notice_line("connection lost (\x1b[2J); resuming session…", false),
+            "wsgate: connection lost (\\x1b[2J); resuming session…\n"
+        );
+        assert_eq!(
+            notice_line("resumed after 1.2 s", true),
+            "wsgate: resumed after 1.2 s\r\n"
         );
     }
 

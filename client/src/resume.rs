@@ -75,6 +75,7 @@ pub fn route_header(raw: &str) -> Result<String, String> {
 
 /// What resumes a session: the sidecar's id and secret for it. The secret is a credential (it
 /// takes the session over): it is never logged, printed or shown by `Debug`.
+#[derive(Clone)]
 pub struct Ticket {
     id: String,
     secret: SecretString,
