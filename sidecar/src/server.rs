@@ -424,7 +424,7 @@ async fn checked_handshake(
 }
 
 fn refuse(st: &AppState, reject: Reject, audit: &Audit) -> Response {
-    st.metrics.handshake_failed(reject.reason());
+    st.metrics.handshake_failed(reject.label());
     info!(
         target: "wsgate::audit",
         event = "session_refused",
@@ -434,7 +434,7 @@ fn refuse(st: &AppState, reject: Reject, audit: &Audit) -> Response {
         peer_addr = %audit.origin.peer,
         client_addr = %audit.origin.client,
         status = reject.status().as_u16(),
-        reason = reject.reason(),
+        reason = reject.label(),
         "refused: {reject}"
     );
     reject.into_response()
