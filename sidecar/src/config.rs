@@ -276,7 +276,7 @@ impl Config {
                 connect_timeout: a.connect_timeout,
                 shutdown_grace: a.shutdown_grace,
                 trusted_hops: TrustedHops(trusted_hops),
-                resume: a.resume.then(|| ResumeSettings {
+                resume: a.resume.then_some(ResumeSettings {
                     window: a.resume_window,
                     replay_buffer: a.replay_buffer,
                 }),
