@@ -268,11 +268,9 @@ impl From<&Reason> for CloseReason {
     fn from(why: &Reason) -> Self {
         match why {
             Reason::PeerClosed(_) => CloseReason::ClientClosed,
-            // A leg another connection took over is one whose client is gone.
-            Reason::PeerEof
-            | Reason::PeerReadFailed(_)
-            | Reason::PeerWriteFailed(_)
-            | Reason::Superseded => CloseReason::ClientGone,
+            Reason::PeerEof | Reason::PeerReadFailed(_) | Reason::PeerWriteFailed(_) => {
+                CloseReason::ClientGone
+            }
             Reason::Violation(v) => match v {
                 Violation::Header(HeaderError::TooBig(_)) | Violation::MessageTooBig(_) => {
                     CloseReason::TooBig
@@ -290,6 +288,7 @@ impl From<&Reason> for CloseReason {
             Reason::IdleTimeout => CloseReason::IdleTimeout,
             Reason::MaxAge => CloseReason::MaxAge,
             Reason::KeepaliveTimeout => CloseReason::KeepaliveTimeout,
+            Reason::Superseded => CloseReason::Superseded,
         }
     }
 }
@@ -403,6 +402,12 @@ mod tests {
             case(Reason::IdleTimeout, 1008, "idle_timeout"),
             case(Reason::MaxAge, 1008, "max_session_age"),
             case(Reason::KeepaliveTimeout, 1011, "keepalive_timeout"),
+            case(Reason::Superseded, 1008, "superseded"),
+            case(
+                Reason::Violation(Violation::Control("ack 9".into())),
+                1002,
+                "protocol_error",
+            ),
             case(Reason::LocalReadFailed(io()), 1011, "target_error"),
             case(Reason::LocalWriteFailed(io()), 1011, "target_error"),
             Case {
