@@ -9,8 +9,8 @@
 //!   checked and the target connected before the upgrade), sessions, graceful shutdown.
 //! - [`http`]: the accept loop and HTTP/1.1 connections, a deadline on every head and idle wait.
 //! - [`upgrade`]: the WebSocket upgrade (checks, `101`), handing the raw connection over.
-//! - [`bridge`]: one session on `wsgate-tunnel`'s engine (server role), its end mapped to a close
-//!   reason.
+//! - [`bridge`]: one session on `wsgate-tunnel`'s engine (server role), over one leg or (resumable)
+//!   several, its end mapped to a close reason.
 //! - [`auth`], [`authz`]: who is asking, and may they reach this cluster.
 //! - [`target`]: cluster + worker → address (never chosen by the client).
 //! - [`kube`]: TokenReview, SubjectAccessReview and pod lookup (central mode) with kube-rs.
