@@ -174,6 +174,17 @@ class ChaosProxy:
             return out
         return self._call(gaps)
 
+    def flowing(self) -> bool:
+        """Whether a live connection has carried data (past `flowing_bytes`)."""
+        return self._call(lambda: any(not l.broken and l.flowing_at is not None for l in self._links))
+
+    def wait_flowing(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.flowing():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no connection through the chaos proxy carried data in {timeout} s")
+            time.sleep(0.02)
+
     def bytes_forwarded(self) -> tuple[int, int]:
         """(client -> server, server -> client) bytes over every connection so far."""
         return self._call(lambda: (sum(l.up for l in self._links), sum(l.down for l in self._links)))
