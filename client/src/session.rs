@@ -72,6 +72,7 @@ where
         max_missed_pongs: None,
         idle_timeout: None,
         max_age: None,
+        resume: None,
     };
     let ended = wsgate_tunnel::run(
         conn,
@@ -117,6 +118,7 @@ fn outcome(ended: Ended) -> Result<End, ClientError> {
         reason,
         framing,
         input_ended,
+        ..
     } = ended;
     let failed = |m: String| Err(ClientError::Protocol(m));
     match reason {
@@ -156,8 +158,8 @@ fn outcome(ended: Ended) -> Result<End, ClientError> {
         Reason::Shutdown | Reason::Lingered | Reason::LocalClosed | Reason::LocalReadFailed(_) => {
             Ok(End::Done)
         }
-        // The client sets no idle timeout, age or pong limit.
-        Reason::IdleTimeout | Reason::MaxAge | Reason::KeepaliveTimeout => {
+        // The client sets no idle timeout, age or pong limit, and no leg of it is taken over.
+        Reason::IdleTimeout | Reason::MaxAge | Reason::KeepaliveTimeout | Reason::Superseded => {
             failed(format!("the session ended: {reason}"))
         }
     }
@@ -667,6 +669,7 @@ mod tests {
                 reason: c.reason,
                 framing: c.framing,
                 input_ended: c.input_ended,
+                lost: false,
             });
             match (got, c.want) {
                 (Ok(end), Ok(())) => assert_eq!(end, End::Done, "{}", c.what),

@@ -95,6 +95,7 @@ fn tunnel_config(cfg: &BridgeConfig) -> Config {
         max_missed_pongs: Some(cfg.max_missed_pongs),
         idle_timeout: cfg.idle_timeout,
         max_age: cfg.max_age,
+        resume: None,
     }
 }
 

@@ -225,9 +225,11 @@ impl From<&Reason> for CloseReason {
     fn from(why: &Reason) -> Self {
         match why {
             Reason::PeerClosed(_) => CloseReason::ClientClosed,
-            Reason::PeerEof | Reason::PeerReadFailed(_) | Reason::PeerWriteFailed(_) => {
-                CloseReason::ClientGone
-            }
+            // A leg another connection took over is one whose client is gone.
+            Reason::PeerEof
+            | Reason::PeerReadFailed(_)
+            | Reason::PeerWriteFailed(_)
+            | Reason::Superseded => CloseReason::ClientGone,
             Reason::Violation(v) => match v {
                 Violation::Header(HeaderError::TooBig(_)) | Violation::MessageTooBig(_) => {
                     CloseReason::TooBig

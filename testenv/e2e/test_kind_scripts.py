@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 import tomllib
@@ -380,6 +381,37 @@ def test_on_exit_ends_background_processes_and_collects_logs_on_failure(tmp_path
     assert 'EXIT_KILL_PIDS="$PF"' in E2E.read_text(), "e2e.sh's port-forward would outlive it"
 
 
+def test_on_exit_lets_a_background_process_end_its_children_before_killing_it(tmp_path):
+    """gateway_port_forward needs a moment after TERM (a kubectl call in flight) to end its own
+    kubectl: on_exit waits for it rather than KILLing it at once, and KILLs what ignores TERM."""
+    done = tmp_path / "cleaned-up"
+    snippet = (f'collect_logs() {{ :; }}\n'
+               "EXIT_KILL_GRACE=4\n"
+               "trap 'on_exit demo' EXIT\n"
+               # Ends its own child, then takes a second to finish, as gateway_port_forward
+               # does when TERM lands during a kubectl call.
+               f'( trap \'kill $s; sleep 1; touch "{done}"; exit 0\' TERM; sleep 300 >/dev/null 2>&1 & s=$!; wait $s ) &\n'
+               'EXIT_KILL_PIDS="$!"\n'
+               "bash -c 'trap \"\" TERM; exec sleep 300' >/dev/null 2>&1 &\n"
+               'EXIT_KILL_PIDS="$EXIT_KILL_PIDS $!"\n'
+               'echo "deaf=$!"\n'
+               "sleep 0.3\n"
+               "exit 0\n")
+    start = time.monotonic()
+    r = lib(snippet)
+    assert r.returncode == 0, r.stderr
+    assert done.exists(), "on_exit KILLed a process that was ending by itself"
+    deaf = int(re.search(r"deaf=(\d+)", r.stdout).group(1))
+    deadline = time.monotonic() + 5
+    while running(deaf) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = running(deaf)
+    if alive:
+        os.kill(deaf, 9)
+    assert not alive, "a process ignoring TERM outlived on_exit"
+    assert time.monotonic() - start < 15
+
+
 # A stand-in for kubectl in the dry-run tests: `api-resources` lists SERVED, `apply` prints its
 # arguments and fails for the overlay named FAIL.
 DRY_RUN_KUBE = r"""
@@ -699,3 +731,218 @@ def test_workflow_pins_and_collects_logs_on_failure():
     assert steps[upload]["with"]["path"] == ".testbed/kind/logs"
     teardown = steps[-1]
     assert teardown.get("if") == "always()" and "kind-down" in teardown["run"]
+
+
+# --- the headline: an ssh session through a gateway restart ---------------------------------
+
+
+def test_counts_once_accepts_exactly_one_to_n(tmp_path):
+    """What the session printed through the restart: every number once, in order, or a message
+    naming the first wrong line."""
+    cases = {
+        "intact": ("1\n2\n3\n4\n", 0, ""),
+        "replayed twice": ("1\n2\n3\n3\n4\n", 1, 'line 4 is "3", want 4'),
+        "lost": ("1\n2\n4\n", 1, 'line 3 is "4", want 3'),
+        "cut short": ("1\n2\n3\n", 1, "3 lines, want 4"),
+        # Every line is its own number: only the count is wrong.
+        "too long": ("1\n2\n3\n4\n5\n", 1, "5 lines, want 4"),
+        "garbled": ("1\n2\x1b[2J\n3\n4\n", 1, 'line 2 is "2?[2J", want 2'),
+        "empty": ("", 1, "0 lines, want 4"),
+        "no final newline": ("1\n2\n3\n4", 0, ""),
+    }
+    for name, (text, rc, message) in cases.items():
+        f = tmp_path / "out"
+        f.write_text(text)
+        r = lib(f'counts_once "{f}" 4')
+        assert r.returncode == rc, (name, r.stdout, r.stderr)
+        assert message in r.stdout, (name, r.stdout)
+        assert "\x1b" not in r.stdout, name
+
+
+# A stand-in for kubectl in the port-forward tests: the gateway pods are the lines of
+# $STATE/pods (`name deletionTimestamp Ready`, as custom-columns prints them); every call is
+# appended to $STATE/calls; a port-forward appends `forward <pod> <pid> <ports>` to
+# $STATE/forwards and becomes a long sleep (its pid is the forward's).
+FAKE_KUBECTL = r"""#!/usr/bin/env bash
+args="$*"
+printf '%s\n' "$args" >>"$STATE/calls"
+case "$args" in
+  *" get svc istio-ingressgateway "*"port==443"*) echo 8443 ;;
+  *" get svc istio-ingressgateway "*"port==80"*) echo 8080 ;;
+  *" get pods -l istio=ingressgateway --no-headers "*) cat "$STATE/pods" ;;
+  *" get pod "*" --ignore-not-found -o name")
+    pod="${args#* get pod }"; pod="${pod%% *}"
+    awk -v p="$pod" '$1 == p { print "pod/" p }' "$STATE/pods" ;;
+  *" port-forward pod/"*)
+    rest="${args#* port-forward pod/}"
+    echo "forward ${rest%% *} $$ ${rest#* }" >>"$STATE/forwards"
+    exec sleep 300 ;;
+  *) echo "unexpected kubectl $args" >&2; exit 1 ;;
+esac
+"""
+
+
+def fake_kubectl(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    state = tmp_path / "state"
+    state.mkdir()
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "kubectl").write_text(FAKE_KUBECTL)
+    (bindir / "kubectl").chmod(0o755)
+    for name in ("pods", "calls", "forwards"):
+        (state / name).write_text("")
+    return state, {"STATE": str(state), "PATH": f"{bindir}:{os.environ['PATH']}"}
+
+
+def wait_until(cond, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_gateway_port_forward_follows_the_gateway_through_a_restart(tmp_path):
+    """kubectl forwards to one pod and does not follow a rollout, so gateway_port_forward
+    forwards to a Ready, non-terminating pod by name; keeps that forward while the pod
+    terminates (sessions on it last until its Envoy has drained); moves to the new pod once the
+    old one is gone or its kubectl exited; waits while no pod is Ready; and on TERM ends with
+    its kubectl."""
+    state, env = fake_kubectl(tmp_path)
+    pods, calls, forwards = state / "pods", state / "calls", state / "forwards"
+
+    def forwards_to() -> list[tuple[str, int, str]]:
+        out = []
+        for line in forwards.read_text().splitlines():
+            _, pod, pid, ports = line.split(" ", 3)
+            out.append((pod, int(pid), ports))
+        return out
+
+    def lookups_after(mark: int, needle: str, n: int) -> bool:
+        return sum(needle in c for c in calls.read_text().splitlines()[mark:]) >= n
+
+    pods.write_text("gw-a <none> True\n")
+    err = open(tmp_path / "supervisor.log", "w")
+    proc = subprocess.Popen(["bash", "-c", f'source "{KIND / "lib.sh"}"\ngateway_port_forward 18443 18080'],
+                            env=kind_env(**env), stdout=err, stderr=err, text=True)
+    try:
+        wait_until(lambda: len(forwards_to()) == 1, "the first forward")
+        (pod, pid_a, ports), = forwards_to()
+        assert (pod, ports) == ("gw-a", "18443:8443 18080:8080")
+        assert all("--context kind-wsgate-e2e" in c for c in calls.read_text().splitlines())
+
+        # The rollout: gw-a terminating (not Ready), gw-b Ready. gw-a's forward stays.
+        mark = len(calls.read_text().splitlines())
+        pods.write_text("gw-a 2025-01-01T00:00:00Z False\ngw-b <none> True\n")
+        wait_until(lambda: lookups_after(mark, " get pod gw-a ", 2), "two looks at the terminating pod")
+        assert [f[0] for f in forwards_to()] == ["gw-a"] and running(pid_a)
+
+        # gw-a is gone: its forward ends, gw-b gets one.
+        pods.write_text("gw-b <none> True\n")
+        wait_until(lambda: len(forwards_to()) == 2, "a forward to the new pod")
+        assert forwards_to()[1][0] == "gw-b"
+        wait_until(lambda: not running(pid_a), "the old forward to end")
+
+        # kubectl exits by itself while no pod is Ready: nothing to forward to, so it waits.
+        mark = len(calls.read_text().splitlines())
+        pods.write_text("gw-b 2025-01-01T00:00:00Z False\n")
+        os.kill(forwards_to()[1][1], signal.SIGTERM)
+        wait_until(lambda: lookups_after(mark, " get pods -l istio=ingressgateway ", 2), "two looks for a Ready pod")
+        assert len(forwards_to()) == 2
+        pods.write_text("gw-c <none> True\n")
+        wait_until(lambda: len(forwards_to()) == 3, "a forward once a pod is Ready")
+        pod_c, pid_c, _ = forwards_to()[2]
+        assert pod_c == "gw-c" and running(pid_c)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError("gateway_port_forward did not end on TERM")
+        err.close()
+    wait_until(lambda: all(not running(pid) for _, pid, _ in forwards_to()), "its kubectl to end with it", 5)
+    log = (tmp_path / "supervisor.log").read_text()
+    assert "gw-a is gone" in log and "-> gw-c" in log, log
+
+
+# A stand-in for ssh in the restart tests: prints 1..3, waits until the gateway restart began
+# (the fake kubectl's `rollout restart` leaves $STATE/restarted), then goes on as $SCENARIO says.
+FAKE_SSH = r"""#!/usr/bin/env bash
+printf '%s\n' "$@" >"$STATE/ssh-args"
+printf '1\n2\n3\n'
+for _ in $(seq 1 100); do [ -f "$STATE/restarted" ] && break; sleep 0.1; done
+[ -f "$STATE/restarted" ] || { echo "fake ssh: the session ended with no gateway restart" >&2; exit 99; }
+if [ "$SCENARIO" != untouched ]; then
+  printf 'wsgate: connection lost; resuming session\342\200\246\n' >&2
+  printf 'wsgate: resumed after 4.2 s\n' >&2
+fi
+case "$SCENARIO" in
+  replayed) printf '3\n4\n5\n' ;;
+  lost) printf '5\n' ;;
+  ssh-fails) printf '4\n'; exit 255 ;;
+  *) printf '4\n5\n' ;;
+esac
+"""
+
+RESTART_KUBECTL = r"""#!/usr/bin/env bash
+printf '%s\n' "$*" >>"$STATE/calls"
+case "$*" in
+  *" rollout restart deploy/istio-ingressgateway")
+    echo "restart with $(wc -l <"$WSGATE_KIND_WORK/restart-session.out") line(s) out" >>"$STATE/calls"
+    touch "$STATE/restarted" ;;
+  *" rollout status deploy/istio-ingressgateway --timeout=240s") exit "${STATUS_RC:-0}" ;;
+  *) echo "unexpected kubectl $*" >&2; exit 1 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("scenario, rc, message", [
+    ("intact", 0, "the loop never noticed: 5 numbers, each once (wsgate: resumed after 4.2 s)"),
+    ("replayed", 1, 'line 4 is "3", want 4'),
+    ("lost", 1, 'line 4 is "5", want 4'),
+    ("untouched", 1, "the gateway restart did not reach it"),
+    ("ssh-fails", 1, "ssh exited 255"),
+    ("rollout-fails", 1, ""),
+])
+def test_restart_gateway_during_session(tmp_path, scenario, rc, message):
+    """The kind headline: the gateway is restarted while the ssh session runs its loop (after
+    its first numbers), the rollout is awaited, and the session must come out whole: ssh exit 0,
+    every number once, and the client's word that it resumed (a restart that never reached the
+    session shows nothing)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name, text in (("kubectl", RESTART_KUBECTL), ("ssh", FAKE_SSH)):
+        (bindir / name).write_text(text)
+        (bindir / name).chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {"STATE": str(state), "PATH": f"{bindir}:{os.environ['PATH']}", "WSGATE_KIND_WORK": str(work),
+           "SCENARIO": scenario, "STATUS_RC": "1" if scenario == "rollout-fails" else "0"}
+    r = lib('if restart_gateway_during_session 5 ssh -p 2222 e2e@mycluster.wsgate; then echo rc=0;'
+            ' else echo rc=1; fi\necho "kill=$EXIT_KILL_PIDS"', **env)
+    assert f"rc={rc}" in r.stdout, (r.stdout, r.stderr)
+    assert message in r.stderr, r.stderr
+    args = (state / "ssh-args").read_text().splitlines()
+    assert args == ["-p", "2222", "e2e@mycluster.wsgate", "for i in $(seq 1 5); do echo $i; sleep 1; done"]
+    calls = (state / "calls").read_text()
+    # The restart came while the session ran (its first numbers out), then the rollout was awaited.
+    assert re.search(r"rollout restart deploy/istio-ingressgateway\nrestart with [3-9] line\(s\) out\n.*rollout status",
+                     calls), calls
+    assert all(c.startswith("--context kind-wsgate-e2e ") for c in calls.splitlines() if "rollout" in c)
+    # ssh runs in the background: a failing run's on_exit must be able to end it.
+    assert re.search(r"^kill= \d+$", r.stdout, re.M), r.stdout
+    assert (work / "restart-session.out").read_text().startswith("1\n2\n3\n")
+
+
+def test_e2e_restarts_the_gateway_last_through_a_following_port_forward():
+    """The restart replaces the gateway pod: it comes after the checks that read the old pod's
+    counters, and the port-forward the client uses is the one that follows the gateway."""
+    code = "\n".join(line for line in E2E.read_text().splitlines() if not line.lstrip().startswith("#"))
+    order = ['gateway_port_forward "$HTTPS_PORT" "$HTTP_PORT"', "wsgate_tokens_rewritten_total",
+             'reason="invalid_cluster"', "restart_gateway_during_session 90 \"${SSH[@]}\" e2e@mycluster.wsgate",
+             'log "all passed']
+    at = [code.find(needle) for needle in order]
+    assert -1 not in at and at == sorted(at), dict(zip(order, at))
+    assert "port-forward svc/" not in code, "a port-forward to the Service sticks to one pod"

@@ -2,11 +2,20 @@
 
 `cargo test` (filter/core/tests/manifests.rs) parses the same pluginConfig with the filter's own
 parser; here the real Envoy runs with it, and the test bed's Envoy config is checked against what
-Istio generates for the same Gateway.
+Istio generates for the same Gateway. A second real Envoy, configured as istiod configures the
+gateway for the central sidecar's session label, shows resumes reaching their replica.
 """
 from __future__ import annotations
 
+import base64
 import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,7 +26,8 @@ from websockets.sync.client import connect
 from clients import bearer_entry
 from k8s.cel_ext import parse_go_duration
 from k8s.validate import render
-from testbed.envoy import Gateway, listeners
+from testbed.backend import RecordingBackend
+from testbed.envoy import ENVOY, Gateway, listeners
 
 ISTIO = Path(__file__).resolve().parents[2] / "istio"
 OVERLAYS = sorted(p.parent.name for p in (ISTIO / "overlays").glob("*/kustomization.yaml"))
@@ -112,8 +122,288 @@ def test_the_gateway_closes_idle_connections_before_the_sidecar_does(path):
     for svc in services:
         name = svc["metadata"]["name"]
         assert name in rules, f"{path}: no DestinationRule for Service {name}"
-        idle = rules[name]["spec"]["trafficPolicy"]["connectionPool"]["http"]["idleTimeout"]
-        assert seconds(idle) < seconds(keepalive), (name, idle, keepalive)
+        http = rules[name]["spec"]["trafficPolicy"]["connectionPool"]["http"]
+        assert seconds(http["idleTimeout"]) < seconds(keepalive), (name, http["idleTimeout"], keepalive)
+        # The sidecar speaks HTTP/1.1 only: a mesh-wide h2UpgradePolicy must not reach it.
+        assert http["h2UpgradePolicy"] == "DO_NOT_UPGRADE", name
+
+
+# --- resumes reach their replica: the persistent-session label ------------------------------
+
+SESSION_HEADER_LABEL = "istio.io/persistent-session-header"
+# The header `wsgate proxy` echoes when it resumes (its --route-header default, docs/resume.md).
+ROUTE_HEADER = "x-wsgate-route"
+
+
+def central_sidecar_service(docs: list[dict]) -> dict:
+    (svc,) = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "wsgate-sidecar"]
+    return svc
+
+
+@pytest.mark.parametrize("overlay", [o for o in OVERLAYS if o != "pod-side"])
+def test_the_central_sidecar_asks_istio_for_header_sessions(overlay):
+    """Several central replicas: a resume must reach the one that parked the session. The
+    Service's label names the header Envoy's stateful session writes and reads, which must be
+    the one the client echoes, and the filter must let it through (it removes the routing
+    headers it sets, and a rule's removeHeaders)."""
+    svc = central_sidecar_service(rendered(overlay))
+    assert svc["metadata"]["labels"][SESSION_HEADER_LABEL] == ROUTE_HEADER
+    for route in plugin_config()["routes"]:
+        removed = {route.get("header", "x-wsgate-cluster"), *route.get("removeHeaders", [])}
+        assert ROUTE_HEADER not in {h.lower() for h in removed}, route["name"]
+
+
+def test_istiod_builds_the_stateful_session_filter():
+    """istiod ignores the label unless PILOT_ENABLE_PERSISTENT_SESSION_FILTER is on (off by
+    default: pilot/pkg/features, MaybeBuildStatefulSessionFilterConfig in
+    pilot/pkg/networking/util). It is set in the istiod chart's `pilot.env` map, a string as
+    every env value: istioctl merges a map from a second -f file (testenv/kind's) instead of
+    replacing it, as it would a list."""
+    (iop,) = manifest("istio-operator.yaml")
+    assert iop["spec"]["values"]["pilot"]["env"]["PILOT_ENABLE_PERSISTENT_SESSION_FILTER"] == "true"
+    assert "pilot" not in iop["spec"].get("components", {}), "a components.pilot.k8s.env list would be replaced whole"
+
+
+def test_pod_side_services_need_no_session_label():
+    """One sidecar per cluster pod: nothing to choose between, so no label (and no filter)."""
+    docs = kustomize(ISTIO / "sidecar-pod-side")
+    assert all(SESSION_HEADER_LABEL not in d["metadata"].get("labels", {}) for d in docs if d["kind"] == "Service")
+
+
+def istio_route_session_config(service: dict) -> dict | None:
+    """The per-route stateful session configuration istiod 1.27 builds for a route whose
+    destination is `service` (pilot/pkg/networking/util/util.go,
+    MaybeBuildStatefulSessionFilterConfig; route.go puts it in the route's
+    typed_per_filter_config), with PILOT_ENABLE_PERSISTENT_SESSION_FILTER on. No `strict`:
+    an unknown or unavailable host falls back to load balancing."""
+    header = service["metadata"].get("labels", {}).get(SESSION_HEADER_LABEL)
+    if not header:
+        return None
+    return {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute",
+        "stateful_session": {
+            "session_state": {
+                "name": "envoy.http.stateful_session.header",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.http.stateful_session.header.v3.HeaderBasedSessionState",
+                    "name": header,
+                },
+            },
+        },
+    }
+
+
+class StickyGateway:
+    """A real Envoy shaped like the ingress gateway's route to the central sidecar, as istiod
+    builds it for the shipped Service: the empty stateful session filter in the connection
+    manager (Istio's EmptySessionFilter), the per-route session configuration from the label,
+    and an EDS cluster whose endpoints (the replicas) the test changes as the API server would
+    (a terminating pod DRAINING, a deleted one gone). For Services with the label, istiod keeps
+    DRAINING endpoints and lets an override select them (cluster.go: SupportsDrainingEndpoints,
+    override_host_status); they get no new sessions."""
+
+    CLUSTER = "wsgate-sidecar"
+
+    def __init__(self, workdir: Path, per_route: dict) -> None:
+        self.workdir = workdir
+        self.per_route = per_route
+        self.version = 0
+        self.proc: subprocess.Popen | None = None
+        self.admin = ""
+        self.port = 0
+
+    @property
+    def eds_file(self) -> Path:
+        return self.workdir / "eds.json"
+
+    def set_endpoints(self, endpoints: dict[int, str]) -> None:
+        """port -> EDS health status; Envoy reads the file when it is moved into place."""
+        self.version += 1
+        cla = {
+            "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            "cluster_name": self.CLUSTER,
+            "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}},
+                 "health_status": status}
+                for port, status in endpoints.items()
+            ]}],
+        }
+        tmp = self.workdir / "eds.json.tmp"
+        tmp.write_text(json.dumps({"version_info": str(self.version), "resources": [cla]}))
+        os.replace(tmp, self.eds_file)
+        if self.proc is not None:
+            self._wait(lambda: self._stat(f"cluster.{self.CLUSTER}.update_success") >= self.version,
+                       f"EDS version {self.version}")
+
+    def bootstrap(self) -> dict:
+        hcm = {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "gateway",
+            "upgrade_configs": [{"upgrade_type": "websocket"}],
+            "stream_idle_timeout": "0s",
+            "route_config": {"virtual_hosts": [{
+                "name": "wsgate", "domains": ["*"],
+                "routes": [{
+                    "match": {"prefix": "/"},
+                    "route": {"cluster": self.CLUSTER, "timeout": "0s"},
+                    "typed_per_filter_config": {"envoy.filters.http.stateful_session": self.per_route},
+                }],
+            }]},
+            "http_filters": [
+                {"name": "envoy.filters.http.stateful_session", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession"}},
+                {"name": "envoy.filters.http.router", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+            ],
+        }
+        return {
+            "node": {"id": "wsgate-sticky", "cluster": "wsgate-sticky"},  # xDS from files needs both
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+            "static_resources": {
+                "listeners": [{
+                    "name": "gateway",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                    "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                    "typed_config": hcm}]}],
+                }],
+                "clusters": [{
+                    "name": self.CLUSTER,
+                    "type": "EDS",
+                    "connect_timeout": "2s",
+                    "lb_policy": "LEAST_REQUEST",  # Istio's default
+                    "eds_cluster_config": {"eds_config": {"path_config_source": {"path": str(self.eds_file)},
+                                                          "resource_api_version": "V3"}},
+                    "common_lb_config": {"override_host_status": {
+                        "statuses": ["HEALTHY", "DRAINING", "UNKNOWN", "DEGRADED"]}},
+                }],
+            },
+        }
+
+    def start(self, endpoints: dict[int, str]) -> "StickyGateway":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.set_endpoints(endpoints)
+        cfg = self.workdir / "bootstrap.json"
+        cfg.write_text(json.dumps(self.bootstrap(), indent=1))
+        admin_file = self.workdir / "admin-address"
+        with open(self.workdir / "envoy.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [str(ENVOY), "-c", str(cfg), "--disable-hot-restart", "--concurrency", "1",
+                 "--base-id", str(secrets.randbelow(1 << 30)), "--admin-address-path", str(admin_file),
+                 "-l", "info"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"envoy exited: {self.log()}")
+            if not (admin_file.exists() and admin_file.read_text().strip()):
+                return False
+            self.admin = "http://" + admin_file.read_text().strip()
+            return self._get("/ready") == "LIVE\n"
+        self._wait(ready, "envoy ready")
+        (st,) = json.loads(self._get("/listeners?format=json"))["listener_statuses"]
+        self.port = st["local_address"]["socket_address"]["port_value"]
+        return self
+
+    def log(self) -> str:
+        path = self.workdir / "envoy.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _get(self, path: str) -> str:
+        with urllib.request.urlopen(self.admin + path, timeout=5) as r:
+            return r.read().decode()
+
+    def _stat(self, name: str) -> int:
+        for line in self._get(f"/stats?filter=^{re.escape(name)}$").splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        return 0
+
+    def _wait(self, cond, what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if cond():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; envoy log:\n{self.log()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
+
+
+def encoded(port: int) -> str:
+    """The header value Envoy writes for the upstream host 127.0.0.1:port."""
+    return base64.b64encode(f"127.0.0.1:{port}".encode()).decode()
+
+
+def test_a_resume_reaches_the_replica_that_holds_the_session(workdir):
+    """The headline of the label, in a real Envoy configured as istiod configures the gateway
+    for the shipped Service: the `101` of a new session names its replica; a reconnect echoing
+    it reaches that replica every time (without the header, least-request would spread them),
+    also while the replica drains (a terminating pod takes no new sessions but gets its own
+    resumes); a value naming no replica, or one that is gone, falls back to load balancing and
+    the answer names the replica chosen instead. A client can pick any replica of the Service
+    by this header, and nothing outside it."""
+    per_route = istio_route_session_config(central_sidecar_service(kustomize(ISTIO / "sidecar-central")))
+    assert per_route is not None
+    a, b = RecordingBackend().start(), RecordingBackend().start()
+    gw = StickyGateway(workdir / "sticky-gw", per_route)
+    try:
+        gw.start({a.port: "HEALTHY", b.port: "HEALTHY"})
+        replicas = {a.port: a, b.port: b}
+        n = 0
+
+        def session(route: str | None) -> tuple[int, str | None]:
+            """Opens a WebSocket through the gateway; (the replica that got it, the route
+            header of the 101)."""
+            nonlocal n
+            n += 1
+            tid = f"sticky-{n}"
+            headers = {"x-test-id": tid, **({ROUTE_HEADER: route} if route is not None else {})}
+            # close_timeout: after the close handshake the client waits for the server side to
+            # close the TCP connection, and Envoy waits for the client (delayed_close_timeout,
+            # 1 s): no need to sit that out 50 times.
+            with connect(f"ws://127.0.0.1:{gw.port}/kubernetes-pod-ssh-proxy", additional_headers=headers,
+                         open_timeout=10, close_timeout=0.1) as ws:
+                ws.send("ping")
+                assert ws.recv(timeout=10) == "ping"
+                answer = ws.response.headers.get(ROUTE_HEADER)
+            # Recorded before the 101 was sent: no waiting.
+            got = [port for port, r in replicas.items() if r.find(tid, timeout=0)]
+            assert len(got) == 1, (tid, got)
+            return got[0], answer
+
+        first, route = session(None)
+        assert route == encoded(first), "the 101 must name the replica that took the session"
+        other = b.port if first == a.port else a.port
+        # Without the header, new sessions spread over both replicas (least-request); with it,
+        # every reconnect reaches the first one.
+        assert {session(None)[0] for _ in range(20)} == {first, other}
+        for _ in range(8):
+            assert session(route) == (first, None)  # no new header: the client's is still right
+
+        # The replica's pod is terminating: no new sessions, but its own resumes still reach it.
+        gw.set_endpoints({first: "DRAINING", other: "HEALTHY"})
+        assert {session(None)[0] for _ in range(6)} == {other}
+        for _ in range(4):
+            assert session(route)[0] == first
+
+        # Forged or stale values: load balancing decides, and the 101 names its choice.
+        for forged in (encoded(1), "not base64!", base64.b64encode(b"10.0.0.1:22").decode()):
+            assert session(forged) == (other, encoded(other))
+        # The pod is gone (deleted from the endpoints): the resume lands elsewhere, where the
+        # sidecar will refuse it (404, unknown session) and the client reports the loss.
+        gw.set_endpoints({other: "HEALTHY"})
+        assert session(route) == (other, encoded(other))
+    finally:
+        gw.stop()
+        a.stop()
+        b.stop()
 
 
 def test_test_bed_envoy_matches_what_istio_generates(tls):
@@ -198,6 +488,9 @@ ISTIO_GATEWAY_HTTP_FILTERS = [
     "envoy.filters.http.fault",
     "envoy.filters.http.cors",
     "istio.stats",
+    # With PILOT_ENABLE_PERSISTENT_SESSION_FILTER (istio-operator.yaml): empty here, configured
+    # per route for Services labelled istio.io/persistent-session-header.
+    "envoy.filters.http.stateful_session",
     "envoy.filters.http.router",
 ]
 

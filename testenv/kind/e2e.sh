@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the client's checks through the real gateway in kind (after up.sh): ssh over wss through
 # `wsgate proxy` (token in the subprotocol, rewritten by the filter, routed by cluster name), the
-# 426 guard for ws://, the refusal of an unvalidated cluster name, and the filter's counters.
+# 426 guard for ws://, the refusal of an unvalidated cluster name, the filter's counters, and
+# last an ssh session that lives through a restart of the ingress gateway (resumed, nothing lost).
 # Every wait has a deadline and names what never came; logs land in $WORK/logs on failure.
 # shellcheck source=testenv/kind/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -12,16 +13,15 @@ trap 'on_exit e2e' EXIT
 make -C "$ROOT" client
 WSGATE="$ROOT/target/release/wsgate"
 
-# kubectl itself in the background (not the kube function), so that $PF is its pid; on_exit
-# ends it.
-kubectl --context "$KCTX" -n istio-system port-forward svc/istio-ingressgateway \
-  "${HTTPS_PORT}:443" "${HTTP_PORT}:80" >"$WORK/port-forward.log" 2>&1 &
+# The port-forward follows the gateway from pod to pod (gateway_port_forward in lib.sh): the last
+# check restarts the gateway under a running session. on_exit ends it, and it ends its kubectl.
+gateway_port_forward "$HTTPS_PORT" "$HTTP_PORT" >"$WORK/port-forward.log" 2>&1 &
 PF=$!
 EXIT_KILL_PIDS="$PF"
 
 port_forward_answers() {
   if ! kill -0 "$PF" 2>/dev/null; then
-    echo "kubectl port-forward exited: $(tail -n 5 "$WORK/port-forward.log")"
+    echo "the port-forward to the gateway ended: $(tail -n 5 "$WORK/port-forward.log")"
     return 1
   fi
   # Any HTTP answer will do: the filter may not be serving yet.
@@ -88,4 +88,9 @@ if [ "$refused" -lt 1 ]; then
   log "wsgate_route_rejections_total{reason=\"invalid_cluster\"} is $refused in /stats/prometheus"
   exit 1
 fi
-log "all passed (tokens rewritten: $rewritten, invalid cluster names refused: $refused)"
+# Last, as it replaces the gateway pod (and with it the counters read above): the headline of
+# resumable sessions (docs/resume.md). A 90-number loop outlasts the rollout (a new pod Ready,
+# the old one drained for Istio's terminationDrainDuration, 5 s) with room to spare.
+log "an ssh session lives through a restart of the ingress gateway (resumed, nothing lost)"
+restart_gateway_during_session 90 "${SSH[@]}" e2e@mycluster.wsgate
+log "all passed (tokens rewritten: $rewritten, invalid cluster names refused: $refused, gateway restarted under a session)"

@@ -42,21 +42,35 @@ sha256_hex() {
   printf '%s\n' "${out%% *}"
 }
 
-# Background processes (pids, space-separated) that on_exit ends: e2e.sh's port-forward.
+# Background processes (pids, space-separated) that on_exit ends: e2e.sh's port-forward and
+# its ssh session running through a gateway restart.
 EXIT_KILL_PIDS=""
+# How long on_exit lets them end after TERM before it KILLs them: gateway_port_forward may be in
+# a kubectl call (at most --request-timeout=5s) and ends its own port-forward once that returns.
+EXIT_KILL_GRACE=8
 
 # on_exit WHAT: the EXIT trap of up.sh and e2e.sh (`trap 'on_exit up' EXIT`). Ends the processes
 # in EXIT_KILL_PIDS; on a non-zero exit, says WHAT failed and collects the logs into $WORK/logs.
 # Exits with the script's own status.
 on_exit() {
-  local rc=$? pid
+  local rc=$? pid alive deadline
   for pid in $EXIT_KILL_PIDS; do
     kill "$pid" 2>/dev/null || true
   done
-  # A TERM that lands while the background job's shell is still starting its command can be
-  # lost (seen with bash 5): after a short grace, KILL whatever is left.
+  # Each gets EXIT_KILL_GRACE seconds to end (and end its own children), then whatever is left
+  # is KILLed: a TERM that lands while the background job's shell is still starting its command
+  # can be lost (seen with bash 5). The shell reaps its ended children between the polls, so
+  # `kill -0` fails once one has ended.
   if [ -n "$EXIT_KILL_PIDS" ]; then
-    sleep 0.2
+    deadline=$((SECONDS + EXIT_KILL_GRACE))
+    while :; do
+      alive=""
+      for pid in $EXIT_KILL_PIDS; do
+        if kill -0 "$pid" 2>/dev/null; then alive="$pid"; fi
+      done
+      if [ -z "$alive" ] || [ "$SECONDS" -ge "$deadline" ]; then break; fi
+      sleep 0.1
+    done
     for pid in $EXIT_KILL_PIDS; do
       kill -KILL "$pid" 2>/dev/null || true
     done
@@ -210,6 +224,162 @@ gateway_runs_filter() {
   done
 }
 
+# service_target_port SERVICE_PORT: the container port behind port SERVICE_PORT of the ingress
+# gateway's Service (Istio's chart: 443 -> 8443, 80 -> 8080; the gateway runs unprivileged). A
+# port-forward to a pod names the pod's port, not the Service's.
+service_target_port() {
+  local port
+  port="$(kube --request-timeout=5s -n istio-system get svc istio-ingressgateway \
+    -o "jsonpath={.spec.ports[?(@.port==$1)].targetPort}")" || return 1
+  [ -n "$port" ] || { log "the istio-ingressgateway Service has no port $1"; return 1; }
+  printf '%s\n' "$port"
+}
+
+# ready_gateway_pod: the name of an ingress gateway pod that is Ready and not terminating, or
+# nothing when there is none yet (in the middle of a rollout).
+ready_gateway_pod() {
+  local pods
+  pods="$(kube --request-timeout=5s -n istio-system get pods -l istio=ingressgateway --no-headers \
+    -o 'custom-columns=NAME:.metadata.name,DELETING:.metadata.deletionTimestamp,READY:.status.conditions[?(@.type=="Ready")].status')" ||
+    return 1
+  awk '$2 == "<none>" && $3 == "True" { print $1; exit }' <<<"$pods"
+}
+
+# gateway_port_forward HTTPS_PORT HTTP_PORT: keeps `kubectl port-forward` from localhost:HTTPS_PORT
+# and :HTTP_PORT to an ingress gateway pod's 443 and 80 running across gateway restarts. Run it in
+# the background; TERM ends it and its kubectl. Why not one `kubectl port-forward svc/...`: kubectl
+# forwards to one pod, picked when it starts, and does not follow a rollout. Once that pod is
+# gone, kubectl may go on listening while every connection fails (kubernetes/kubernetes#67059,
+# kubernetes/kubectl#686), and a client could never come back. So this forwards to a pod by name
+# and watches it: when that pod no longer exists, or kubectl exited, it starts a new forward to a
+# Ready gateway pod that is not terminating. A terminating pod keeps its forward until it is
+# gone: the connections on it live until its Envoy exits after draining, as they would behind a
+# real load balancer, and a connection opened to it meanwhile fails and is retried.
+gateway_port_forward() {
+  local https="$1" http="$2" pod="" pf="" nap="" tls_target plain_target present
+  # `wait` returns at once on a trapped signal (a foreground command would first run to its end).
+  trap 'kill $pf $nap 2>/dev/null || true; exit 0' TERM INT
+  tls_target="$(service_target_port 443)" || return 1
+  plain_target="$(service_target_port 80)" || return 1
+  while :; do
+    if [ -n "$pf" ]; then
+      if ! kill -0 "$pf" 2>/dev/null; then
+        log "port-forward to $pod exited"
+        wait "$pf" 2>/dev/null || true
+        pf=""
+      # --ignore-not-found: nothing printed, and success, only when the pod does not exist; a
+      # failed lookup (API server busy) keeps the forward.
+      elif present="$(kube --request-timeout=5s -n istio-system get pod "$pod" --ignore-not-found -o name)" &&
+        [ -z "$present" ]; then
+        log "gateway pod $pod is gone: ending its port-forward"
+        kill "$pf" 2>/dev/null || true
+        wait "$pf" 2>/dev/null || true
+        pf=""
+      fi
+    fi
+    if [ -z "$pf" ]; then
+      pod="$(ready_gateway_pod)" || pod=""
+      if [ -n "$pod" ]; then
+        # kubectl itself in the background (not the kube function), so that $! is its pid.
+        kubectl --context "$KCTX" -n istio-system port-forward "pod/$pod" \
+          "${https}:${tls_target}" "${http}:${plain_target}" &
+        pf=$!
+        log "port-forward localhost:${https},${http} -> $pod (pid $pf)"
+      fi
+    fi
+    sleep 1 &
+    nap=$!
+    wait "$nap" || true
+    nap=""
+  done
+}
+
+# shown FILE: FILE's last lines for a log message, non-printable bytes as `?` (ssh's stderr
+# carries the remote side's too).
+shown() {
+  tail -n 20 "$1" | cut -c 1-200 | tr -c '[:print:]\n' '?'
+}
+
+# counts_once FILE COUNT: FILE holds the lines 1..COUNT, each once and in order, as a loop
+# printing a counter writes when nothing was lost or delivered twice. Otherwise prints the first
+# line that is not what it should be (non-printable bytes shown as `?`), or how many lines there
+# are, and fails.
+counts_once() {
+  awk -v n="$2" '
+    $0 != NR "" {
+      line = substr($0, 1, 80)
+      gsub(/[^[:print:]]/, "?", line)
+      printf "line %d is \"%s\", want %d: a number lost, repeated or garbled\n", NR, line, NR
+      bad = 1
+      exit
+    }
+    END {
+      if (!bad && NR != n) { printf "%d lines, want %d\n", NR, n; bad = 1 }
+      exit bad
+    }' "$1"
+}
+
+# lines_at_least FILE N: FILE has N lines or more (a wait_for condition).
+lines_at_least() {
+  local have
+  have="$(wc -l <"$1")"
+  [ "$have" -ge "$2" ] || { echo "$1 has $have line(s), want $2"; return 1; }
+}
+
+# has_ended PID: the process is gone (a wait_for condition; the shell reaps its ended children).
+has_ended() {
+  if kill -0 "$1" 2>/dev/null; then echo "pid $1 still running"; return 1; fi
+}
+
+# restart_gateway_during_session COUNT SSH_COMMAND...: the headline of resumable sessions.
+# SSH_COMMAND (ssh through `wsgate proxy` and the gateway, its destination included) runs a loop
+# on the test pod printing 1..COUNT, one a second. Once the first numbers are through, the
+# ingress gateway is restarted (`kubectl rollout restart`) and the rollout awaited. The old
+# gateway pod drains for Istio's terminationDrainDuration (5 s by default, well inside the pod's
+# 30 s termination grace), then its Envoy exits and closes the session's WebSocket; `wsgate proxy`
+# reconnects through the new pod (gateway_port_forward follows it), the sidecar, which had parked
+# the connection to sshd, replays what was lost, and ssh sees a pause. Passes when ssh exits 0,
+# its output holds every number exactly once, and the client said it resumed; if it never did,
+# the restart never reached the session and nothing was shown, which fails too. Output and
+# ssh's stderr (the client's lines) stay in $WORK/restart-session.{out,err}.
+restart_gateway_during_session() {
+  local count="$1" out="$WORK/restart-session.out" err="$WORK/restart-session.err" pid rc=0 wrong
+  shift
+  : >"$out"
+  : >"$err"
+  "$@" "for i in \$(seq 1 $count); do echo \$i; sleep 1; done" >"$out" 2>"$err" </dev/null &
+  pid=$!
+  EXIT_KILL_PIDS="$EXIT_KILL_PIDS $pid"
+  if ! wait_for 120 "the first numbers of the loop through the gateway" lines_at_least "$out" 3; then
+    log "ssh's stderr: $(shown "$err")"
+    return 1
+  fi
+  log "restarting the ingress gateway while the session prints its counter"
+  # `|| return 1`: the caller may run this where `set -e` does not apply (an `if`, a `||`).
+  kube -n istio-system rollout restart deploy/istio-ingressgateway || return 1
+  kube -n istio-system rollout status deploy/istio-ingressgateway --timeout=240s || return 1
+  # The loop's own length, then up to the client's --resume-timeout (3 min) for a late resume.
+  if ! wait_for $((count + 200)) "the ssh session to end with its loop" has_ended "$pid"; then
+    log "ssh's stderr: $(shown "$err")"
+    return 1
+  fi
+  wait "$pid" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    log "ssh exited $rc through the gateway restart; its stderr: $(shown "$err")"
+    return 1
+  fi
+  if ! wrong="$(counts_once "$out" "$count")"; then
+    log "the session's output changed across the gateway restart: $wrong"
+    return 1
+  fi
+  if ! grep -F "wsgate: resumed after" "$err" >/dev/null; then
+    log "the session was never interrupted: the gateway restart did not reach it, so it proved nothing"
+    log "ssh's stderr: $(shown "$err")"
+    return 1
+  fi
+  log "the loop never noticed: $count numbers, each once ($(grep -F "wsgate: resumed after" "$err" | head -n 1))"
+}
+
 # Everything a failed run needs to be understood, into $WORK/logs: the ingress gateway (logs,
 # the filter's stats, its Envoy config), istiod, the test pod (sshd + sidecar), events, pods,
 # the WasmPlugin's status, the registry's catalogue, and the rendered files. Every step is best
@@ -238,7 +408,8 @@ collect_logs() {
   docker ps -a >"$out/docker-ps.txt" 2>&1 || true
   # The rendered inputs, without the private keys.
   local f
-  for f in kind.yaml hosts.toml istio-e2e.yaml local-registry-hosting.yaml port-forward.log; do
+  for f in kind.yaml hosts.toml istio-e2e.yaml local-registry-hosting.yaml port-forward.log \
+    restart-session.out restart-session.err; do
     if [ -f "$WORK/$f" ]; then cp "$WORK/$f" "$out/" || true; fi
   done
   if [ -d "$WORK/overlay" ]; then cp -r "$WORK/overlay" "$out/" || true; fi

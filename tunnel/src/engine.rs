@@ -7,6 +7,10 @@
 //! Back-pressure instead of queues: nothing more is read from the peer until the session bytes
 //! of the last read are written to the local side (and while the peer's queue of replies is
 //! full), and nothing more from the local side until the frames queued for the peer are out.
+//!
+//! With resumption on, a [`Session`] (the local side, the timers and the replay buffer) outlives
+//! its connections: [`Session::run_leg`] runs one leg, and a leg that is lost rather than closed
+//! leaves the local side as it was, for the next leg to go on from (see `docs/resume.md`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,7 +26,8 @@ use wsgate_proto::wsframe::Opcode;
 
 use crate::inbound::{Event, FromPeer, Piece, Stop};
 use crate::outbound::Framer;
-use crate::reason::{CloseFrame, Reason};
+use crate::reason::{CloseFrame, Reason, Violation};
+use crate::replay::Replay;
 use crate::writer::{Writer, MAX_SLICES};
 
 /// How long the frames still queued at the end (the close frame last) and the session bytes
@@ -36,6 +41,14 @@ pub const LINGER: Duration = Duration::from_secs(2);
 
 /// Unanswered SkyPilot pings remembered at most (SkyPilot's client uses the same bound).
 const MAX_PENDING_PINGS: usize = 100;
+
+/// With resumption on, received bytes are acknowledged once this many are unacknowledged...
+const ACK_EVERY: u64 = 128 << 10;
+
+/// ... or this long after the first unacknowledged one: few enough acknowledgements not to cost
+/// a bulk transfer anything measurable, soon enough that an interactive session's replay
+/// buffer holds a few keystrokes.
+const ACK_DELAY: Duration = Duration::from_millis(20);
 
 /// Which end of the WebSocket this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +97,28 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// End after this long regardless.
     pub max_age: Option<Duration>,
+    /// Resumption (negotiated in the handshake): `None` is a session that ends with its
+    /// connection.
+    pub resume: Option<ResumeConfig>,
+}
+
+/// Resumption's settings.
+#[derive(Debug, Clone)]
+pub struct ResumeConfig {
+    /// Sent bytes kept until the peer acknowledges them, at most: at the bound the local side
+    /// is not read until acknowledgements come (one local read may go over it).
+    pub replay_buffer: usize,
+}
+
+/// Which connection of a session a leg is.
+#[derive(Debug, Clone)]
+pub enum Leg {
+    /// The first; `greeting` is a control message sent before anything else (the sidecar's
+    /// `session <id> <secret>`).
+    First { greeting: Option<String> },
+    /// A resumed one: `resume <received>` goes first, and no new data goes until the peer's
+    /// `resume <n>` came and what it lacks is replayed.
+    Resumed,
 }
 
 /// What the engine reports to, and asks of, the end that runs it.
@@ -94,9 +129,16 @@ pub trait Hooks: Send + Sync {
     fn local_to_peer(&self, _bytes: u64) {}
     /// A measured round trip, in milliseconds (SkyPilot's latency frames and pings).
     fn latency_ms(&self, _ms: u64) {}
-    /// The close frame to send for this reason (`None`: none). Asked once per session: when it
+    /// The close frame to send for this reason (`None`: none). Asked once per leg: when it
     /// ends, or (client role) when the local input ends, with [`Reason::LocalClosed`].
     fn close_frame(&self, why: &Reason) -> Option<CloseFrame>;
+    /// A control message the engine does not handle itself (it handles `ack` and `resume`):
+    /// the client's `session <id> <secret>`. `false`: unknown, a protocol violation.
+    fn control(&self, _msg: &str) -> bool {
+        false
+    }
+    /// A resumed leg replayed this many of our bytes to the peer.
+    fn replayed(&self, _bytes: u64) {}
 }
 
 /// How a session ended.
@@ -108,6 +150,10 @@ pub struct Ended {
     pub framing: Option<Framing>,
     /// The local input had ended first (client role: our close was sent then).
     pub input_ended: bool,
+    /// Only the leg ended, not the session: resumption is on and the connection broke (no close
+    /// handshake, the keepalive, the peer's 1001, or [`Reason::Superseded`]). The local side is
+    /// as it was: run another leg, or [`Session::close`] it.
+    pub lost: bool,
 }
 
 /// Runs a session to its end. `peer` is the WebSocket's connection after the handshake, and
@@ -117,7 +163,7 @@ pub struct Ended {
 pub async fn run<P, I, O, S>(
     peer: P,
     read_ahead: BytesMut,
-    mut input: I,
+    input: I,
     output: O,
     config: &Config,
     hooks: &dyn Hooks,
@@ -129,65 +175,191 @@ where
     O: AsyncWrite + Unpin,
     S: Future<Output = ()>,
 {
-    let (mut peer_rd, peer_wr) = tokio::io::split(peer);
-    let framing = match (config.role, config.framing) {
-        (Role::Server, None) => Some(Framing::Raw),
-        (_, framing) => framing,
-    };
-    let now = Instant::now();
-    let idle = config.idle_timeout;
-    let mut t = Tunnel {
-        config,
-        hooks,
-        from_peer: FromPeer::new(read_ahead, framing),
-        input: BytesMut::new(),
-        framer: Framer::new(config.role),
-        to_peer: Writer::new(peer_wr),
-        to_local: Writer::new(output),
-        reported: 0,
-        timers: Timers {
-            ping: config.ping_interval.filter(|p| !p.is_zero()),
-            ping_at: None,
-            age_at: config.max_age.map(|m| now + m),
-            idle,
-            idle_at: idle.map(|i| now + i),
-            last_activity: now,
-            linger_at: None,
-        },
-        keepalive: Keepalive::default(),
-        input_ended: false,
-    };
-    t.timers.ping_at = t.timers.ping.map(|p| now + p);
-    let reason = t.pump(&mut peer_rd, &mut input, pin!(shutdown)).await;
-    t.finish(&reason).await;
-    Ended {
-        reason,
-        framing: t.from_peer.framing,
-        input_ended: t.input_ended,
+    let mut session = Session::new(input, output, config);
+    let first = Leg::First { greeting: None };
+    let ended = session
+        .run_leg(
+            peer,
+            read_ahead,
+            first,
+            config,
+            hooks,
+            shutdown,
+            std::future::pending(),
+        )
+        .await;
+    if ended.lost {
+        session.close(hooks).await;
+    }
+    ended
+}
+
+/// One session's local side, its limits' clocks and (resumption on) its replay buffer: what
+/// outlives a connection.
+pub struct Session<I, O> {
+    role: Role,
+    input: I,
+    /// The local input is read into this, behind room for a frame header.
+    input_buf: BytesMut,
+    /// Frames what goes to the peer (masked in the client role); its room is `input_buf`'s.
+    framer: Framer,
+    /// Session bytes for the local side, ranges of the peer's read buffers.
+    to_local: Writer<O>,
+    /// Of `to_local`'s bytes, those already reported to [`Hooks::peer_to_local`].
+    reported: u64,
+    timers: Timers,
+    /// The local input ended (client role): nothing more is read from it, and our close is
+    /// out.
+    input_ended: bool,
+    /// Resumption on: what was sent and not acknowledged, and the counts.
+    replay: Option<Replay>,
+    /// The local side is finished (the session ended for good).
+    closed: bool,
+}
+
+impl<I, O> Session<I, O>
+where
+    I: AsyncRead + Unpin,
+    O: AsyncWrite + Unpin,
+{
+    pub fn new(input: I, output: O, config: &Config) -> Self {
+        let now = Instant::now();
+        let idle = config.idle_timeout;
+        Session {
+            role: config.role,
+            input,
+            input_buf: BytesMut::new(),
+            framer: Framer::new(config.role),
+            to_local: Writer::new(output),
+            reported: 0,
+            timers: Timers {
+                ping: None,
+                ping_at: None,
+                age_at: config.max_age.map(|m| now + m),
+                idle,
+                idle_at: idle.map(|i| now + i),
+                last_activity: now,
+                linger_at: None,
+                ack_at: None,
+            },
+            input_ended: false,
+            replay: config.resume.as_ref().map(|r| Replay::new(r.replay_buffer)),
+            closed: false,
+        }
+    }
+
+    /// Session bytes received from the peer, in all legs (resumption on; else 0).
+    pub fn received(&self) -> u64 {
+        self.replay.as_ref().map_or(0, Replay::received)
+    }
+
+    /// Session bytes sent to the peer, in all legs (resumption on; else 0).
+    pub fn sent(&self) -> u64 {
+        self.replay.as_ref().map_or(0, Replay::sent)
+    }
+
+    /// Runs one leg over `peer` (`read_ahead`: what the handshake read past its end) until the
+    /// session ends or the leg is lost ([`Ended::lost`]). `shutdown` resolving ends the session
+    /// for good; `takeover` resolving ends only this leg, as lost ([`Reason::Superseded`]).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run_leg<P, S, T>(
+        &mut self,
+        peer: P,
+        read_ahead: BytesMut,
+        leg: Leg,
+        config: &Config,
+        hooks: &dyn Hooks,
+        shutdown: S,
+        takeover: T,
+    ) -> Ended
+    where
+        P: AsyncRead + AsyncWrite + Unpin,
+        S: Future<Output = ()>,
+        T: Future<Output = ()>,
+    {
+        let (mut peer_rd, peer_wr) = tokio::io::split(peer);
+        let framing = match (config.role, config.framing) {
+            (Role::Server, None) => Some(Framing::Raw),
+            (_, framing) => framing,
+        };
+        let now = Instant::now();
+        let timers = &mut self.timers;
+        timers.ping = config.ping_interval.filter(|p| !p.is_zero());
+        timers.ping_at = timers.ping.map(|p| now + p);
+        timers.linger_at = None;
+        timers.ack_at = None;
+        let control = self.replay.is_some();
+        let mut t = Tunnel {
+            config,
+            hooks,
+            from_peer: FromPeer::new(read_ahead, framing, control),
+            to_peer: Writer::new(peer_wr),
+            keepalive: Keepalive::default(),
+            awaiting_resume: false,
+            s: self,
+        };
+        match leg {
+            Leg::First { greeting: Some(g) } => t.send_control(&g),
+            Leg::First { greeting: None } => {}
+            Leg::Resumed => {
+                if let Some(r) = &mut t.s.replay {
+                    let n = r.take_ack();
+                    t.awaiting_resume = true;
+                    t.send_control(&format!("resume {n}"));
+                }
+            }
+        }
+        let reason = t.pump(&mut peer_rd, pin!(shutdown), pin!(takeover)).await;
+        let lost = t.is_lost(&reason);
+        t.finish(&reason, lost).await;
+        let framing = t.from_peer.framing;
+        if !lost {
+            self.closed = true;
+        }
+        Ended {
+            reason,
+            framing,
+            input_ended: self.input_ended,
+            lost,
+        }
+    }
+
+    /// Writes what is still queued for the local side (while no leg runs). Cancel-safe.
+    pub async fn flush_local(&mut self) -> io::Result<()> {
+        self.to_local.flush().await
+    }
+
+    /// Ends the session for good after a lost leg: what is queued for the local side is
+    /// written and (server role) the local side shut down, each within [`CLOSE_WAIT`].
+    pub async fn close(mut self, hooks: &dyn Hooks) {
+        if self.closed {
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.to_local.flush()).await;
+        let written = self.to_local.written();
+        if written > self.reported {
+            hooks.peer_to_local(written - self.reported);
+        }
+        if self.role == Role::Server {
+            let _ = tokio::time::timeout(CLOSE_WAIT, self.to_local.shutdown()).await;
+        }
     }
 }
 
-struct Tunnel<'a, P, O> {
+struct Tunnel<'a, P, I, O> {
     config: &'a Config,
     /// Where bytes and latency are reported, and close frames chosen.
     hooks: &'a dyn Hooks,
     /// The peer's frames as they are read, and where their stream stands.
     from_peer: FromPeer,
-    /// The local input is read into this, behind room for a frame header.
-    input: BytesMut,
-    /// Frames what goes to the peer (masked in the client role).
-    framer: Framer,
     /// Whole frames for the peer, in order.
     to_peer: Writer<WriteHalf<P>>,
-    /// Session bytes for the local side, ranges of the peer's read buffer.
-    to_local: Writer<O>,
-    /// Of `to_local`'s bytes, those already reported to [`Hooks::peer_to_local`].
-    reported: u64,
-    timers: Timers,
     keepalive: Keepalive,
-    /// The local input ended (client role): nothing more is read from it, and our close is
-    /// out.
-    input_ended: bool,
+    /// A resumed leg before the peer's `resume <n>`: no new data goes out until the peer's
+    /// missing bytes are queued.
+    awaiting_resume: bool,
+    /// What outlives the leg.
+    s: &'a mut Session<I, O>,
 }
 
 /// Deadlines, each `None` when it does not apply; one sleep waits for the earliest.
@@ -204,14 +376,22 @@ struct Timers {
     last_activity: Instant,
     /// When the client role stops waiting for the server's close.
     linger_at: Option<Instant>,
+    /// When received bytes are next acknowledged (resumption on).
+    ack_at: Option<Instant>,
 }
 
 impl Timers {
     fn next(&self) -> Option<Instant> {
-        [self.ping_at, self.age_at, self.idle_at, self.linger_at]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.ping_at,
+            self.age_at,
+            self.idle_at,
+            self.linger_at,
+            self.ack_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn touch(&mut self) {
@@ -237,29 +417,30 @@ struct Keepalive {
     pending: HashMap<u32, Instant>,
 }
 
-impl<P, O> Tunnel<'_, P, O>
+impl<P, I, O> Tunnel<'_, P, I, O>
 where
     P: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + Unpin,
     O: AsyncWrite + Unpin,
 {
-    /// Moves bytes both ways until something ends the session.
-    async fn pump<R, I, S>(
+    /// Moves bytes both ways until something ends the session or the leg.
+    async fn pump<R, S, T>(
         &mut self,
         peer: &mut R,
-        input: &mut I,
         mut shutdown: Pin<&mut S>,
+        mut takeover: Pin<&mut T>,
     ) -> Reason
     where
         R: AsyncRead + Unpin,
-        I: AsyncRead + Unpin,
         S: Future<Output = ()>,
+        T: Future<Output = ()>,
     {
         let mut sleep = pin!(tokio::time::sleep(Duration::ZERO));
         let mut armed = None;
         loop {
             self.report_local();
             // Frames already buffered are taken before anything more is read.
-            let peer_side_free = self.to_local.is_idle() && self.to_peer.queued() < MAX_SLICES;
+            let peer_side_free = self.s.to_local.is_idle() && self.to_peer.queued() < MAX_SLICES;
             if self.from_peer.want.is_none() && peer_side_free {
                 if let Err(r) = self.take_frames() {
                     return r;
@@ -272,15 +453,18 @@ where
             } else {
                 0
             };
-            let read_input = !self.input_ended
+            let read_input = !self.s.input_ended
                 && self.from_peer.framing.is_some()
                 && !self.to_peer.is_closed()
-                && self.to_peer.is_idle();
+                && self.to_peer.is_idle()
+                && !self.awaiting_resume
+                && !self.s.replay.as_ref().is_some_and(Replay::full);
             if read_input {
-                self.framer
-                    .prepare(&mut self.input, self.config.local_read_size);
+                self.s
+                    .framer
+                    .prepare(&mut self.s.input_buf, self.config.local_read_size);
             }
-            let deadline = self.timers.next();
+            let deadline = self.s.timers.next();
             if deadline != armed {
                 if let Some(at) = deadline {
                     sleep.as_mut().reset(at);
@@ -289,6 +473,7 @@ where
             }
             tokio::select! {
                 () = shutdown.as_mut() => return Reason::Shutdown,
+                () = takeover.as_mut() => return Reason::Superseded,
                 () = sleep.as_mut(), if armed.is_some() => {
                     armed = None;
                     if let Err(r) = self.on_timers() {
@@ -300,7 +485,7 @@ where
                         return Reason::PeerWriteFailed(e);
                     }
                 }
-                r = self.to_local.flush(), if !self.to_local.is_idle() => {
+                r = self.s.to_local.flush(), if !self.s.to_local.is_idle() => {
                     if let Err(e) = r {
                         return Reason::LocalWriteFailed(e);
                     }
@@ -310,7 +495,11 @@ where
                     Ok(_) => self.from_peer.want = None,
                     Err(e) => return Reason::PeerReadFailed(e),
                 },
-                r = read_chunk(input, &mut self.input, self.config.local_read_size), if read_input => {
+                r = read_chunk(
+                    &mut self.s.input,
+                    &mut self.s.input_buf,
+                    self.config.local_read_size,
+                ), if read_input => {
                     if let Err(r) = self.on_input(r) {
                         return r;
                     }
@@ -330,11 +519,17 @@ where
         } else {
             self.from_peer.buf.split_to(at).freeze()
         };
+        let mut got = 0;
         for piece in self.from_peer.pieces.drain(..) {
-            self.to_local.push(match piece {
+            let piece = match piece {
                 Piece::Range(r) => taken.slice(r),
                 Piece::Whole(b) => b,
-            });
+            };
+            got += piece.len();
+            self.s.to_local.push(piece);
+        }
+        if got > 0 {
+            self.received(got);
         }
         let mut events = std::mem::take(&mut self.from_peer.events);
         let handled = events.drain(..).try_for_each(|e| self.on_event(e, &taken));
@@ -345,8 +540,9 @@ where
             Stop::Full => {}
             Stop::End(r) => return Err(r),
         }
-        if !self.to_local.is_idle() {
-            self.to_local
+        if !self.s.to_local.is_idle() {
+            self.s
+                .to_local
                 .try_flush()
                 .map_err(Reason::LocalWriteFailed)?;
         }
@@ -358,8 +554,8 @@ where
 
     fn on_event(&mut self, event: Event, taken: &Bytes) -> Result<(), Reason> {
         let frame = match event {
-            Event::Ping(payload) => self.framer.control(Opcode::Pong, &taken[payload]),
-            Event::Echo(ping) => self.framer.control(Opcode::Binary, &ping),
+            Event::Ping(payload) => self.s.framer.control(Opcode::Pong, &taken[payload]),
+            Event::Echo(ping) => self.s.framer.control(Opcode::Binary, &ping),
             Event::Pong => {
                 self.keepalive.missed = 0;
                 return Ok(());
@@ -375,8 +571,9 @@ where
                 self.keepalive.missed = 0;
                 let ms = sent.elapsed().as_millis() as u64;
                 self.hooks.latency_ms(ms);
-                self.framer.control(Opcode::Binary, &latency_frame(ms))
+                self.s.framer.control(Opcode::Binary, &latency_frame(ms))
             }
+            Event::Control(msg) => return self.on_control(&msg),
         };
         self.to_peer.push(frame.map_err(Reason::PeerWriteFailed)?);
         Ok(())
@@ -390,30 +587,35 @@ where
             // ssh closing our stdin is its session ending: our close goes out, and the
             // server's is waited for, briefly.
             (Ok(0) | Err(_), Role::Client) => {
-                self.input_ended = true;
+                self.s.input_ended = true;
                 self.send_close(&Reason::LocalClosed);
-                self.timers.linger_at = Some(Instant::now() + LINGER);
+                self.s.timers.linger_at = Some(Instant::now() + LINGER);
                 return Ok(());
             }
             (Ok(n), _) => n,
         };
         let framing = self.from_peer.framing.unwrap_or(Framing::Raw);
-        self.framer
+        let s = &mut *self.s;
+        s.framer
             .data(
-                &mut self.input,
+                &mut s.input_buf,
                 framing,
                 self.config.max_frame,
                 &mut self.to_peer,
+                s.replay.as_mut(),
             )
             .map_err(Reason::PeerWriteFailed)?;
         self.hooks.local_to_peer(n as u64);
-        self.timers.touch();
+        self.s.timers.touch();
         self.to_peer.try_flush().map_err(Reason::PeerWriteFailed)
     }
 
     fn on_timers(&mut self) -> Result<(), Reason> {
         let now = Instant::now();
-        let t = &mut self.timers;
+        if self.s.timers.ack_at.is_some_and(|at| now >= at) {
+            self.send_ack();
+        }
+        let t = &mut self.s.timers;
         if t.age_at.is_some_and(|at| now >= at) {
             return Err(Reason::MaxAge);
         }
@@ -465,9 +667,11 @@ where
                     ka.pending.clear();
                 }
                 ka.pending.insert(ka.next_id, now);
-                self.framer.control(Opcode::Binary, &ping_frame(ka.next_id))
+                self.s
+                    .framer
+                    .control(Opcode::Binary, &ping_frame(ka.next_id))
             }
-            _ => self.framer.control(Opcode::Ping, &[]),
+            _ => self.s.framer.control(Opcode::Ping, &[]),
         };
         self.to_peer.push(ping.map_err(Reason::PeerWriteFailed)?);
         Ok(())
@@ -479,7 +683,7 @@ where
             return;
         }
         if let Some(c) = self.hooks.close_frame(why) {
-            if let Ok(frame) = self.framer.close(c.code, &c.reason) {
+            if let Ok(frame) = self.s.framer.close(c.code, &c.reason) {
                 self.to_peer.push_close(frame);
             }
         }
@@ -487,24 +691,111 @@ where
 
     /// Reports the session bytes the local side took since the last report.
     fn report_local(&mut self) {
-        let written = self.to_local.written();
-        if written > self.reported {
-            self.hooks.peer_to_local(written - self.reported);
-            self.reported = written;
-            self.timers.touch();
+        let s = &mut *self.s;
+        let written = s.to_local.written();
+        if written > s.reported {
+            self.hooks.peer_to_local(written - s.reported);
+            s.reported = written;
+            s.timers.touch();
         }
+    }
+
+    /// Session bytes from the peer queued for the local side: acknowledged now if enough are
+    /// unacknowledged, else soon.
+    fn received(&mut self, bytes: usize) {
+        let Some(r) = &mut self.s.replay else {
+            return;
+        };
+        r.got(bytes);
+        if r.unacknowledged() >= ACK_EVERY {
+            self.send_ack();
+        } else if self.s.timers.ack_at.is_none() {
+            self.s.timers.ack_at = Some(Instant::now() + ACK_DELAY);
+        }
+    }
+
+    /// `ack <received>`, if anything is unacknowledged.
+    fn send_ack(&mut self) {
+        self.s.timers.ack_at = None;
+        match &mut self.s.replay {
+            Some(r) if r.unacknowledged() > 0 => {
+                let n = r.take_ack();
+                self.send_control(&format!("ack {n}"));
+            }
+            _ => {}
+        }
+    }
+
+    /// A control message, as a text frame.
+    fn send_control(&mut self, msg: &str) {
+        if let Ok(frame) = self.s.framer.control(Opcode::Text, msg.as_bytes()) {
+            self.to_peer.push(frame);
+        }
+    }
+
+    /// A control message from the peer: `ack <n>` and `resume <n>` are the engine's; others go
+    /// to the hooks.
+    fn on_control(&mut self, msg: &[u8]) -> Result<(), Reason> {
+        let bad = || Reason::from(Violation::Control(text_of(msg)));
+        let msg = std::str::from_utf8(msg).map_err(|_| bad())?;
+        let replay = self.s.replay.as_mut().ok_or_else(bad)?;
+        match msg.split_once(' ') {
+            Some(("ack", n)) if !self.awaiting_resume => {
+                replay.ack(count(n).ok_or_else(bad)?)?;
+            }
+            Some(("resume", n)) if self.awaiting_resume => {
+                let n = count(n).ok_or_else(bad)?;
+                let missing = replay.replay_from(n)?;
+                let replayed: usize = missing.iter().map(Bytes::len).sum();
+                let max = self.config.max_frame.max(1);
+                for chunk in missing {
+                    for at in (0..chunk.len()).step_by(max) {
+                        let piece = &chunk[at..chunk.len().min(at + max)];
+                        let frame = self
+                            .s
+                            .framer
+                            .control(Opcode::Binary, piece)
+                            .map_err(Reason::PeerWriteFailed)?;
+                        self.to_peer.push(frame);
+                    }
+                }
+                self.awaiting_resume = false;
+                self.hooks.replayed(replayed as u64);
+            }
+            _ if self.hooks.control(msg) => {}
+            _ => return Err(bad()),
+        }
+        Ok(())
+    }
+
+    /// The leg ended but the session goes on: resumption is on, nothing deliberate ended it
+    /// (ssh's stdin closing, the target closing, a limit, a close frame other than 1001), and
+    /// the connection is what failed.
+    fn is_lost(&self, reason: &Reason) -> bool {
+        self.s.replay.is_some()
+            && !self.s.input_ended
+            && match reason {
+                Reason::PeerEof
+                | Reason::PeerReadFailed(_)
+                | Reason::PeerWriteFailed(_)
+                | Reason::KeepaliveTimeout
+                | Reason::Superseded => true,
+                Reason::PeerClosed(Some(f)) => f.code == 1001,
+                _ => false,
+            }
     }
 
     /// After the end: what is queued goes out (the close frame last, if any), then both
     /// connections are shut down; each step bounded by [`CLOSE_WAIT`], so a peer or local side
     /// that is not reading delays the end by at most twice that.
-    async fn finish(&mut self, reason: &Reason) {
+    /// A lost leg (`lost`) finishes the peer's side only: the local side stays as it is.
+    async fn finish(&mut self, reason: &Reason, lost: bool) {
         let peer_gone = reason.peer_is_gone();
         if !peer_gone {
             self.send_close(reason);
         }
         let local_ok = !matches!(reason, Reason::LocalWriteFailed(_));
-        let (to_peer, to_local) = (&mut self.to_peer, &mut self.to_local);
+        let (to_peer, to_local) = (&mut self.to_peer, &mut self.s.to_local);
         let _ = tokio::time::timeout(CLOSE_WAIT, async {
             tokio::join!(
                 async {
@@ -522,8 +813,8 @@ where
         .await;
         self.report_local();
         // Shutting a socket down does not wait for the peer, but a generic writer might.
-        let shut_local = self.config.role == Role::Server;
-        let (to_peer, to_local) = (&mut self.to_peer, &mut self.to_local);
+        let shut_local = self.config.role == Role::Server && !lost;
+        let (to_peer, to_local) = (&mut self.to_peer, &mut self.s.to_local);
         let _ = tokio::time::timeout(CLOSE_WAIT, async {
             let _ = to_peer.shutdown().await;
             if shut_local {
@@ -532,6 +823,21 @@ where
         })
         .await;
     }
+}
+
+/// A count in a control message: decimal digits only.
+fn count(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// A control message as shown in an error: escaped, and only its first word (a `session`
+/// message's secret is never shown).
+fn text_of(msg: &[u8]) -> String {
+    let word = msg.split(|&b| b == b' ').next().unwrap_or_default();
+    wsgate_proto::text::escape(&String::from_utf8_lossy(word)).into_owned()
 }
 
 /// Appends at most `max` bytes from `rd` to `buf` (cancel-safe: nothing is read if dropped).

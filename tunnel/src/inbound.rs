@@ -22,6 +22,8 @@ pub(crate) struct FromPeer {
     pub want: Option<usize>,
     /// `None` until the peer's first message tells it (client role).
     pub framing: Option<Framing>,
+    /// Resumption is on: text messages are control messages (`ack`, `resume`, `session`).
+    control: bool,
     /// The message that continuation frames extend.
     msg: Message,
     /// A data frame being passed on as its payload arrives.
@@ -51,6 +53,8 @@ pub(crate) enum Event {
     Latency(u64),
     /// Our SkyPilot ping with this id came back (client role).
     Answer(u32),
+    /// A control message (a text message, with resumption on).
+    Control(Vec<u8>),
 }
 
 /// Why a pass over the buffer stopped.
@@ -75,6 +79,15 @@ enum Next {
     Need(usize),
 }
 
+/// What decides how a data-carrying frame is taken.
+#[derive(Clone, Copy)]
+struct Kind {
+    role: Role,
+    framing: Option<Framing>,
+    /// Text messages are control messages (resumption on).
+    control: bool,
+}
+
 /// A data frame whose payload goes on as it arrives.
 struct Streaming {
     mask: Option<[u8; 4]>,
@@ -97,6 +110,8 @@ enum Message {
     Gather(Vec<u8>),
     /// A text message the client role ignores.
     Skip,
+    /// A control message (resumption on), gathered whole.
+    Control(Vec<u8>),
 }
 
 /// What one data-carrying frame asks for.
@@ -109,16 +124,19 @@ enum Part {
     Pending,
     /// Ignored (a text message, client role).
     Skip,
+    /// A control message complete with this frame.
+    Control(Vec<u8>),
     /// Not session data and not all here: taken once it is whole.
     Wait,
 }
 
 impl FromPeer {
-    pub(crate) fn new(buf: BytesMut, framing: Option<Framing>) -> Self {
+    pub(crate) fn new(buf: BytesMut, framing: Option<Framing>, control: bool) -> Self {
         FromPeer {
             buf,
             want: None,
             framing,
+            control,
             msg: Message::Idle,
             streaming: None,
             pieces: Vec::new(),
@@ -174,7 +192,8 @@ impl FromPeer {
                     // Session data goes on as it arrives; anything else waits to be whole.
                     // At least the payload's first byte is here (the type byte, if any).
                     let first = [self.buf[at + from] ^ mask.map_or(0, |m| m[0])];
-                    match self.msg.frame(role, self.framing, &h, &first, false, max) {
+                    let kind = self.kind(role);
+                    match self.msg.frame(kind, &h, &first, false, max) {
                         Ok(Part::Data(skip)) => {
                             at += from + skip;
                             self.streaming = Some(Streaming {
@@ -194,14 +213,10 @@ impl FromPeer {
             at = payload.end;
             match h.opcode {
                 Opcode::Binary | Opcode::Continuation | Opcode::Text => {
-                    let part = self.msg.frame(
-                        role,
-                        self.framing,
-                        &h,
-                        &self.buf[payload.clone()],
-                        true,
-                        max,
-                    );
+                    let kind = self.kind(role);
+                    let part = self
+                        .msg
+                        .frame(kind, &h, &self.buf[payload.clone()], true, max);
                     match part {
                         Ok(Part::Data(skip)) if payload.len() > skip => self
                             .pieces
@@ -212,6 +227,7 @@ impl FromPeer {
                                 break Stop::End(r);
                             }
                         }
+                        Ok(Part::Control(m)) => self.events.push(Event::Control(m)),
                         Err(v) => break Stop::End(v.into()),
                     }
                 }
@@ -223,6 +239,14 @@ impl FromPeer {
             }
         };
         (at, stop)
+    }
+
+    fn kind(&self, role: Role) -> Kind {
+        Kind {
+            role,
+            framing: self.framing,
+            control: self.control,
+        }
     }
 
     /// A message gathered whole: a typed control message, or the first one (client role).
@@ -310,22 +334,31 @@ impl Message {
     /// arrived: then only session data is taken, anything else is left for later.
     fn frame(
         &mut self,
-        role: Role,
-        framing: Option<Framing>,
+        kind: Kind,
         h: &Header,
         payload: &[u8],
         whole: bool,
         max: u64,
     ) -> Result<Part, Violation> {
-        if role == Role::Server && h.opcode == Opcode::Text {
+        let Kind {
+            role,
+            framing,
+            control,
+        } = kind;
+        if role == Role::Server && h.opcode == Opcode::Text && !control {
             return Err(Violation::Text);
         }
         let starts = h.opcode != Opcode::Continuation;
         let part = match (std::mem::replace(self, Message::Idle), starts) {
             (Message::Idle, false) => return Err(Violation::StrayContinuation),
-            (Message::Untyped | Message::Data | Message::Gather(_) | Message::Skip, true) => {
-                return Err(Violation::Interleaved)
-            }
+            (
+                Message::Untyped
+                | Message::Data
+                | Message::Gather(_)
+                | Message::Skip
+                | Message::Control(_),
+                true,
+            ) => return Err(Violation::Interleaved),
             (Message::Data, false) => {
                 *self = Message::Data;
                 Part::Data(0)
@@ -358,6 +391,10 @@ impl Message {
                 *self = before;
                 return Ok(Part::Wait);
             }
+            (Message::Idle, true) if h.opcode == Opcode::Text && control => {
+                control_part(Vec::new(), h.fin, payload, self)?
+            }
+            (Message::Control(so_far), false) => control_part(so_far, h.fin, payload, self)?,
             (Message::Idle, true) if h.opcode == Opcode::Text => {
                 *self = Message::Skip;
                 Part::Skip
@@ -394,6 +431,30 @@ fn gather(
     }
     Ok(Part::Whole(so_far))
 }
+
+/// Adds a fragment to a control message; at its last frame, the message. Control messages are
+/// short: one over [`MAX_CONTROL`] bytes is refused.
+fn control_part(
+    mut so_far: Vec<u8>,
+    fin: bool,
+    payload: &[u8],
+    msg: &mut Message,
+) -> Result<Part, Violation> {
+    so_far.extend_from_slice(payload);
+    if so_far.len() > MAX_CONTROL {
+        return Err(Violation::Control(format!(
+            "a control message over {MAX_CONTROL} bytes"
+        )));
+    }
+    if !fin {
+        *msg = Message::Control(so_far);
+        return Ok(Part::Pending);
+    }
+    Ok(Part::Control(so_far))
+}
+
+/// The longest control message accepted (they fit in one control-sized frame).
+pub(crate) const MAX_CONTROL: usize = 125;
 
 /// A close frame's code and reason (none if it carried no code).
 fn close_frame(payload: &[u8]) -> Option<CloseFrame> {

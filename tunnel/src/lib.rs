@@ -15,6 +15,7 @@
 //! - `inbound`: peer → local, the frames of a read taken in place (no I/O).
 //! - `outbound`: local → peer, a local read framed in place (no I/O).
 //! - `writer`: a connection's cancel-safe, vectored write queue.
+//! - `replay`: resumption's bookkeeping: the bytes sent and not acknowledged, and the counts.
 //!
 //! Nothing here logs session bytes.
 
@@ -22,10 +23,11 @@ pub mod engine;
 mod inbound;
 mod outbound;
 pub mod reason;
+mod replay;
 mod writer;
 
 #[cfg(test)]
 mod tests;
 
-pub use engine::{run, Config, Ended, Hooks, Role, CLOSE_WAIT, LINGER};
+pub use engine::{run, Config, Ended, Hooks, Leg, ResumeConfig, Role, Session, CLOSE_WAIT, LINGER};
 pub use reason::{CloseFrame, Reason, Violation};

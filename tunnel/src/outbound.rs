@@ -15,6 +15,7 @@ use wsgate_proto::wsframe::{
 };
 
 use crate::engine::Role;
+use crate::replay::Replay;
 use crate::writer::Writer;
 
 /// Room kept in front of a local read at least: the largest header and the type byte.
@@ -34,6 +35,8 @@ pub(crate) struct Framer {
     room: usize,
     /// Where each later frame's header ends in a read's header segment (reused).
     head_ends: Vec<usize>,
+    /// Each frame's key, from its payload's first byte, for the replay buffer (reused).
+    keys: Vec<Option<[u8; 4]>>,
 }
 
 impl Framer {
@@ -43,6 +46,7 @@ impl Framer {
             masks: Masks::default(),
             room: MIN_ROOM,
             head_ends: Vec::new(),
+            keys: Vec::new(),
         }
     }
 
@@ -61,13 +65,15 @@ impl Framer {
 
     /// Frames what a local read put behind the room in `buf` (set up by [`Framer::prepare`]) as
     /// binary frames of at most
-    /// `max_frame` bytes of it each (plus the type byte, typed), queued for the peer in order.
+    /// `max_frame` bytes of it each (plus the type byte, typed), queued for the peer in order;
+    /// with resumption on, the payloads are kept in `replay` too (shared, not copied).
     pub(crate) fn data<W: AsyncWrite + Unpin>(
         &mut self,
         buf: &mut BytesMut,
         framing: Framing,
         max_frame: usize,
         out: &mut Writer<W>,
+        replay: Option<&mut Replay>,
     ) -> io::Result<()> {
         let room = self.room;
         let end = buf.len();
@@ -82,10 +88,12 @@ impl Framer {
         // small segment, each beside its payload in the `writev`.
         let mut heads = BytesMut::with_capacity((end - first_end).div_ceil(max_frame) * MIN_ROOM);
         self.head_ends.clear();
+        self.keys.clear();
         let mut at = room;
         while at < end {
             let piece = at..end.min(at + max_frame);
             let mask = self.next_mask()?;
+            self.keys.push(mask.map(|m| mask_from(m, typed)));
             let (h, hl) = wsframe::header(Opcode::Binary, (piece.len() + typed) as u64, mask);
             if at == room {
                 first_from = room - typed - hl;
@@ -110,6 +118,14 @@ impl Framer {
         }
         let frames = buf.split().freeze();
         let heads = heads.freeze();
+        if let Some(replay) = replay {
+            let mut at = room;
+            for &key in &self.keys {
+                let piece_end = end.min(at + max_frame);
+                replay.sent_chunk(frames.slice(at..piece_end), key);
+                at = piece_end;
+            }
+        }
         out.push(frames.slice(first_from..first_end));
         let (mut head_at, mut at) = (0, first_end);
         for &head_end in &self.head_ends {
@@ -250,9 +266,18 @@ mod tests {
             buf.extend_from_slice(&data);
             let (w, mut r) = tokio::io::duplex(1 << 20);
             let mut out = Writer::new(w);
+            let mut replay = Replay::new(1 << 20);
             framer
-                .data(&mut buf, c.framing, c.max_frame, &mut out)
+                .data(
+                    &mut buf,
+                    c.framing,
+                    c.max_frame,
+                    &mut out,
+                    Some(&mut replay),
+                )
                 .unwrap();
+            // What the replay buffer keeps is the payload as read, however it was masked.
+            assert_eq!(replay.replay_from(0).unwrap().concat(), data);
             out.flush().await.unwrap();
             drop(out);
             let mut bytes = Vec::new();

@@ -56,6 +56,9 @@ pub enum Reason {
     /// come within [`crate::LINGER`].
     #[error("the peer did not answer our close in time")]
     Lingered,
+    /// Another connection resumed the session: this one is left (resumption on).
+    #[error("another connection resumed the session")]
+    Superseded,
 }
 
 impl Reason {
@@ -96,4 +99,8 @@ pub enum Violation {
     /// SkyPilot's redirect after the session started (client role).
     #[error("a redirect in the middle of a session")]
     LateRedirect,
+    /// A control message (resumption on) that is unknown or malformed, or a count outside the
+    /// bytes sent or kept.
+    #[error("bad control message: {0}")]
+    Control(String),
 }

@@ -5,8 +5,10 @@
 //! - `server`: the sidecar's role (a client's frames in, the target's bytes out).
 //! - `client`: `wsgate proxy`'s role (the server's frames in, stdin's bytes out).
 //! - `stuck`: a peer or local side that stops reading, in both roles: the session still ends.
+//! - `resume`: resumption, both roles against each other over a network that breaks.
 
 mod client;
+mod resume;
 mod server;
 mod stuck;
 
@@ -63,7 +65,7 @@ pub(crate) fn close_for(why: &Reason) -> Option<CloseFrame> {
     let code = match why {
         Reason::PeerClosed(f) => f.as_ref().map_or(1000, |f| f.code),
         Reason::LocalClosed | Reason::Redirected(_) => 1000,
-        Reason::Shutdown => 1001,
+        Reason::Shutdown | Reason::Superseded => 1001,
         Reason::Violation(
             Violation::Header(HeaderError::TooBig(_)) | Violation::MessageTooBig(_),
         ) => 1009,
@@ -96,6 +98,7 @@ pub(crate) fn server_config(framing: Framing) -> Config {
         max_missed_pongs: Some(2),
         idle_timeout: None,
         max_age: None,
+        resume: None,
     }
 }
 
@@ -113,6 +116,7 @@ pub(crate) fn client_config() -> Config {
         max_missed_pongs: None,
         idle_timeout: None,
         max_age: None,
+        resume: None,
     }
 }
 

@@ -1,0 +1,200 @@
+//! Resumption's bookkeeping (no I/O): the session bytes sent and not yet acknowledged, kept for
+//! a replay, and the counts both ways. The bytes are the frames' own payloads (the client
+//! role's still masked, with the key that unmasks them), so keeping them costs no copy; only a
+//! replay copies.
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes};
+use wsgate_proto::wsframe::{apply_mask, mask_from};
+
+use crate::reason::Violation;
+
+/// Unacknowledged session bytes, and where both directions stand.
+#[derive(Debug)]
+pub(crate) struct Replay {
+    /// Unacknowledged bytes kept at most before the local side stops being read.
+    cap: u64,
+    /// Sent and unacknowledged, in order: `sent - acked` bytes.
+    chunks: VecDeque<Chunk>,
+    /// Of our session bytes, those the peer acknowledged (where `chunks` starts).
+    acked: u64,
+    /// Our session bytes sent in all legs (where `chunks` ends).
+    sent: u64,
+    /// The peer's session bytes received in all legs.
+    received: u64,
+    /// The count our last acknowledgement (or `resume`) gave the peer.
+    acked_to_peer: u64,
+}
+
+/// A frame's payload as it went out: masked with `mask` from its first byte (client role).
+#[derive(Debug)]
+struct Chunk {
+    bytes: Bytes,
+    mask: Option<[u8; 4]>,
+}
+
+impl Replay {
+    pub(crate) fn new(cap: usize) -> Self {
+        Replay {
+            cap: cap as u64,
+            chunks: VecDeque::new(),
+            acked: 0,
+            sent: 0,
+            received: 0,
+            acked_to_peer: 0,
+        }
+    }
+
+    /// The buffer is at its bound: read nothing more from the local side.
+    pub(crate) fn full(&self) -> bool {
+        self.sent - self.acked >= self.cap
+    }
+
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    pub(crate) fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Bytes received since the last acknowledgement we sent.
+    pub(crate) fn unacknowledged(&self) -> u64 {
+        self.received - self.acked_to_peer
+    }
+
+    /// A payload sent to the peer, masked with `mask` from its first byte (if masked).
+    pub(crate) fn sent_chunk(&mut self, bytes: Bytes, mask: Option<[u8; 4]>) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.sent += bytes.len() as u64;
+        self.chunks.push_back(Chunk { bytes, mask });
+    }
+
+    pub(crate) fn got(&mut self, bytes: usize) {
+        self.received += bytes as u64;
+    }
+
+    /// The count to acknowledge now (and remembered as acknowledged).
+    pub(crate) fn take_ack(&mut self) -> u64 {
+        self.acked_to_peer = self.received;
+        self.received
+    }
+
+    /// The peer acknowledged `n` of our bytes: those are dropped.
+    pub(crate) fn ack(&mut self, n: u64) -> Result<(), Violation> {
+        if n < self.acked || n > self.sent {
+            return Err(Violation::Control(format!(
+                "ack {n} outside the bytes in flight ({}..={})",
+                self.acked, self.sent
+            )));
+        }
+        let mut drop = n - self.acked;
+        while drop > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            let len = front.bytes.len() as u64;
+            if len <= drop {
+                drop -= len;
+                self.chunks.pop_front();
+            } else {
+                let k = drop as usize;
+                front.bytes.advance(k);
+                front.mask = front.mask.map(|m| mask_from(m, k));
+                drop = 0;
+            }
+        }
+        self.acked = n;
+        Ok(())
+    }
+
+    /// The peer, resuming, has `n` of our bytes: what it lacks, unmasked, in order. Bytes
+    /// before `n` are dropped as acknowledged; a count outside what is kept cannot be resumed.
+    pub(crate) fn replay_from(&mut self, n: u64) -> Result<Vec<Bytes>, Violation> {
+        self.ack(n).map_err(|_| {
+            Violation::Control(format!(
+                "resume {n} outside the bytes kept ({}..={})",
+                self.acked, self.sent
+            ))
+        })?;
+        Ok(self
+            .chunks
+            .iter()
+            .map(|c| match c.mask {
+                None => c.bytes.clone(),
+                Some(mask) => {
+                    let mut plain = c.bytes.to_vec();
+                    apply_mask(&mut plain, mask);
+                    Bytes::from(plain)
+                }
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masked(plain: &[u8], mask: [u8; 4]) -> Bytes {
+        let mut b = plain.to_vec();
+        apply_mask(&mut b, mask);
+        Bytes::from(b)
+    }
+
+    #[test]
+    fn acks_drop_bytes_and_a_replay_unmasks_what_is_left() {
+        let mut r = Replay::new(1 << 20);
+        let m = [1, 2, 3, 4];
+        r.sent_chunk(masked(b"hello ", m), Some(m));
+        r.sent_chunk(Bytes::from_static(b"wide "), None);
+        r.sent_chunk(masked(b"world", [9, 8, 7, 6]), Some([9, 8, 7, 6]));
+        assert_eq!(r.sent(), 16);
+        r.ack(3).unwrap();
+        // A cut in the middle of a masked chunk keeps the key's phase.
+        let got: Vec<u8> = r.replay_from(4).unwrap().concat();
+        assert_eq!(got, b"o wide world");
+        let got: Vec<u8> = r.replay_from(13).unwrap().concat();
+        assert_eq!(got, b"rld");
+        assert_eq!(r.replay_from(16).unwrap().concat(), b"");
+    }
+
+    #[test]
+    fn counts_outside_the_bytes_kept_are_refused() {
+        struct Case {
+            acked: u64,
+            ack: u64,
+        }
+        for c in [Case { acked: 0, ack: 11 }, Case { acked: 5, ack: 4 }] {
+            let mut r = Replay::new(1 << 20);
+            r.sent_chunk(Bytes::from_static(b"0123456789"), None);
+            r.ack(c.acked).unwrap();
+            assert!(matches!(r.ack(c.ack), Err(Violation::Control(_))));
+            assert!(r.replay_from(c.ack).is_err());
+        }
+    }
+
+    #[test]
+    fn full_at_the_bound_until_acknowledged() {
+        let mut r = Replay::new(8);
+        r.sent_chunk(Bytes::from_static(b"1234567"), None);
+        assert!(!r.full());
+        r.sent_chunk(Bytes::from_static(b"89"), None);
+        assert!(r.full());
+        r.ack(2).unwrap();
+        assert!(!r.full());
+    }
+
+    #[test]
+    fn acknowledgements_count_what_was_received_since_the_last() {
+        let mut r = Replay::new(8);
+        r.got(100);
+        assert_eq!(r.unacknowledged(), 100);
+        assert_eq!(r.take_ack(), 100);
+        r.got(5);
+        assert_eq!((r.unacknowledged(), r.received()), (5, 105));
+    }
+}

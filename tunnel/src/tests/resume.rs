@@ -1,0 +1,418 @@
+//! Resumption: a server-role and a client-role [`Session`] talk through a relay that cuts the
+//! connection (both directions at once, mid-frame) after a chosen number of bytes; each side
+//! runs the next leg over a new connection, and the bytes that come out at both local sides are
+//! exactly the bytes that went in.
+
+use std::sync::Mutex;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio_util::sync::CancellationToken;
+use wsgate_proto::framing::Framing;
+
+use super::{client_config, close_for, masked, server_config, Seen};
+use crate::{CloseFrame, Config, Hooks, Leg, Reason, ResumeConfig, Session, Violation};
+use wsgate_proto::wsframe::Opcode;
+
+fn resumable(mut c: Config, replay_buffer: usize) -> Config {
+    c.framing = Some(Framing::Raw);
+    c.resume = Some(ResumeConfig { replay_buffer });
+    c
+}
+
+/// A stream of `n` bytes that differ along it, so a byte lost, doubled or moved shows.
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed)
+        .collect()
+}
+
+/// The hooks of a side that also keeps the control messages it is handed (the client's
+/// `session` greeting) and what its resumes replayed.
+#[derive(Default)]
+struct Side {
+    seen: Seen,
+    controls: Mutex<Vec<String>>,
+    replayed: Mutex<Vec<u64>>,
+}
+
+impl Hooks for Side {
+    fn peer_to_local(&self, n: u64) {
+        self.seen.peer_to_local(n)
+    }
+    fn local_to_peer(&self, n: u64) {
+        self.seen.local_to_peer(n)
+    }
+    fn close_frame(&self, why: &Reason) -> Option<CloseFrame> {
+        close_for(why)
+    }
+    fn control(&self, msg: &str) -> bool {
+        let known = msg.starts_with("session ");
+        if known {
+            self.controls.lock().unwrap().push(msg.to_string());
+        }
+        known
+    }
+    fn replayed(&self, n: u64) {
+        self.replayed.lock().unwrap().push(n);
+    }
+}
+
+/// Copies between `a` and `b` both ways until `cut` bytes went through in all, then drops both:
+/// each side sees its connection end in the middle of whatever it was reading.
+async fn relay(mut a: DuplexStream, mut b: DuplexStream, cut: usize) {
+    let (mut ab, mut ba) = ([0u8; 1500], [0u8; 1500]);
+    let mut moved = 0;
+    while moved < cut {
+        let room = (cut - moved).min(1500);
+        tokio::select! {
+            r = a.read(&mut ab[..room]) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => { if b.write_all(&ab[..n]).await.is_err() { return } moved += n }
+            },
+            r = b.read(&mut ba[..room]) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => { if a.write_all(&ba[..n]).await.is_err() { return } moved += n }
+            },
+        }
+    }
+}
+
+/// A local side: its input is fed `data` (and then held open), and its output read until
+/// `expect` bytes came.
+struct Local {
+    input: DuplexStream,
+    output: DuplexStream,
+    feed: tokio::task::JoinHandle<DuplexStream>,
+    drain: tokio::task::JoinHandle<Vec<u8>>,
+}
+
+fn local(data: Vec<u8>, expect: usize) -> Local {
+    let (input, mut feeder) = tokio::io::duplex(64 << 10);
+    let (output, mut drainer) = tokio::io::duplex(64 << 10);
+    let feed = tokio::spawn(async move {
+        feeder.write_all(&data).await.unwrap();
+        feeder
+    });
+    let drain = tokio::spawn(async move {
+        let mut got = vec![0; expect];
+        drainer.read_exact(&mut got).await.unwrap();
+        got
+    });
+    Local {
+        input,
+        output,
+        feed,
+        drain,
+    }
+}
+
+type Pair = (
+    Session<DuplexStream, DuplexStream>,
+    Session<DuplexStream, DuplexStream>,
+);
+
+/// Runs legs between the two sessions, each through a relay cut after the next of `cuts`
+/// bytes, until a leg ends other than lost on both sides (`done` ends the last one). Returns
+/// the sessions and the number of legs.
+async fn legs(
+    (mut server, mut client): Pair,
+    configs: (Config, Config),
+    hooks: (std::sync::Arc<Side>, std::sync::Arc<Side>),
+    cuts: Vec<usize>,
+    done: CancellationToken,
+) -> (Pair, usize) {
+    let (server_cfg, client_cfg) = configs;
+    let (sh, ch) = hooks;
+    let mut cuts = cuts.into_iter();
+    let mut n = 0;
+    loop {
+        let (s_conn, s_net) = tokio::io::duplex(16 << 10);
+        let (c_conn, c_net) = tokio::io::duplex(16 << 10);
+        let relay = tokio::spawn(relay(s_net, c_net, cuts.next().unwrap_or(usize::MAX)));
+        let (s_leg, c_leg) = if n == 0 {
+            let greeting = format!("session {} {}", "a".repeat(32), "b".repeat(32));
+            let greeting = Some(greeting);
+            (Leg::First { greeting }, Leg::First { greeting: None })
+        } else {
+            (Leg::Resumed, Leg::Resumed)
+        };
+        n += 1;
+        let never = std::future::pending::<()>;
+        let (se, ce) = tokio::join!(
+            server.run_leg(
+                s_conn,
+                BytesMut::new(),
+                s_leg,
+                &server_cfg,
+                &*sh,
+                done.cancelled(),
+                never()
+            ),
+            client.run_leg(
+                c_conn,
+                BytesMut::new(),
+                c_leg,
+                &client_cfg,
+                &*ch,
+                done.cancelled(),
+                never()
+            ),
+        );
+        relay.abort();
+        assert_eq!(se.lost, ce.lost, "{:?} / {:?}", se.reason, ce.reason);
+        if !se.lost {
+            assert!(matches!(se.reason, Reason::Shutdown), "{:?}", se.reason);
+            return ((server, client), n);
+        }
+        assert!(n < 1000, "legs never end");
+    }
+}
+
+/// Both ways at once, `size` bytes each, through connections cut after each of `cuts` bytes
+/// in turn: both local sides get exactly what the other sent, and the client was told the
+/// session's id and secret once.
+async fn through_cuts(size: usize, cuts: Vec<usize>, replay_buffer: usize) -> usize {
+    let configs = (
+        resumable(server_config(Framing::Raw), replay_buffer),
+        resumable(client_config(), replay_buffer),
+    );
+    let (up, down) = (pattern(size, 1), pattern(size, 2));
+    let (target, stdio) = (local(down.clone(), size), local(up.clone(), size));
+    let sessions = (
+        Session::new(target.input, target.output, &configs.0),
+        Session::new(stdio.input, stdio.output, &configs.1),
+    );
+    let (sh, ch) = (
+        std::sync::Arc::new(Side::default()),
+        std::sync::Arc::new(Side::default()),
+    );
+    let done = CancellationToken::new();
+    let run = tokio::spawn(legs(
+        sessions,
+        configs,
+        (sh.clone(), ch.clone()),
+        cuts,
+        done.clone(),
+    ));
+    let got_up = target.drain.await.unwrap();
+    let got_down = stdio.drain.await.unwrap();
+    done.cancel();
+    let ((server, client), n) = run.await.unwrap();
+    assert!(got_up == up, "the target got what stdin sent");
+    assert!(got_down == down, "stdout got what the target sent");
+    assert_eq!(
+        (server.received(), client.received()),
+        (size as u64, size as u64)
+    );
+    assert_eq!((server.sent(), client.sent()), (size as u64, size as u64));
+    assert_eq!(
+        ch.controls.lock().unwrap().as_slice(),
+        [format!("session {} {}", "a".repeat(32), "b".repeat(32))]
+    );
+    let _ = (target.feed, stdio.feed);
+    n
+}
+
+#[tokio::test]
+async fn bytes_survive_cuts_in_both_directions() {
+    // The first leg lasts past the greeting (a client without it has nothing to resume);
+    // later legs are cut in their `resume` exchange, mid-frame, and after a lot.
+    let cuts = vec![100_000, 3, 17, 5000, 40_000, 123_457, 300_001, 2, 777_777];
+    let n = through_cuts(1 << 20, cuts, 256 << 10).await;
+    assert!(n >= 8, "{n} legs");
+}
+
+#[tokio::test]
+async fn a_small_replay_buffer_slows_a_transfer_but_loses_nothing() {
+    let cuts = std::iter::once(100_000)
+        .chain((1..40).map(|i| i * 997))
+        .collect();
+    through_cuts(256 << 10, cuts, 4096).await;
+}
+
+/// A server-role session whose peer is raw bytes (`peer`), the target fed `target_data`.
+struct Raw {
+    peer: DuplexStream,
+    run: tokio::task::JoinHandle<(crate::Ended, Session<DuplexStream, DuplexStream>)>,
+    feed: tokio::task::JoinHandle<DuplexStream>,
+    done: CancellationToken,
+    takeover: CancellationToken,
+}
+
+fn raw_server(replay_buffer: usize, target_data: Vec<u8>, leg: Leg) -> Raw {
+    let cfg = resumable(server_config(Framing::Raw), replay_buffer);
+    let target = local(target_data, 0);
+    let (conn, peer) = tokio::io::duplex(1 << 20);
+    let (done, takeover) = (CancellationToken::new(), CancellationToken::new());
+    let (d, t) = (done.clone(), takeover.clone());
+    let run = tokio::spawn(async move {
+        let mut s = Session::new(target.input, target.output, &cfg);
+        // The sidecar's hooks: no control message is theirs.
+        let side = Seen::default();
+        let e = s
+            .run_leg(
+                conn,
+                BytesMut::new(),
+                leg,
+                &cfg,
+                &side,
+                d.cancelled(),
+                t.cancelled(),
+            )
+            .await;
+        (e, s)
+    });
+    Raw {
+        peer,
+        run,
+        feed: target.feed,
+        done,
+        takeover,
+    }
+}
+
+fn text(payload: &str) -> Vec<u8> {
+    let mut f = masked(0x81, payload.as_bytes());
+    f[0] = 0x81;
+    f
+}
+
+/// Reads what the peer got until nothing more comes for a while: the session bytes in binary
+/// frames, and the text messages.
+async fn read_quiet(peer: &mut DuplexStream) -> (usize, Vec<String>) {
+    let mut bytes = Vec::new();
+    let mut buf = vec![0; 1 << 16];
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(std::time::Duration::from_millis(300), peer.read(&mut buf)).await
+    {
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&buf[..n]);
+    }
+    let (mut data, mut texts, mut at) = (0, Vec::new(), 0);
+    while let Some(h) = wsgate_proto::wsframe::parse(&bytes[at..], u64::MAX).unwrap() {
+        let p = at + h.header_len..at + h.frame_len() as usize;
+        match h.opcode {
+            Opcode::Binary => data += p.len(),
+            Opcode::Text => texts.push(String::from_utf8(bytes[p.clone()].to_vec()).unwrap()),
+            _ => {}
+        }
+        at = p.end;
+    }
+    (data, texts)
+}
+
+#[tokio::test]
+async fn a_peer_that_never_acknowledges_gets_no_more_than_the_replay_buffer() {
+    let cap = 16 << 10;
+    let mut r = raw_server(cap, pattern(1 << 20, 3), Leg::First { greeting: None });
+    let (got, _) = read_quiet(&mut r.peer).await;
+    // One target read (1 KiB here) may go over the bound, no more.
+    assert!(got >= cap && got <= cap + 1024, "{got}");
+    assert!(
+        !r.feed.is_finished(),
+        "the target is not read past the bound"
+    );
+    // An acknowledgement lets the next bytes go.
+    r.peer
+        .write_all(&text(&format!("ack {got}")))
+        .await
+        .unwrap();
+    let (more, _) = read_quiet(&mut r.peer).await;
+    assert!(more >= cap - 1024 && more <= cap + 1024, "{more}");
+    r.done.cancel();
+    let (e, _) = r.run.await.unwrap();
+    assert!(!e.lost);
+}
+
+#[tokio::test]
+async fn bad_control_messages_end_the_session() {
+    struct Case {
+        msg: &'static str,
+        leg: Leg,
+    }
+    let cases = [
+        // Acknowledges bytes never sent.
+        Case {
+            msg: "ack 999999",
+            leg: Leg::First { greeting: None },
+        },
+        Case {
+            msg: "ack -1",
+            leg: Leg::First { greeting: None },
+        },
+        Case {
+            msg: "hello there",
+            leg: Leg::First { greeting: None },
+        },
+        // `resume` outside a resumed leg's start.
+        Case {
+            msg: "resume 0",
+            leg: Leg::First { greeting: None },
+        },
+        // A client may not claim a session (only the sidecar greets).
+        Case {
+            msg: "session 0123 s3cr3t",
+            leg: Leg::First { greeting: None },
+        },
+        // Before the `resume` exchange, no `ack`.
+        Case {
+            msg: "ack 0",
+            leg: Leg::Resumed,
+        },
+    ];
+    for c in cases {
+        let mut r = raw_server(1 << 16, Vec::new(), c.leg);
+        r.peer.write_all(&text(c.msg)).await.unwrap();
+        let (e, _) = r.run.await.unwrap();
+        let Reason::Violation(Violation::Control(why)) = &e.reason else {
+            panic!("{}: {:?}", c.msg, e.reason);
+        };
+        assert!(!e.lost && !why.contains("s3cr3t"), "{}: {why}", c.msg);
+    }
+}
+
+#[tokio::test]
+async fn a_takeover_or_a_1001_loses_the_leg_any_other_close_ends_the_session() {
+    struct Case {
+        close: Option<u16>,
+        lost: bool,
+    }
+    for c in [
+        Case {
+            close: Some(1001),
+            lost: true,
+        },
+        Case {
+            close: Some(1000),
+            lost: false,
+        },
+        Case {
+            close: None,
+            lost: true,
+        },
+    ] {
+        let mut r = raw_server(1 << 16, b"x".to_vec(), Leg::First { greeting: None });
+        // The target's byte, in its frame, before the leg ends.
+        let mut frame = [0u8; 3];
+        r.peer.read_exact(&mut frame).await.unwrap();
+        assert_eq!(frame[2], b'x');
+        match c.close {
+            Some(code) => {
+                let mut f = masked(0x88, &code.to_be_bytes());
+                f[0] = 0x88;
+                r.peer.write_all(&f).await.unwrap();
+            }
+            None => r.takeover.cancel(),
+        }
+        let (e, mut s) = r.run.await.unwrap();
+        assert_eq!(e.lost, c.lost, "{:?}", e.reason);
+        if e.lost {
+            // The target was read and is still there for the next leg.
+            assert_eq!(s.sent(), 1);
+            s.flush_local().await.unwrap();
+        }
+    }
+}
