@@ -71,15 +71,24 @@ def wasm_filter(plugin_config: str, module: Path | None = None, vm_id: str = "ws
     }
 
 
-def stateful_session_filter(header: str) -> dict:
-    """Envoy's stateful session filter in header mode (`envoy.http.stateful_session.header`),
-    what Istio adds for a Service labelled `istio.io/persistent-session-header: <header>`: the
-    response names the chosen endpoint (base64 of `ip:port`) in `header`, and a request carrying
-    it goes back to that endpoint (an unknown or forged value: normal load balancing)."""
+# Envoy's stateful session filter in header mode (`envoy.http.stateful_session.header`), as
+# istiod builds it for a Service labelled `istio.io/persistent-session-header: <header>`: an
+# empty filter in the connection manager (Istio's EmptySessionFilter) and the header on each
+# route to the Service (StatefulSessionPerRoute), not `strict`. The response names the chosen
+# endpoint (base64 of `ip:port`) in the header; a request carrying it goes back to that endpoint;
+# an unknown or forged value falls back to load balancing.
+STATEFUL_SESSION_FILTER = {
+    "name": "envoy.filters.http.stateful_session",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession",
+    },
+}
+
+
+def stateful_session_per_route(header: str) -> dict:
     return {
-        "name": "envoy.filters.http.stateful_session",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession",
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute",
+        "stateful_session": {
             "session_state": {
                 "name": "envoy.http.stateful_session.header",
                 "typed_config": {
@@ -91,15 +100,19 @@ def stateful_session_filter(header: str) -> dict:
     }
 
 
-def _routes(require_tls: bool) -> dict:
+def _routes(require_tls: bool, session_header: str | None = None) -> dict:
     def route(match: dict, tag: str) -> dict:
-        return {
+        out = {
             "match": match,
             # timeout 0: no per-request deadline on long-lived upgrades (Istio's default for a route
             # without `timeout`).
             "route": {"cluster": "backend", "timeout": "0s"},
             "request_headers_to_add": [{"header": {"key": "x-testbed-route", "value": tag}}],
         }
+        if session_header is not None:
+            out["typed_per_filter_config"] = {
+                "envoy.filters.http.stateful_session": stateful_session_per_route(session_header)}
+        return out
 
     vhost = {
         "name": "gateway",
@@ -118,7 +131,7 @@ def _routes(require_tls: bool) -> dict:
 
 
 def _listener(name: str, filters: list[dict], tls: Tls | None, port: int = 0, require_tls: bool = True,
-              access_log: bool = True) -> dict:
+              access_log: bool = True, session_header: str | None = None) -> dict:
     hcm = {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -150,7 +163,7 @@ def _listener(name: str, filters: list[dict], tls: Tls | None, port: int = 0, re
                     },
                 },
             ],
-            "route_config": _routes(require_tls=require_tls and tls is None),
+            "route_config": _routes(require_tls=require_tls and tls is None, session_header=session_header),
         },
     }
     listener = {
@@ -182,14 +195,15 @@ def listeners(plugin_config: str, tls: Tls, tls_port: int = 0, plaintext_port: i
               session_header: str | None = None) -> list[dict]:
     """`http_filters` replaces the wsgate filter (the benchmarks compare none and Lua);
     `require_tls=False` drops the plaintext port's 301 so plain requests reach the backend;
-    `quiet` drops the access log (benchmarks); `session_header` adds the stateful session
-    filter after the others (where Istio puts it: after a `WasmPlugin` in the AUTHN phase)."""
+    `quiet` drops the access log (benchmarks); `session_header`: the stateful session filter
+    after the others (after a `WasmPlugin` in the AUTHN phase), with that header on every route."""
     filters = [wasm_filter(plugin_config)] if http_filters is None else list(http_filters)
     if session_header is not None:
-        filters.append(stateful_session_filter(session_header))
+        filters.append(STATEFUL_SESSION_FILTER)
     return [
-        _listener("plaintext", filters, None, plaintext_port, require_tls=require_tls, access_log=not quiet),
-        _listener("tls", filters, tls, tls_port, access_log=not quiet),
+        _listener("plaintext", filters, None, plaintext_port, require_tls=require_tls, access_log=not quiet,
+                  session_header=session_header),
+        _listener("tls", filters, tls, tls_port, access_log=not quiet, session_header=session_header),
     ]
 
 
@@ -245,7 +259,8 @@ def bootstrap(backend_port: int, static_listeners: list[dict] | None, listeners_
     (LDS from a path: what the reload tests use, as istiod's pushes would be). `stats_config`:
     Envoy's defaults when None (e.g. `istio_stats_config(...)` for what Istio writes).
     `replica_ports`: more endpoints of the backend cluster after `backend_port` (replicas of one
-    Service), balanced round robin."""
+    Service), balanced round robin; an endpoint named by a stateful session is used whatever its
+    health (`override_host_status`, what istiod sets for a Service with a session header)."""
     endpoints = [
         {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
         for port in (backend_port, *replica_ports)
@@ -259,6 +274,8 @@ def bootstrap(backend_port: int, static_listeners: list[dict] | None, listeners_
                     "name": "backend",
                     "type": "STATIC",
                     "connect_timeout": "2s",
+                    "common_lb_config": {"override_host_status": {
+                        "statuses": ["HEALTHY", "DRAINING", "UNKNOWN", "DEGRADED"]}},
                     "load_assignment": {
                         "cluster_name": "backend",
                         "endpoints": [{"lb_endpoints": endpoints}],
