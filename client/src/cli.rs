@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::credentials::Sources;
 use crate::endpoint::DEFAULT_ENDPOINT;
 use crate::error::ClientError;
-use crate::{proxy, run, session, ssh_config};
+use crate::{proxy, resume, run, session, ssh_config};
 
 /// wsgate: SSH over WebSocket through an Istio gateway (or straight to wsgate-sidecar or a
 /// SkyPilot API server).
@@ -58,6 +58,13 @@ pub enum Command {
     ///  12  the proxy failed: unreachable, refused, no answer in --connect-timeout, or wants
     ///      (other) credentials
     ///  13  the server is shutting down (close code 1001): connect again
+    ///  16  the connection was lost and the session could not be resumed (the server
+    ///      refused, or --resume-timeout passed)
+    ///
+    /// Resumption: when the server supports it (wsgate-sidecar), a lost connection (a gateway
+    /// rollout, a laptop asleep, a network change) is reconnected and the session goes on
+    /// where it was; ssh sees a pause. stderr says `wsgate: connection lost (...); resuming
+    /// session…`, then `wsgate: resumed after 4.2 s`.
     #[command(verbatim_doc_comment)]
     Proxy(ProxyArgs),
     /// Print a ~/.ssh/config block so that `ssh <cluster>.wsgate` goes through the gateway.
@@ -142,6 +149,21 @@ pub struct ProxyArgs {
     /// Give up on the handshake after this long.
     #[arg(long, default_value = "30s", value_parser = humantime_duration)]
     pub connect_timeout: Duration,
+
+    /// Do not offer resumption: a lost connection ends the session, as with servers that do
+    /// not support it.
+    #[arg(long)]
+    pub no_resume: bool,
+
+    /// Give up resuming a lost session after this long without a working connection (exit 16).
+    #[arg(long, default_value = "3m", value_parser = humantime_duration)]
+    pub resume_timeout: Duration,
+
+    /// The response header of the first connection's 101 to send back on resumes, so that the
+    /// gateway routes them to the replica holding the session (Envoy's stateful session in
+    /// header mode).
+    #[arg(long, default_value = resume::DEFAULT_ROUTE_HEADER, value_name = "NAME")]
+    pub route_header: String,
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +189,8 @@ impl ProxyArgs {
     /// the cluster are `run`'s (inside the session's log span).
     pub fn into_options(self, env_token: Option<String>) -> Result<run::Options, ClientError> {
         let c = self.conn;
+        let route_header = resume::route_header(&self.route_header)
+            .map_err(|e| ClientError::Usage(format!("--route-header: {e}")))?;
         Ok(run::Options {
             server: self.server,
             cluster: self.cluster,
@@ -191,6 +215,10 @@ impl ProxyArgs {
                 chunk: 64 * 1024,
                 read_size: 256 * 1024,
             },
+            resume: (!self.no_resume).then_some(resume::Options {
+                timeout: self.resume_timeout,
+                route_header,
+            }),
         })
     }
 }
@@ -323,6 +351,42 @@ mod tests {
             ("wsgate", Some("ubuntu"))
         );
         assert_eq!(o.endpoint, DEFAULT_ENDPOINT);
+    }
+
+    #[test]
+    fn resume_flags() {
+        let options = |extra: &[&str]| {
+            let mut args = vec!["wsgate", "proxy", "gw", "prod"];
+            args.extend_from_slice(extra);
+            let Command::Proxy(a) = parse(&args) else {
+                panic!()
+            };
+            a.into_options(None)
+        };
+        let r = options(&[]).unwrap().resume.unwrap();
+        assert_eq!(
+            (r.timeout, r.route_header.as_str()),
+            (Duration::from_secs(180), "x-wsgate-route")
+        );
+        let r = options(&["--resume-timeout", "90s", "--route-header", "X-Sticky"])
+            .unwrap()
+            .resume
+            .unwrap();
+        assert_eq!(
+            (r.timeout, r.route_header.as_str()),
+            (Duration::from_secs(90), "x-sticky")
+        );
+        assert!(options(&["--no-resume"]).unwrap().resume.is_none());
+        for bad in ["a b", "authorization"] {
+            let e = options(&["--route-header", bad]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{e}");
+            assert!(e.to_string().starts_with("--route-header: "), "{e}");
+        }
+        // A bad name is refused even with --no-resume: a flag is checked whether used or not.
+        assert!(options(&["--no-resume", "--route-header", "a b"]).is_err());
+        assert!(
+            Cli::try_parse_from(["wsgate", "proxy", "gw", "p", "--resume-timeout", "0s"]).is_err()
+        );
     }
 
     #[test]

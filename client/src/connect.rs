@@ -26,16 +26,17 @@ use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderMap, HeaderName, HeaderValue, Response};
 use tokio_tungstenite::tungstenite::Error as WsError;
 use wsgate_proto::base64::encode_raw_url;
-use wsgate_proto::names::WEBSOCKET_URL_HEADER;
+use wsgate_proto::names::{is_header_value, WEBSOCKET_URL_HEADER};
 use wsgate_proto::token::BEARER_PROTOCOL_PREFIX;
 
 use crate::credentials::Token;
 use crate::endpoint::{server_url_for, Endpoint};
 use crate::error::{ClientError, TokenUse, Withheld};
 use crate::proxy::{self, Proxy};
+use crate::resume::{self, Ticket};
 use wsgate_proto::text;
 
 /// A connection to the server, plaintext or TLS.
@@ -49,11 +50,30 @@ pub struct Conn {
     pub read_ahead: Vec<u8>,
     /// This end's socket address (to the proxy, when there is one), for the session's logs.
     pub local: Option<SocketAddr>,
+    /// The `101`'s `x-wsgate-resume` (`v1`: the server accepted resumption), if any.
+    pub resume: Option<String>,
+    /// The `101`'s [`Request::route_header`], to echo on resumes (if it is a sendable value).
+    pub route: Option<String>,
+}
+
+/// What a request says about resumption (docs/resume.md).
+#[derive(Clone, Copy, Debug)]
+pub enum Resumption<'a> {
+    /// Nothing (`--no-resume`): the server runs today's session.
+    Off,
+    /// `x-wsgate-resume: new` (a first connection).
+    Offer,
+    /// `x-wsgate-resume: resume <id> <secret>`, and the first `101`'s route header echoed.
+    Resume {
+        ticket: &'a Ticket,
+        route: Option<&'a str>,
+    },
 }
 
 /// The subprotocol offered beside a subprotocol token (a token needs another entry beside it).
 pub const SUBPROTOCOL: &str = "wsgate.ssh.v1";
 
+#[derive(Clone)]
 pub struct Request<'a> {
     pub endpoint: &'a Endpoint,
     /// The endpoint path as given (`--endpoint`), for turning hints back into server URLs and
@@ -74,6 +94,10 @@ pub struct Request<'a> {
     /// This is a SkyPilot redirect's target on another origin: the user's token and headers
     /// were left out on purpose (`token` is `None`, `headers` empty), and a 401 or 403 says so.
     pub cross_origin: bool,
+    /// Offer resumption, ask to resume a session, or neither.
+    pub resumption: Resumption<'a>,
+    /// The `101`'s header read into [`Conn::route`], and sent back on a resume.
+    pub route_header: Option<&'a str>,
 }
 
 /// When the handshake must be done by: `--connect-timeout` from its start. The proxy's part
@@ -155,6 +179,7 @@ pub async fn open(r: &Request<'_>) -> Result<Conn, ClientError> {
         let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| bad())?;
         h.insert(name, HeaderValue::from_str(v).map_err(|_| bad())?);
     }
+    resumption_headers(r, h)?;
     let deadline = Deadline::after(r.timeout);
     let handshake = async {
         let (io, local) = connect(r, deadline).await?;
@@ -164,9 +189,16 @@ pub async fn open(r: &Request<'_>) -> Result<Conn, ClientError> {
         };
         // Frame limits are the session's (16 MiB): tungstenite reads no frame here.
         let result = tokio_tungstenite::client_async(req, &mut recorder).await;
-        if let Err(e) = result {
-            return Err(classify(r, e, &recorder.seen, deadline).await);
-        }
+        let (resume, route) = match result {
+            Err(e) => return Err(classify(r, e, &recorder.seen, deadline).await),
+            Ok((_, resp)) => {
+                let value = |name: &str| {
+                    let v = resp.headers().get(name)?.to_str().ok()?;
+                    is_header_value(v).then(|| v.to_string())
+                };
+                (value(resume::HEADER), r.route_header.and_then(value))
+            }
+        };
         let io = recorder.io.take().ok_or_else(|| {
             ClientError::Protocol("the connection was lost during the handshake".into())
         })?;
@@ -175,6 +207,8 @@ pub async fn open(r: &Request<'_>) -> Result<Conn, ClientError> {
             io,
             read_ahead,
             local,
+            resume,
+            route,
         })
     };
     // A timeout while the proxy opens the tunnel is the proxy's error, from `proxy::dial` (its
@@ -375,6 +409,29 @@ impl AsyncWrite for Recorder {
     }
 }
 
+/// The resumption headers: the offer, or the ticket (marked sensitive: it is a credential)
+/// and the route to echo. They replace a `--header` of the same name.
+fn resumption_headers(r: &Request<'_>, h: &mut HeaderMap) -> Result<(), ClientError> {
+    match r.resumption {
+        Resumption::Off => {}
+        Resumption::Offer => {
+            h.insert(resume::HEADER, HeaderValue::from_static(resume::OFFER));
+        }
+        Resumption::Resume { ticket, route } => {
+            let mut v = header_value(&ticket.header_value())?;
+            v.set_sensitive(true);
+            h.insert(resume::HEADER, v);
+            if let (Some(name), Some(value)) = (r.route_header, route) {
+                let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    ClientError::Usage(format!("--route-header {name:?}: not a header name"))
+                })?;
+                h.insert(name, header_value(value)?);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn header_value(v: &str) -> Result<HeaderValue, ClientError> {
     // The value may hold a token: the error never shows it.
     HeaderValue::from_str(v)
@@ -570,8 +627,8 @@ mod tests {
         );
     }
 
-    /// Reads the request head and answers with `answer(key)` in one write.
-    async fn serve_once(answer: impl FnOnce(&str) -> Vec<u8> + Send + 'static) -> String {
+    /// Reads the request head and answers with `answer(head, key)` in one write.
+    async fn serve_once(answer: impl FnOnce(&str, &str) -> Vec<u8> + Send + 'static) -> String {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
@@ -591,7 +648,7 @@ mod tests {
                 })
                 .unwrap()
                 .to_string();
-            s.write_all(&answer(&key)).await.unwrap();
+            s.write_all(&answer(&head, &key)).await.unwrap();
             // Keep the socket open while the client reads.
             let _ = s.read(&mut [0u8; 1]).await;
         });
@@ -621,8 +678,113 @@ mod tests {
             extra: if cross_origin { &extra } else { &[] },
             proxy,
             cross_origin,
+            resumption: Resumption::Off,
+            route_header: None,
         };
         open(&req).await
+    }
+
+    /// Answers the first request with a `101` carrying `headers` (each line ending in CRLF);
+    /// hands over the request's head.
+    async fn serve_101(
+        headers: &'static str,
+    ) -> (String, futures_channel::oneshot::Receiver<String>) {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        let tx = std::sync::Mutex::new(Some(tx));
+        let url = serve_once(move |head, key| {
+            if let Some(tx) = tx.lock().unwrap().take() {
+                let _ = tx.send(head.to_string());
+            }
+            format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {}\r\n{headers}\r\n",
+                derive_accept_key(key.as_bytes())
+            )
+            .into_bytes()
+        })
+        .await;
+        (url, rx)
+    }
+
+    /// The value of header `name` in a request head (names compared case-insensitively).
+    fn header_in<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    /// A first connection offers resumption and reads the acceptance and the route from the
+    /// `101`; with resumption off, no header is sent and none is read.
+    #[tokio::test]
+    async fn resumption_offered_and_accepted() {
+        let endpoint = crate::endpoint::build("http://127.0.0.1:1", "prod", 0, "/ssh").unwrap();
+        let base = Request {
+            endpoint: &endpoint,
+            endpoint_path: "/ssh",
+            token: None,
+            token_in_subprotocol: false,
+            headers: &[],
+            tls: None,
+            timeout: Duration::from_secs(5),
+            extra: &[],
+            proxy: None,
+            cross_origin: false,
+            resumption: Resumption::Offer,
+            route_header: Some("x-wsgate-route"),
+        };
+        let at = |url: &str| crate::endpoint::build(url, "prod", 0, "/ssh").unwrap();
+
+        let (url, head) =
+            serve_101("x-wsgate-resume: v1\r\nX-Wsgate-Route: cmVwbGljYS0x\r\n").await;
+        let e = at(&url);
+        let conn = open(&Request {
+            endpoint: &e,
+            ..base.clone()
+        })
+        .await
+        .unwrap();
+        assert_eq!(conn.resume.as_deref(), Some("v1"));
+        assert_eq!(conn.route.as_deref(), Some("cmVwbGljYS0x"));
+        let head = head.await.unwrap();
+        assert_eq!(header_in(&head, "x-wsgate-resume"), Some("new"), "{head}");
+
+        let (url, head) = serve_101("").await;
+        let e = at(&url);
+        let off = Request {
+            endpoint: &e,
+            resumption: Resumption::Off,
+            ..base.clone()
+        };
+        let conn = open(&off).await.unwrap();
+        assert!(conn.resume.is_none() && conn.route.is_none());
+        let head = head.await.unwrap();
+        assert_eq!(header_in(&head, "x-wsgate-resume"), None, "{head}");
+
+        // A resume: the ticket and the route echoed, the user's headers as on the first.
+        let (url, head) = serve_101("x-wsgate-resume: v1\r\n").await;
+        let e = at(&url);
+        let id = "0123456789abcdef0123456789abcdef";
+        let secret = "fedcba9876543210fedcba9876543210";
+        let ticket = Ticket::from_control(&format!("session {id} {secret}")).unwrap();
+        let headers = [("cookie".to_string(), "a=b".to_string())];
+        let resume = Request {
+            endpoint: &e,
+            headers: &headers,
+            resumption: Resumption::Resume {
+                ticket: &ticket,
+                route: Some("cmVwbGljYS0x"),
+            },
+            ..base.clone()
+        };
+        open(&resume).await.unwrap();
+        let head = head.await.unwrap();
+        assert_eq!(
+            header_in(&head, "x-wsgate-resume"),
+            Some(format!("resume {id} {secret}").as_str())
+        );
+        assert_eq!(header_in(&head, "x-wsgate-route"), Some("cmVwbGljYS0x"));
+        assert_eq!(header_in(&head, "cookie"), Some("a=b"));
     }
 
     #[test]
@@ -663,7 +825,8 @@ mod tests {
     /// the message says so rather than asking for a token (which would be left out again).
     #[tokio::test]
     async fn a_401_after_a_cross_origin_redirect_says_the_token_was_withheld() {
-        let answer = |_: &str| b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n".to_vec();
+        let answer =
+            |_: &str, _: &str| b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n".to_vec();
         let server = serve_once(answer).await;
         let e = open_with(&server, None, true, Duration::from_secs(5))
             .await
@@ -753,7 +916,7 @@ mod tests {
     /// it, not tungstenite's buffer.
     #[tokio::test]
     async fn a_frame_sent_with_the_101_reaches_the_session() {
-        let server = serve_once(|key| {
+        let server = serve_once(|_, key| {
             let mut a = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                  Sec-WebSocket-Accept: {}\r\n\r\n",
@@ -773,7 +936,7 @@ mod tests {
     /// Error answers keep their body (the reason shown to the user).
     #[tokio::test]
     async fn an_error_answer_keeps_its_reason() {
-        let server = serve_once(|_| {
+        let server = serve_once(|_, _| {
             let body = r#"{"error": "no such cluster", "reason": "unknown_cluster"}"#;
             format!(
                 "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
@@ -788,6 +951,38 @@ mod tests {
             e.to_string().contains("no such cluster (unknown_cluster)"),
             "{e}"
         );
+    }
+
+    /// A resume's refusals, as answered over the wire, sort into final ones and ones worth
+    /// another attempt.
+    #[tokio::test]
+    async fn resume_answers_sort_into_final_and_retry() {
+        use crate::resume::{verdict, Verdict};
+        let cases = [
+            (404, Verdict::Refused),
+            (403, Verdict::Refused),
+            (409, Verdict::Retry),
+            (500, Verdict::Retry),
+            (503, Verdict::Retry),
+        ];
+        for (status, want) in cases {
+            let server = serve_once(move |_, _| {
+                let body = r#"{"error": "resume refused", "reason": "resume_x"}"#;
+                format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes()
+            })
+            .await;
+            let e = open_at(&server).await.err().unwrap();
+            assert_eq!(verdict(&e), want, "{status}: {e:?}");
+        }
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let e = open_at(&format!("http://{addr}")).await.err().unwrap();
+        assert_eq!(verdict(&e), Verdict::Retry, "{e:?}");
     }
 
     #[tokio::test]

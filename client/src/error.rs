@@ -3,7 +3,7 @@
 //! can read ours). Text that came from the network is escaped (see [`wsgate_proto::text`]) before it
 //! is put in a message, and the whole line is escaped again when it is printed.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use wsgate_proto::text;
 
@@ -26,6 +26,9 @@ pub mod exit {
     pub const PROXY: i32 = 12;
     /// The server closed the session with 1001: it is shutting down; connect again.
     pub const GOING_AWAY: i32 = 13;
+    /// The connection was lost and the session could not be resumed (the sidecar refused, or
+    /// `--resume-timeout` passed without a working connection).
+    pub const RESUME: i32 = 16;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +135,11 @@ pub enum ClientError {
         /// The close reason (escaped).
         reason: String,
     },
+    #[error("the connection was lost and the session could not be resumed: {why}; run ssh again for a new session")]
+    Resume {
+        /// What ended the attempts (network text in it escaped).
+        why: String,
+    },
 }
 
 /// What became of the user's token on a request the server answered with 401 or 403.
@@ -200,6 +208,7 @@ impl ClientError {
             ClientError::Http { .. } => exit::OTHER,
             ClientError::Proxy { .. } => exit::PROXY,
             ClientError::GoingAway { .. } => exit::GOING_AWAY,
+            ClientError::Resume { .. } => exit::RESUME,
         }
     }
 
@@ -214,6 +223,19 @@ impl ClientError {
             format!("wsgate: {message}")
         }
     }
+}
+
+/// Prints a line on stderr that is not an error (a resumption's progress): `wsgate: <message>`,
+/// escaped. On a terminal it ends with CR LF: during an ssh session the terminal is in raw
+/// mode, where a bare LF would not bring the cursor back to the left.
+pub fn notice(message: &str) {
+    let line = notice_line(message, std::io::stderr().is_terminal());
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+fn notice_line(message: &str, terminal: bool) -> String {
+    let end = if terminal { "\r\n" } else { "\n" };
+    format!("wsgate: {}{end}", text::escape(message))
 }
 
 /// Whether stderr gets colour: only a terminal, and never with `NO_COLOR` set (no-color.org:
@@ -432,6 +454,7 @@ mod tests {
             ClientError::GoingAway {
                 reason: String::new(),
             },
+            ClientError::Resume { why: String::new() },
         ];
         let mut codes: Vec<i32> = one_per_class.iter().map(|e| e.exit_code()).collect();
         codes.sort();
@@ -482,6 +505,18 @@ mod tests {
         assert_eq!(
             e.report(true),
             "\x1b[1;31mwsgate:\x1b[0m closed: \\x1b[31mred\\x07"
+        );
+    }
+
+    #[test]
+    fn notices_are_escaped_lines() {
+        assert_eq!(
+            notice_line("connection lost (\x1b[2J); resuming session…", false),
+            "wsgate: connection lost (\\x1b[2J); resuming session…\n"
+        );
+        assert_eq!(
+            notice_line("resumed after 1.2 s", true),
+            "wsgate: resumed after 1.2 s\r\n"
         );
     }
 

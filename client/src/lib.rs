@@ -10,6 +10,8 @@
 //! - [`proxy`]: the proxy settings (`https_proxy`, `no_proxy`, `--proxy`), CONNECT and SOCKS5.
 //! - [`connect`]: the handshake, and its failures as actionable errors.
 //! - [`session`]: one session on `wsgate-tunnel`'s engine (client role), its end told to the user.
+//! - [`resume`]: resumable sessions' rules: headers, the sidecar's ticket, the reconnect
+//!   backoff, which refusals are final.
 //! - [`stdio`]: stdin/stdout registered with the reactor.
 //! - [`error`]: messages and exit codes.
 //!
@@ -21,6 +23,7 @@ pub mod credentials;
 pub mod endpoint;
 pub mod error;
 pub mod proxy;
+pub mod resume;
 pub mod run;
 pub mod session;
 pub mod ssh_config;

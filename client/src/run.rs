@@ -1,28 +1,34 @@
 //! `wsgate proxy` from start to end: the token, each connection (direct or through a proxy,
 //! plaintext only where the rule allows), the session between stdio and the server, SkyPilot's
-//! redirect (followed once), and ssh's hangup. It parses no flags (`cli` does) and touches no
-//! frame (`session` does).
+//! redirect (followed once), ssh's hangup, and (when the server accepts it) reconnecting to
+//! resume a session whose connection was lost. It parses no flags (`cli` does), touches no
+//! frame (`session` does) and keeps the resumption rules (backoff, refusals) in `resume`.
 //!
 //! Each session runs in one tracing span, `session` (`id`, `user`, `cluster`), and each
-//! connection in a `hop` span inside it (`n`, `target`, `client`): every log line of the session
-//! carries them. The spans are at ERROR level so that they are on whenever any line is logged
+//! connection in a `hop` span inside it (`n`, `target`, `client`; a resumed connection stays in
+//! its hop's span): every log line of the session carries them. The spans are at ERROR level so that they are on whenever any line is logged
 //! (a span below the filter's level is not recorded, and the lines inside it would lose its
 //! fields).
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::{Fuse, FutureExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 use tracing::{field, Instrument};
 use url::Url;
 
-use crate::connect::{self, Request};
+use crate::connect::{self, Conn, Request, Resumption};
 use crate::credentials::{self, Sources, Token};
 use crate::endpoint::{self, Endpoint};
-use crate::error::ClientError;
+use crate::error::{notice, ClientError};
 use crate::proxy::{self, Proxy, Setting};
-use crate::session::{self, End};
+use crate::resume;
+use crate::session::{self, End, LegEnd, Resumable};
 use crate::stdio::{self, Input, Output};
 use crate::tls;
 use wsgate_proto::text;
@@ -59,6 +65,8 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// Keepalive and buffer sizes.
     pub session: session::Options,
+    /// Offer resumption, and how to resume (`None`: `--no-resume`).
+    pub resume: Option<resume::Options>,
 }
 
 /// Runs the session over this process's stdin and stdout until it ends, ssh hangs up, or it
@@ -182,21 +190,34 @@ impl Flow<'_> {
             extra,
             proxy: proxy.as_ref(),
             cross_origin: !same_origin,
+            resumption: match opts.resume {
+                Some(_) => Resumption::Offer,
+                None => Resumption::Off,
+            },
+            route_header: opts.resume.as_ref().map(|r| r.route_header.as_str()),
         };
         let conn = connect::open(&req).await?;
         if let Some(local) = conn.local {
             tracing::Span::current().record("client", field::display(local));
         }
         tracing::info!("connected");
-        session::run(
-            conn.io,
-            conn.read_ahead,
-            stdin,
-            stdout,
-            &opts.session,
-            hangup,
-        )
-        .await
+        match &opts.resume {
+            Some(r) if conn.resume.as_deref() == Some(resume::ACCEPTED) => {
+                tracing::info!("the server accepted resumption");
+                resumable(&req, r, conn, stdin, stdout, &opts.session, hangup).await
+            }
+            _ => {
+                session::run(
+                    conn.io,
+                    conn.read_ahead,
+                    stdin,
+                    stdout,
+                    &opts.session,
+                    hangup,
+                )
+                .await
+            }
+        }
     }
 
     /// Where a redirect frame sends the session, and the headers it names.
@@ -225,6 +246,177 @@ impl Flow<'_> {
             })
             .unwrap_or_default();
         Ok((to, headers))
+    }
+}
+
+/// A session the server can resume: its legs, and after each lost one a reconnect (the same
+/// request as the first, plus the ticket and the route) until it is back, refused, or
+/// `--resume-timeout` passes. ssh hanging up ends it normally at any point.
+async fn resumable(
+    req: &Request<'_>,
+    r: &resume::Options,
+    conn: Conn,
+    stdin: Input,
+    stdout: Output,
+    opts: &session::Options,
+    hangup: impl Future<Output = ()>,
+) -> Result<End, ClientError> {
+    // One hangup for every leg and every wait; fused, since a wait may poll it after a leg.
+    let mut hangup = pin!(hangup.fuse());
+    let route = conn.route;
+    let mut session = Resumable::new(stdin, stdout, opts);
+    let (mut io, mut ahead, mut resumed) = (conn.io, conn.read_ahead, false);
+    loop {
+        let why;
+        (session, why) = match session.run_leg(io, ahead, resumed, hangup.as_mut()).await {
+            LegEnd::Over(end) => return end,
+            LegEnd::Lost { session, why } => (*session, why),
+        };
+        let lost_at = Instant::now();
+        let Some(ticket) = session.ticket() else {
+            // `run_leg` reports a loss only once the ticket came.
+            session.close().await;
+            return Err(ClientError::Protocol("the connection was lost".into()));
+        };
+        tracing::info!(session = ticket.id(), why = %why, "connection lost; resuming");
+        notice(&format!("connection lost ({why}); resuming session…"));
+        let back = reconnect(
+            req,
+            r,
+            &ticket,
+            route.as_deref(),
+            &mut session,
+            hangup.as_mut(),
+            lost_at,
+        )
+        .await;
+        match back {
+            Back::Conn(conn) => {
+                let gap = lost_at.elapsed();
+                tracing::info!(gap_ms = gap.as_millis() as u64, "resumed");
+                notice(&format!("resumed after {:.1} s", gap.as_secs_f64()));
+                (io, ahead, resumed) = (conn.io, conn.read_ahead, true);
+            }
+            Back::HungUp => {
+                session.close().await;
+                return Ok(End::Done);
+            }
+            Back::Failed(e) => {
+                session.close().await;
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// How the wait for a resumed connection ended.
+enum Back {
+    /// The server is back and resumes the session.
+    Conn(Conn),
+    /// ssh hung up meanwhile: a normal end.
+    HungUp,
+    /// Given up (refused, timed out), or stdout failed.
+    Failed(ClientError),
+}
+
+/// Reconnects with backoff until the server resumes the session, refuses, or the time is up.
+async fn reconnect<I, O, H>(
+    req: &Request<'_>,
+    r: &resume::Options,
+    ticket: &resume::Ticket,
+    route: Option<&str>,
+    session: &mut Resumable<I, O>,
+    mut hangup: Pin<&mut Fuse<H>>,
+    lost_at: Instant,
+) -> Back
+where
+    I: AsyncRead + Unpin,
+    O: AsyncWrite + Unpin,
+    H: Future<Output = ()>,
+{
+    let deadline = lost_at + r.timeout;
+    // The system's randomness; without it, no jitter (the middle of the range).
+    let mut backoff = resume::Backoff::new(|| getrandom::u32().unwrap_or(u32::MAX / 2));
+    let mut flushed = false;
+    let mut last: Option<ClientError> = None;
+    for attempt in 1u32.. {
+        let wait = tokio::time::sleep_until((Instant::now() + backoff.next_delay()).min(deadline));
+        if let Err(back) = parked(session, &mut flushed, hangup.as_mut(), wait).await {
+            return back;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let attempt_req = Request {
+            resumption: Resumption::Resume { ticket, route },
+            timeout: req.timeout.min(left),
+            ..req.clone()
+        };
+        let open = connect::open(&attempt_req);
+        match parked(session, &mut flushed, hangup.as_mut(), open).await {
+            Err(back) => return back,
+            Ok(Ok(conn)) if conn.resume.as_deref() == Some(resume::ACCEPTED) => {
+                return Back::Conn(conn)
+            }
+            Ok(Ok(conn)) => {
+                // Never replay into a fresh session: close it.
+                session::close_unresumed(conn.io).await;
+                return Back::Failed(ClientError::Resume {
+                    why: format!("the server answered the reconnection with a new session, not this one (its 101 had no {}: {}): it no longer supports resumption, or the request reached another server", resume::HEADER, resume::ACCEPTED),
+                });
+            }
+            Ok(Err(e)) => match resume::verdict(&e) {
+                resume::Verdict::Refused => {
+                    return Back::Failed(ClientError::Resume {
+                        why: resume::refused(&e),
+                    })
+                }
+                resume::Verdict::Retry => {
+                    tracing::info!(attempt, error = %e, "reconnecting failed; trying again");
+                    last = Some(e);
+                }
+            },
+        }
+    }
+    Back::Failed(ClientError::Resume {
+        why: format!(
+            "no working connection within {} (--resume-timeout){}",
+            resume::shown(r.timeout),
+            last.map(|e| format!("; the last attempt: {e}"))
+                .unwrap_or_default()
+        ),
+    })
+}
+
+/// Awaits `fut` while the session is parked: what is still queued for stdout is written
+/// meanwhile (once), and ssh hanging up ends the wait.
+async fn parked<I, O, H, F>(
+    session: &mut Resumable<I, O>,
+    flushed: &mut bool,
+    mut hangup: Pin<&mut Fuse<H>>,
+    fut: F,
+) -> Result<F::Output, Back>
+where
+    I: AsyncRead + Unpin,
+    O: AsyncWrite + Unpin,
+    H: Future<Output = ()>,
+    F: Future,
+{
+    let mut fut = pin!(fut);
+    loop {
+        tokio::select! {
+            v = &mut fut => return Ok(v),
+            () = &mut hangup => return Err(Back::HungUp),
+            r = session.flush_local(), if !*flushed => match r {
+                Ok(()) => *flushed = true,
+                Err(e) => {
+                    return Err(Back::Failed(ClientError::Protocol(format!(
+                        "writing to stdout: {e}"
+                    ))))
+                }
+            },
+        }
     }
 }
 

@@ -9,14 +9,23 @@
 //! read from the server brings goes to stdout in one `writev`; ssh hanging up, the keepalive
 //! and the close handshake are raced against every pending read and write. This module maps
 //! the options onto the engine, and its end onto what the user is told.
+//!
+//! A resumable session ([`Resumable`], when the server accepted resumption) is raw frames and
+//! the text control messages of docs/resume.md; stdin, stdout and the replay state live in
+//! the engine's [`wsgate_tunnel::Session`], across connections ("legs"). This module runs one
+//! leg and says whether it was lost; `run` reconnects.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite};
-use wsgate_tunnel::{CloseFrame, Config, Ended, Hooks, Reason, Role, Violation};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use wsgate_proto::framing::Framing;
+use wsgate_proto::wsframe;
+use wsgate_tunnel::{CloseFrame, Config, Ended, Hooks, Leg, Reason, ResumeConfig, Role, Violation};
 
 use crate::error::ClientError;
+use crate::resume::{self, Ticket};
 use wsgate_proto::text;
 
 /// What ended a session that did not fail.
@@ -43,6 +52,40 @@ pub struct Options {
 /// The largest frame, or message gathered whole, accepted from the server.
 const MAX_MESSAGE: u64 = 16 << 20;
 
+/// Keepalive pings without an answer before a resumable leg counts as lost (30 s at the
+/// default `--ping-interval`). Without a bound, a connection whose path died silently (a
+/// laptop asleep, a NAT that forgot it) would be waited on for TCP's retransmission timeout,
+/// many minutes; with resumption, giving up on it early costs only a reconnect.
+const LOST_AFTER_PINGS: u32 = 3;
+
+/// The engine's settings: today's session (the framing learnt from the server's first
+/// message), or a resumable one.
+fn config(opts: &Options, resumable: bool) -> Config {
+    let read_size = opts.read_size.max(1);
+    let mut config = Config {
+        role: Role::Client,
+        framing: None,
+        max_frame: opts.chunk.max(1),
+        max_message: MAX_MESSAGE,
+        peer_read_size: read_size,
+        local_read_size: read_size,
+        ping_interval: Some(opts.ping_interval),
+        max_missed_pongs: None,
+        idle_timeout: None,
+        max_age: None,
+        resume: None,
+    };
+    if resumable {
+        // Accepting resumption fixes the framing: raw frames (docs/resume.md).
+        config.framing = Some(Framing::Raw);
+        config.max_missed_pongs = Some(LOST_AFTER_PINGS);
+        config.resume = Some(ResumeConfig {
+            replay_buffer: resume::REPLAY_BUFFER,
+        });
+    }
+    config
+}
+
 /// Runs until the session ends. `read_ahead` is what the server sent with its `101`. `hangup`
 /// resolving (ssh sends SIGHUP to its ProxyCommand when it exits) ends the session like stdin
 /// EOF: with a close frame, not a vanished connection.
@@ -60,39 +103,177 @@ where
     O: AsyncWrite + Unpin,
     H: std::future::Future<Output = ()>,
 {
-    let read_size = opts.read_size.max(1);
-    let config = Config {
-        role: Role::Client,
-        framing: None,
-        max_frame: opts.chunk.max(1),
-        max_message: MAX_MESSAGE,
-        peer_read_size: read_size,
-        local_read_size: read_size,
-        ping_interval: Some(opts.ping_interval),
-        max_missed_pongs: None,
-        idle_timeout: None,
-        max_age: None,
-        resume: None,
-    };
+    let config = config(opts, false);
     let ended = wsgate_tunnel::run(
         conn,
         BytesMut::from(&read_ahead[..]),
         stdin,
         stdout,
         &config,
-        &Session,
+        &ClientHooks::default(),
         hangup,
     )
     .await;
     outcome(ended)
 }
 
-/// The client's close frames, and its latency log.
-struct Session;
+/// A resumable session: stdin, stdout and what is kept for a replay, across connections.
+pub struct Resumable<I, O> {
+    session: wsgate_tunnel::Session<I, O>,
+    config: Config,
+    /// Where the sidecar's ticket lands (the engine calls the hooks from inside a leg).
+    hooks: ClientHooks,
+}
 
-impl Hooks for Session {
+/// How a leg of a [`Resumable`] session ended.
+pub enum LegEnd<I, O> {
+    /// The connection was lost, the session was not: reconnect and resume it. `why` is a few
+    /// words for the user (escaped).
+    Lost {
+        /// Boxed: the other variant is a few words.
+        session: Box<Resumable<I, O>>,
+        why: String,
+    },
+    /// The session is over (its stdout flushed), as [`run`] would have ended it: a deliberate
+    /// end, or a lost connection that cannot be resumed (no ticket yet).
+    Over(Result<End, ClientError>),
+}
+
+impl<I: AsyncRead + Unpin, O: AsyncWrite + Unpin> Resumable<I, O> {
+    pub fn new(stdin: I, stdout: O, opts: &Options) -> Self {
+        let config = config(opts, true);
+        Resumable {
+            session: wsgate_tunnel::Session::new(stdin, stdout, &config),
+            config,
+            hooks: ClientHooks::default(),
+        }
+    }
+
+    /// The sidecar's ticket for this session, once its `session` message came.
+    pub fn ticket(&self) -> Option<Ticket> {
+        self.hooks.ticket.lock().ok()?.clone()
+    }
+
+    /// One leg over `conn` (`read_ahead`: what came with its `101`): the first, or a resumed
+    /// one. `hangup` resolving ends the session for good.
+    pub async fn run_leg<S, H>(
+        mut self,
+        conn: S,
+        read_ahead: Vec<u8>,
+        resumed: bool,
+        hangup: H,
+    ) -> LegEnd<I, O>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        H: std::future::Future<Output = ()>,
+    {
+        let leg = if resumed {
+            Leg::Resumed
+        } else {
+            Leg::First { greeting: None }
+        };
+        let ended = self
+            .session
+            .run_leg(
+                conn,
+                BytesMut::from(&read_ahead[..]),
+                leg,
+                &self.config,
+                &self.hooks,
+                hangup,
+                // Only a server's leg is taken over.
+                std::future::pending(),
+            )
+            .await;
+        if ended.lost {
+            // After our close went out (stdin ended), only the server's answer was missing:
+            // nothing left to resume.
+            if self.ticket().is_some() && !ended.input_ended {
+                return LegEnd::Lost {
+                    why: lost_why(&ended.reason),
+                    session: Box::new(self),
+                };
+            }
+            self.session.close(&self.hooks).await;
+        }
+        LegEnd::Over(outcome(ended))
+    }
+
+    /// Writes what is still queued for stdout (while waiting for the next leg). Cancel-safe.
+    pub async fn flush_local(&mut self) -> std::io::Result<()> {
+        self.session.flush_local().await
+    }
+
+    /// Ends the session after a lost leg that will not be resumed: stdout flushed.
+    pub async fn close(self) {
+        self.session.close(&self.hooks).await
+    }
+}
+
+/// Closes a connection that did not resume the session (a close frame, best effort, within a
+/// second): the server then ends the session it opened instead of waiting for it.
+pub async fn close_unresumed<S: AsyncWrite + Unpin>(mut conn: S) {
+    let mut mask = [0u8; 4];
+    let _ = getrandom::fill(&mut mask);
+    let payload = wsframe::close_payload(1000, "not resumed");
+    let frame = wsframe::client_frame(wsframe::Opcode::Close, &payload, mask);
+    let close = async {
+        conn.write_all(&frame).await?;
+        conn.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+}
+
+/// Why a leg was lost, in a few words for the `connection lost (…)` line (escaped).
+fn lost_why(reason: &Reason) -> String {
+    let why = match reason {
+        Reason::PeerEof => "the connection closed".to_string(),
+        Reason::PeerReadFailed(e) => format!("reading: {e}"),
+        Reason::PeerWriteFailed(e) => format!("sending: {e}"),
+        Reason::KeepaliveTimeout => "no answer to keepalive pings".to_string(),
+        Reason::PeerClosed(Some(f)) if f.reason.is_empty() => {
+            format!("the server is going away ({})", f.code)
+        }
+        Reason::PeerClosed(Some(f)) => {
+            format!("the server is going away ({} {})", f.code, f.reason)
+        }
+        other => other.to_string(),
+    };
+    text::escape(&why).into_owned()
+}
+
+/// The client's close frames, its latency log, and (resumable sessions) the sidecar's ticket.
+#[derive(Default)]
+struct ClientHooks {
+    ticket: Mutex<Option<Ticket>>,
+}
+
+impl Hooks for ClientHooks {
     fn latency_ms(&self, ms: u64) {
         tracing::info!(latency_ms = ms, "round trip to the server");
+    }
+
+    /// The sidecar's `session <id> <secret>`, once per session; anything else is a protocol
+    /// violation (the engine handles `ack` and `resume` itself).
+    fn control(&self, msg: &str) -> bool {
+        let Ok(mut ticket) = self.ticket.lock() else {
+            return false;
+        };
+        if ticket.is_some() {
+            return false;
+        }
+        match Ticket::from_control(msg) {
+            Some(t) => {
+                tracing::info!(session = t.id(), "the server can resume this session");
+                *ticket = Some(t);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn replayed(&self, bytes: u64) {
+        tracing::info!(bytes, "replayed to the server");
     }
 
     fn close_frame(&self, why: &Reason) -> Option<CloseFrame> {
@@ -158,7 +339,8 @@ fn outcome(ended: Ended) -> Result<End, ClientError> {
         Reason::Shutdown | Reason::Lingered | Reason::LocalClosed | Reason::LocalReadFailed(_) => {
             Ok(End::Done)
         }
-        // The client sets no idle timeout, age or pong limit, and no leg of it is taken over.
+        // The client sets no idle timeout or age; a pong limit only when resumable, and only
+        // a server's leg is taken over.
         Reason::IdleTimeout | Reason::MaxAge | Reason::KeepaliveTimeout | Reason::Superseded => {
             failed(format!("the session ended: {reason}"))
         }
@@ -520,6 +702,51 @@ mod tests {
         .expect("the session outlived the hangup");
         assert_eq!(end.unwrap(), End::Done);
         assert!(t0.elapsed() <= Duration::from_secs(60) + wsgate_tunnel::CLOSE_WAIT * 2);
+    }
+
+    /// The sidecar's ticket is taken once, well formed; anything else is refused (the engine
+    /// then ends the session with a protocol violation).
+    #[test]
+    fn the_ticket_comes_once_and_well_formed() {
+        let hooks = ClientHooks::default();
+        let id = "0123456789abcdef0123456789abcdef";
+        let good = format!("session {id} fedcba9876543210fedcba9876543210");
+        assert!(!hooks.control("session 1 2"));
+        assert!(!hooks.control("hello"));
+        assert!(hooks.ticket.lock().unwrap().is_none());
+        assert!(hooks.control(&good));
+        assert_eq!(hooks.ticket.lock().unwrap().as_ref().unwrap().id(), id);
+        assert!(!hooks.control(&good), "a second ticket");
+    }
+
+    #[test]
+    fn why_a_leg_was_lost() {
+        let going = |reason: &str| {
+            Reason::PeerClosed(Some(CloseFrame {
+                code: 1001,
+                reason: reason.into(),
+            }))
+        };
+        let cases = [
+            (Reason::PeerEof, "the connection closed"),
+            (
+                Reason::PeerReadFailed(std::io::Error::other("reset")),
+                "reading: reset",
+            ),
+            (
+                Reason::PeerWriteFailed(std::io::Error::other("broken pipe")),
+                "sending: broken pipe",
+            ),
+            (Reason::KeepaliveTimeout, "no answer to keepalive pings"),
+            (going(""), "the server is going away (1001)"),
+            (
+                going("drain\x1b[2J"),
+                "the server is going away (1001 drain\\x1b[2J)",
+            ),
+        ];
+        for (reason, want) in cases {
+            assert_eq!(lost_why(&reason), want);
+        }
     }
 
     /// Every way the engine ends a session, as the user is told it.

@@ -128,6 +128,7 @@ fn options(port: u16) -> Options {
             chunk: 1024,
             read_size: 4096,
         },
+        resume: None,
     }
 }
 

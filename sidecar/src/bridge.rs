@@ -5,6 +5,11 @@
 //! maps the sidecar's settings onto it, and its end onto the one [`CloseReason`] the audit and
 //! the metrics record (mapped in [`crate::error`]).
 //!
+//! A [`Bridge`] is one session's target side and replay state, kept across its legs (client
+//! connections): one leg for a session that is not resumable ([`bridge`]), as many as its
+//! client resumes it for one that is (`crate::server` runs them, `crate::resume` hands them
+//! over).
+//!
 //! Memory is bounded: towards the target, one read buffer (`read_size`; a typed control message,
 //! gathered whole, of at most `max_frame` bytes) whose data is all written before more is read;
 //! towards the client, one frame of at most `max_frame` bytes at a time. A slow peer slows the
@@ -14,14 +19,14 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio_util::sync::CancellationToken;
 use wsgate_proto::framing::Framing;
-use wsgate_tunnel::{CloseFrame, Config, Hooks, Reason, Role};
+use wsgate_tunnel::{CloseFrame, Config, Hooks, Reason, ResumeConfig, Role, Session};
 
 use crate::error::CloseReason;
 
-pub use wsgate_tunnel::CLOSE_WAIT;
+pub use wsgate_tunnel::{Leg, CLOSE_WAIT};
 
 /// Per-session settings.
 #[derive(Debug, Clone)]
@@ -48,15 +53,17 @@ pub trait Observer: Send + Sync {
     fn up(&self, bytes: u64);
     fn down(&self, bytes: u64);
     fn latency_ms(&self, ms: u64);
+    /// A resumed leg replayed this many of the target's bytes its client had not received.
+    fn replayed(&self, _bytes: u64) {}
 }
 
 /// Slack over `max_frame` for a whole client message: the type byte and a little more, as
 /// clients count frame sizes differently.
 const MESSAGE_SLACK: usize = 16;
 
-/// Runs the session to its end and returns why it ended; the close frame has been sent (a
-/// client that is not reading gets `CLOSE_WAIT` for it), and the session ends at most
-/// `2 × CLOSE_WAIT` after its reason, whatever its peers do.
+/// Runs a session that is not resumable to its end and returns why it ended; the close frame
+/// has been sent (a client that is not reading gets `CLOSE_WAIT` for it), and the session ends
+/// at most `2 × CLOSE_WAIT` after its reason, whatever its peers do.
 pub async fn bridge<C, T>(
     client: C,
     target: T,
@@ -68,18 +75,89 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let (from_target, to_target) = tokio::io::split(target);
-    let ended = wsgate_tunnel::run(
-        client,
-        BytesMut::new(),
-        from_target,
-        to_target,
-        &tunnel_config(cfg),
-        &Reports(obs),
-        shutdown.cancelled(),
-    )
-    .await;
-    CloseReason::from(&ended.reason)
+    let mut b = Bridge::new(target, cfg, None);
+    let never = CancellationToken::new();
+    let end = b
+        .run_leg(
+            client,
+            Leg::First { greeting: None },
+            obs,
+            &shutdown,
+            &never,
+        )
+        .await;
+    end.reason
+}
+
+/// How a leg ended.
+#[derive(Debug)]
+pub struct LegEnd {
+    /// Why: the session's close reason when it is over; the leg's when it was lost.
+    pub reason: CloseReason,
+    /// Only the leg ended (resumable sessions): its client may resume the session.
+    pub lost: bool,
+}
+
+/// One session's target connection and replay state, across its legs.
+pub struct Bridge<T> {
+    session: Session<ReadHalf<T>, WriteHalf<T>>,
+    config: Config,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Bridge<T> {
+    /// `replay_buffer`: the session is resumable, and keeps this many unacknowledged bytes at
+    /// most; `None`: it is not, and its first leg is its only one.
+    pub fn new(target: T, cfg: &BridgeConfig, replay_buffer: Option<usize>) -> Self {
+        let (from_target, to_target) = tokio::io::split(target);
+        let mut config = tunnel_config(cfg);
+        config.resume = replay_buffer.map(|replay_buffer| ResumeConfig { replay_buffer });
+        Bridge {
+            session: Session::new(from_target, to_target, &config),
+            config,
+        }
+    }
+
+    /// Runs one leg over `client` until the session ends (`shutdown`: for good, 1001) or the
+    /// leg is lost (`takeover`: another connection resumed the session).
+    pub async fn run_leg<C>(
+        &mut self,
+        client: C,
+        leg: Leg,
+        obs: &dyn Observer,
+        shutdown: &CancellationToken,
+        takeover: &CancellationToken,
+    ) -> LegEnd
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let ended = self
+            .session
+            .run_leg(
+                client,
+                BytesMut::new(),
+                leg,
+                &self.config,
+                &Reports(obs),
+                shutdown.cancelled(),
+                takeover.cancelled(),
+            )
+            .await;
+        LegEnd {
+            reason: CloseReason::from(&ended.reason),
+            lost: ended.lost,
+        }
+    }
+
+    /// Writes to the target what the last leg left queued for it (while parked). Cancel-safe.
+    pub async fn flush_target(&mut self) -> std::io::Result<()> {
+        self.session.flush_local().await
+    }
+
+    /// Ends the session for good after a lost leg: the target connection is flushed and shut
+    /// down, within `2 × CLOSE_WAIT`.
+    pub async fn close(self, obs: &dyn Observer) {
+        self.session.close(&Reports(obs)).await;
+    }
 }
 
 fn tunnel_config(cfg: &BridgeConfig) -> Config {
@@ -115,6 +193,9 @@ impl Hooks for Reports<'_> {
     }
     fn close_frame(&self, why: &Reason) -> Option<CloseFrame> {
         CloseReason::from(why).close_frame()
+    }
+    fn replayed(&self, bytes: u64) {
+        self.0.replayed(bytes);
     }
 }
 

@@ -24,6 +24,15 @@ pub const SKYPILOT_PATH: &str = "/kubernetes-pod-ssh-proxy";
 /// of places can hold everywhere.
 const MAX_CONNECTIONS: usize = 1 << 20;
 
+/// `--replay-buffer`'s bounds: below 256 KiB a session could not keep two of `wsgate proxy`'s
+/// 64 KiB frames and an acknowledgement's worth (128 KiB) in flight, and would stall on every
+/// round trip; above 256 MiB, a few hundred parked sessions would hold the node's memory.
+const REPLAY_BUFFER: std::ops::RangeInclusive<usize> = (256 << 10)..=(256 << 20);
+
+/// The longest `--resume-window`: a parked session holds a target connection, an admission
+/// slot and up to its replay buffer; a day covers a laptop closed overnight.
+const MAX_RESUME_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
 /// A flag whose value cannot be used, or a combination of flags that cannot work.
 #[derive(Debug, thiserror::Error)]
 #[error("--{flag}: {why}")]
@@ -84,6 +93,17 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Proxies whose `X-Forwarded-For` / `x-envoy-external-address` the audit trail believes.
     pub trusted_hops: TrustedHops,
+    /// Resumable sessions (`--resume`), `None` when off: the offer is ignored.
+    pub resume: Option<ResumeSettings>,
+}
+
+/// How resumable sessions are kept (docs/resume.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeSettings {
+    /// How long a session whose leg was lost waits for its client (`--resume-window`).
+    pub window: Duration,
+    /// Unacknowledged target bytes kept per session, to replay (`--replay-buffer`).
+    pub replay_buffer: usize,
 }
 
 /// How callers authenticate.
@@ -210,6 +230,19 @@ impl Config {
                 ),
             ));
         }
+        if a.resume_window.is_zero() || a.resume_window > MAX_RESUME_WINDOW {
+            return Err(flag("resume-window", "must be above 0 and at most 24h"));
+        }
+        if !REPLAY_BUFFER.contains(&a.replay_buffer) {
+            return Err(flag(
+                "replay-buffer",
+                format!(
+                    "must be between {} (256 KiB) and {} (256 MiB)",
+                    REPLAY_BUFFER.start(),
+                    REPLAY_BUFFER.end()
+                ),
+            ));
+        }
         let trusted_hops = a
             .trusted_proxies
             .iter()
@@ -243,6 +276,10 @@ impl Config {
                 connect_timeout: a.connect_timeout,
                 shutdown_grace: a.shutdown_grace,
                 trusted_hops: TrustedHops(trusted_hops),
+                resume: a.resume.then_some(ResumeSettings {
+                    window: a.resume_window,
+                    replay_buffer: a.replay_buffer,
+                }),
             },
             auth: auth(a)?,
             authz: AuthzConfig {
@@ -414,6 +451,27 @@ mod tests {
                 argv: &["--auth", "token-review", "--token-review-rate", "0"],
                 want: "--token-review-rate:",
             },
+            Case {
+                argv: &["--resume-window", "0s"],
+                want: "--resume-window: must be above 0 and at most 24h",
+            },
+            Case {
+                argv: &["--resume-window", "25h"],
+                want: "--resume-window:",
+            },
+            // Checked when resumption is off too, so turning it on cannot reveal a mistake.
+            Case {
+                argv: &["--resume=false", "--resume-window", "0s"],
+                want: "--resume-window:",
+            },
+            Case {
+                argv: &["--replay-buffer", "262143"],
+                want: "--replay-buffer: must be between 262144 (256 KiB) and 268435456 (256 MiB)",
+            },
+            Case {
+                argv: &["--replay-buffer", "268435457"],
+                want: "--replay-buffer:",
+            },
         ];
         for c in cases {
             let open = if c.argv.contains(&"--auth") {
@@ -458,6 +516,57 @@ mod tests {
         );
         assert_eq!(s.max_connections, 4096);
         assert!(s.max_connections >= s.max_sessions);
+        assert_eq!(
+            s.resume,
+            Some(ResumeSettings {
+                window: Duration::from_secs(180),
+                replay_buffer: 4 << 20,
+            })
+        );
+    }
+
+    #[test]
+    fn resume_switch_and_bounds() {
+        struct Case {
+            argv: &'static [&'static str],
+            want: Option<ResumeSettings>,
+        }
+        let on = |secs, replay_buffer| {
+            Some(ResumeSettings {
+                window: Duration::from_secs(secs),
+                replay_buffer,
+            })
+        };
+        let cases = [
+            Case {
+                argv: &["--resume"],
+                want: on(180, 4 << 20),
+            },
+            Case {
+                argv: &["--resume=true"],
+                want: on(180, 4 << 20),
+            },
+            Case {
+                argv: &["--resume=false", "--resume-window=1s"],
+                want: None,
+            },
+            Case {
+                argv: &["--resume-window=1s", "--replay-buffer=262144"],
+                want: on(1, 256 << 10),
+            },
+            Case {
+                argv: &["--resume-window=24h", "--replay-buffer=268435456"],
+                want: on(24 * 3600, 256 << 20),
+            },
+        ];
+        for c in cases {
+            let argv: Vec<&str> = OPEN.iter().chain(c.argv).copied().collect();
+            let got = Config::from_args(&args(&argv)).unwrap().server.resume;
+            assert_eq!(got, c.want, "{:?}", c.argv);
+        }
+        // `=` is required, so a value cannot be taken for the next argument by mistake.
+        let argv = ["wsgate-sidecar", "--resume", "false"];
+        assert!(Args::try_parse_from(argv).is_err());
     }
 
     #[test]

@@ -57,6 +57,20 @@ pub enum Reject {
     TargetNotReady,
     #[error("the handshake took too long")]
     HandshakeTimeout,
+    /// A resume of a session this server does not hold (never did, ended, or its window is
+    /// over), or with resumption off.
+    #[error("no such session to resume (unknown, ended, or its resume window is over)")]
+    ResumeUnknown,
+    /// A resume with the wrong secret: answered exactly as [`Reject::ResumeUnknown`], so a
+    /// guesser learns nothing, but audited and counted apart.
+    #[error("no such session to resume (unknown, ended, or its resume window is over)")]
+    ResumeBadSecret,
+    /// A resume by another user, or for another cluster or worker, than the session's.
+    #[error("the session belongs to another user, cluster or worker")]
+    ResumeForbidden,
+    /// Another resume of the session is in progress (its `101` not yet through).
+    #[error("another connection is resuming this session")]
+    ResumeConflict,
 }
 
 impl Reject {
@@ -69,7 +83,9 @@ impl Reject {
             }
             UnknownCluster | UnknownWorker(_) => StatusCode::NOT_FOUND,
             MissingCredentials | InvalidCredentials => StatusCode::UNAUTHORIZED,
-            Forbidden => StatusCode::FORBIDDEN,
+            Forbidden | ResumeForbidden => StatusCode::FORBIDDEN,
+            ResumeUnknown | ResumeBadSecret => StatusCode::NOT_FOUND,
+            ResumeConflict => StatusCode::CONFLICT,
             UserLimit => StatusCode::TOO_MANY_REQUESTS,
             AuthUnavailable | AuthThrottled(_) | GlobalLimit | Draining | ResolverUnavailable
             | TargetNotReady => StatusCode::SERVICE_UNAVAILABLE,
@@ -78,8 +94,18 @@ impl Reject {
         }
     }
 
-    /// Stable code for the JSON body, the metric label and the audit line.
+    /// Stable code for the JSON body: what the client is told.
     pub fn reason(&self) -> &'static str {
+        match self {
+            Reject::ResumeBadSecret => "resume_unknown",
+            other => other.label(),
+        }
+    }
+
+    /// Stable code for the metric label and the audit line: [`Reject::reason`], except that a
+    /// wrong resume secret is told apart here (`resume_bad_secret`: someone guessing, or a
+    /// client with a mangled secret).
+    pub fn label(&self) -> &'static str {
         use Reject::*;
         match self {
             NotWebSocket => "not_websocket",
@@ -102,6 +128,10 @@ impl Reject {
             TargetUnreachable => "target_unreachable",
             TargetNotReady => "target_not_ready",
             HandshakeTimeout => "handshake_timeout",
+            ResumeUnknown => "resume_unknown",
+            ResumeBadSecret => "resume_bad_secret",
+            ResumeForbidden => "resume_forbidden",
+            ResumeConflict => "resume_conflict",
         }
     }
 }
@@ -150,6 +180,12 @@ pub enum CloseReason {
     IdleTimeout,
     MaxAge,
     KeepaliveTimeout,
+    /// Another connection resumed the session: this leg ends, the session goes on (never a
+    /// session's end).
+    Superseded,
+    /// The client's connection was lost and it did not resume the session within
+    /// `--resume-window`.
+    ResumeExpired,
 }
 
 impl CloseReason {
@@ -160,9 +196,11 @@ impl CloseReason {
             TargetClosed | ClientClosed => 1000,
             // Never sent (the client is gone); RFC 6455's code for "closed without a close
             // frame", for the audit trail and metrics.
-            ClientGone => 1006,
+            ClientGone | ResumeExpired => 1006,
             Shutdown => 1001,
-            Frame(_) | TextFrame | IdleTimeout | MaxAge => 1008,
+            // Deliberate, so that whoever still holds the old connection does not resume it
+            // back: one connection per session.
+            Frame(_) | TextFrame | IdleTimeout | MaxAge | Superseded => 1008,
             Protocol(_) => 1002,
             TooBig => 1009,
             TargetError | KeepaliveTimeout => 1011,
@@ -185,6 +223,8 @@ impl CloseReason {
             IdleTimeout => "idle_timeout",
             MaxAge => "max_session_age",
             KeepaliveTimeout => "keepalive_timeout",
+            Superseded => "superseded",
+            ResumeExpired => "resume_expired",
         }
     }
 
@@ -203,6 +243,8 @@ impl CloseReason {
             IdleTimeout => "idle timeout".to_string(),
             MaxAge => "maximum session age reached".to_string(),
             KeepaliveTimeout => "keepalive timeout: no pong".to_string(),
+            Superseded => "another connection resumed the session".to_string(),
+            ResumeExpired => "the session was not resumed in time".to_string(),
         };
         let mut end = m.len().min(123);
         while !m.is_char_boundary(end) {
@@ -213,7 +255,8 @@ impl CloseReason {
 
     /// The close frame sent to the client: none when it is gone.
     pub fn close_frame(&self) -> Option<CloseFrame> {
-        (*self != CloseReason::ClientGone).then(|| CloseFrame {
+        let gone = matches!(self, CloseReason::ClientGone | CloseReason::ResumeExpired);
+        (!gone).then(|| CloseFrame {
             code: self.code(),
             reason: self.message(),
         })
@@ -225,11 +268,9 @@ impl From<&Reason> for CloseReason {
     fn from(why: &Reason) -> Self {
         match why {
             Reason::PeerClosed(_) => CloseReason::ClientClosed,
-            // A leg another connection took over is one whose client is gone.
-            Reason::PeerEof
-            | Reason::PeerReadFailed(_)
-            | Reason::PeerWriteFailed(_)
-            | Reason::Superseded => CloseReason::ClientGone,
+            Reason::PeerEof | Reason::PeerReadFailed(_) | Reason::PeerWriteFailed(_) => {
+                CloseReason::ClientGone
+            }
             Reason::Violation(v) => match v {
                 Violation::Header(HeaderError::TooBig(_)) | Violation::MessageTooBig(_) => {
                     CloseReason::TooBig
@@ -247,6 +288,7 @@ impl From<&Reason> for CloseReason {
             Reason::IdleTimeout => CloseReason::IdleTimeout,
             Reason::MaxAge => CloseReason::MaxAge,
             Reason::KeepaliveTimeout => CloseReason::KeepaliveTimeout,
+            Reason::Superseded => CloseReason::Superseded,
         }
     }
 }
@@ -268,10 +310,36 @@ mod tests {
             (Reject::AuthUnavailable, 503),
             (Reject::AuthThrottled(1), 503),
             (Reject::Token(TokenError::MultipleTokens), 400),
+            (Reject::ResumeUnknown, 404),
+            (Reject::ResumeBadSecret, 404),
+            (Reject::ResumeForbidden, 403),
+            (Reject::ResumeConflict, 409),
         ];
         for (r, s) in cases {
             assert_eq!(r.status().as_u16(), s, "{r:?}");
         }
+    }
+
+    /// A wrong secret is answered exactly as an unknown session (status, body), so the answer
+    /// does not say a session exists; only the audit and the metrics tell them apart.
+    #[tokio::test]
+    async fn a_bad_secret_is_answered_as_an_unknown_session() {
+        async fn answer(r: Reject) -> (StatusCode, Vec<u8>) {
+            let resp = r.into_response();
+            let status = resp.status();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            (status, body.to_vec())
+        }
+        assert_eq!(
+            answer(Reject::ResumeBadSecret).await,
+            answer(Reject::ResumeUnknown).await
+        );
+        assert_eq!(Reject::ResumeBadSecret.reason(), "resume_unknown");
+        assert_eq!(Reject::ResumeBadSecret.label(), "resume_bad_secret");
+        assert_eq!(Reject::ResumeUnknown.label(), "resume_unknown");
+        assert_eq!(Reject::ResumeConflict.reason(), "resume_conflict");
     }
 
     #[test]
@@ -334,6 +402,12 @@ mod tests {
             case(Reason::IdleTimeout, 1008, "idle_timeout"),
             case(Reason::MaxAge, 1008, "max_session_age"),
             case(Reason::KeepaliveTimeout, 1011, "keepalive_timeout"),
+            case(Reason::Superseded, 1008, "superseded"),
+            case(
+                Reason::Violation(Violation::Control("ack 9".into())),
+                1002,
+                "protocol_error",
+            ),
             case(Reason::LocalReadFailed(io()), 1011, "target_error"),
             case(Reason::LocalWriteFailed(io()), 1011, "target_error"),
             Case {

@@ -9,12 +9,15 @@
 //!   checked and the target connected before the upgrade), sessions, graceful shutdown.
 //! - [`http`]: the accept loop and HTTP/1.1 connections, a deadline on every head and idle wait.
 //! - [`upgrade`]: the WebSocket upgrade (checks, `101`), handing the raw connection over.
-//! - [`bridge`]: one session on `wsgate-tunnel`'s engine (server role), its end mapped to a close
-//!   reason.
+//! - [`bridge`]: one session on `wsgate-tunnel`'s engine (server role), over one leg or (resumable)
+//!   several, its end mapped to a close reason.
 //! - [`auth`], [`authz`]: who is asking, and may they reach this cluster.
 //! - [`target`]: cluster + worker → address (never chosen by the client).
 //! - [`kube`]: TokenReview, SubjectAccessReview and pod lookup (central mode) with kube-rs.
 //! - [`sessions`]: admission limits and the `/sessions` listing.
+//! - [`resume`]: resumable sessions: the `x-wsgate-resume` header, the sessions held for their
+//!   clients to come back to, and the checks a resume passes (who may hand a session its next
+//!   leg).
 //! - [`origin`]: where a request comes from (peer, and the client behind trusted hops), for
 //!   the audit.
 //! - [`logs`]: the log's two formats (text from outside is escaped with `wsgate_proto::text`).
@@ -32,6 +35,7 @@ pub mod kube;
 pub mod logs;
 pub mod metrics;
 pub mod origin;
+pub mod resume;
 pub mod server;
 pub mod sessions;
 pub mod settings;

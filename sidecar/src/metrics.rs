@@ -26,6 +26,53 @@ pub const DURATION_BUCKETS: [f64; 16] = [
     5.0, 10.0,
 ];
 
+/// Buckets (seconds) of the time from a leg's loss to its resume: a gateway rollout or a Wi-Fi
+/// change costs a second or a few (the client's backoff starts at 0.25 s), a closed laptop
+/// minutes, up to `--resume-window` (3 minutes by default).
+const GAP_BUCKETS: [f64; 12] = [
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0, 600.0, 3600.0,
+];
+
+/// How a resume ended, for `wsgate_resumes_total`: one count per resume request that reached
+/// the session checks, and one per parked session whose window ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeResult {
+    /// The session was resumed.
+    Ok,
+    /// No such session (or resumption off).
+    Unknown,
+    /// The secret did not match.
+    BadSecret,
+    /// Another user, cluster or worker.
+    Forbidden,
+    /// Another resume of it was in progress.
+    Conflict,
+    /// A parked session's window ran out with no resume.
+    Expired,
+}
+
+impl ResumeResult {
+    const ALL: [ResumeResult; 6] = [
+        ResumeResult::Ok,
+        ResumeResult::Unknown,
+        ResumeResult::BadSecret,
+        ResumeResult::Forbidden,
+        ResumeResult::Conflict,
+        ResumeResult::Expired,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            ResumeResult::Ok => "ok",
+            ResumeResult::Unknown => "unknown",
+            ResumeResult::BadSecret => "bad_secret",
+            ResumeResult::Forbidden => "forbidden",
+            ResumeResult::Conflict => "conflict",
+            ResumeResult::Expired => "expired",
+        }
+    }
+}
+
 /// A histogram of durations over fixed bucket bounds (seconds).
 pub struct Histogram {
     /// The buckets' upper bounds, in seconds, ascending.
@@ -202,6 +249,15 @@ pub struct Metrics {
     handshakes_refused: Histogram,
     /// The TokenReview backend's counters, when it is the authenticator.
     reviews: Option<Arc<ReviewMetrics>>,
+    /// Sessions whose client connection was lost, waiting for it to resume them (a part of
+    /// `sessions_open`).
+    sessions_parked: AtomicI64,
+    /// Resumes by result, in [`ResumeResult::ALL`] order.
+    resumes: [AtomicU64; 6],
+    /// Session bytes the sidecar sent its clients again after a resume.
+    resume_replayed: AtomicU64,
+    /// From a leg's loss to its resume, over [`GAP_BUCKETS`].
+    resume_gap: Histogram,
 }
 
 impl Default for Metrics {
@@ -218,6 +274,10 @@ impl Default for Metrics {
             handshakes_accepted: Histogram::durations(),
             handshakes_refused: Histogram::durations(),
             reviews: None,
+            sessions_parked: AtomicI64::new(0),
+            resumes: Default::default(),
+            resume_replayed: AtomicU64::new(0),
+            resume_gap: Histogram::new(&GAP_BUCKETS),
         }
     }
 }
@@ -283,6 +343,34 @@ impl Metrics {
         self.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// A session's leg was lost and it waits for its client.
+    pub fn session_parked(&self) {
+        self.sessions_parked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A parked session was resumed, or ended.
+    pub fn session_unparked(&self) {
+        self.sessions_parked.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn resume(&self, result: ResumeResult) {
+        let i = ResumeResult::ALL
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(0);
+        self.resumes[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A resumed leg replayed `bytes` to its client.
+    pub fn resume_replayed(&self, bytes: u64) {
+        self.resume_replayed.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A session was resumed `gap` after its leg was lost.
+    pub fn observe_resume_gap(&self, gap: Duration) {
+        self.resume_gap.observe(gap);
+    }
+
     pub fn sessions_open(&self) -> i64 {
         self.sessions_open.load(Ordering::Relaxed)
     }
@@ -302,6 +390,18 @@ impl Metrics {
             "gauge",
             "Bridged sessions open now.",
             self.sessions_open.load(r).to_string(),
+        );
+        simple(
+            "wsgate_sessions_parked",
+            "gauge",
+            "Sessions whose client connection was lost, waiting for it to resume them (counted in wsgate_sessions_open too).",
+            self.sessions_parked.load(r).to_string(),
+        );
+        simple(
+            "wsgate_resume_replayed_bytes_total",
+            "counter",
+            "Session bytes sent to clients again after they resumed (what they had not received).",
+            self.resume_replayed.load(r).to_string(),
         );
         simple(
             "wsgate_sessions_total",
@@ -357,6 +457,18 @@ impl Metrics {
             .render(&mut out, name, "result=\"accepted\",");
         self.handshakes_refused
             .render(&mut out, name, "result=\"refused\",");
+        let name = "wsgate_resumes_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Resumes of sessions, by result (expired: a parked session's window ran out).\n# TYPE {name} counter"
+        );
+        for (i, result) in ResumeResult::ALL.iter().enumerate() {
+            let v = self.resumes[i].load(r);
+            let _ = writeln!(out, "{name}{{result=\"{}\"}} {v}", result.label());
+        }
+        let name = "wsgate_resume_gap_seconds";
+        let _ = writeln!(out, "# HELP {name} From the loss of a session's client connection to its resume.\n# TYPE {name} histogram");
+        self.resume_gap.render(&mut out, name, "");
         if let Some(reviews) = &self.reviews {
             reviews.render(&mut out);
         }
@@ -480,6 +592,37 @@ wsgate_client_latency_seconds_count 5
                     c.took
                 );
             }
+        }
+    }
+
+    #[test]
+    fn resume_metrics() {
+        let m = Metrics::default();
+        m.session_parked();
+        m.session_parked();
+        m.session_unparked();
+        m.resume(ResumeResult::Ok);
+        m.resume(ResumeResult::BadSecret);
+        m.resume(ResumeResult::BadSecret);
+        m.resume_replayed(1500);
+        m.observe_resume_gap(Duration::from_millis(4200));
+        let text = m.render();
+        for want in [
+            "# TYPE wsgate_sessions_parked gauge\nwsgate_sessions_parked 1\n",
+            "wsgate_resumes_total{result=\"ok\"} 1\n",
+            "wsgate_resumes_total{result=\"unknown\"} 0\n",
+            "wsgate_resumes_total{result=\"bad_secret\"} 2\n",
+            "wsgate_resumes_total{result=\"forbidden\"} 0\n",
+            "wsgate_resumes_total{result=\"conflict\"} 0\n",
+            "wsgate_resumes_total{result=\"expired\"} 0\n",
+            "wsgate_resume_replayed_bytes_total 1500\n",
+            "# TYPE wsgate_resume_gap_seconds histogram",
+            "wsgate_resume_gap_seconds_bucket{le=\"2.5\"} 0\n",
+            "wsgate_resume_gap_seconds_bucket{le=\"5\"} 1\n",
+            "wsgate_resume_gap_seconds_sum 4.2\n",
+            "wsgate_resume_gap_seconds_count 1\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
     }
 

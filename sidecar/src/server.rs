@@ -1,5 +1,6 @@
 //! The server: routes, the handshake (validate, authenticate, authorize, admit, resolve,
-//! connect — all before the upgrade), session tasks, and graceful shutdown.
+//! connect — all before the upgrade; a resume instead finds its session, `crate::resume`),
+//! session tasks (a resumable session's legs, parked between them), and graceful shutdown.
 //!
 //! [`run`]`(listeners, config, shutdown)` is the whole server: `main` only reads the settings,
 //! sets up the log and binds; the integration tests (`tests/`) call it on `127.0.0.1:0`.
@@ -10,8 +11,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
@@ -30,12 +31,13 @@ use wsgate_proto::query::{percent_decode, query_pairs};
 
 use crate::auth::{credential, Identity};
 use crate::backends::{BackendError, Backends};
-use crate::bridge::{bridge, Observer};
+use crate::bridge::{bridge, Bridge, Leg, Observer};
 use crate::config::{AuthConfig, Config, ServerConfig, SKYPILOT_PATH};
-use crate::error::Reject;
+use crate::error::{CloseReason, Reject};
 use crate::http::{serve as serve_http, HttpLimits};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ResumeResult};
 use crate::origin::{Origin, PeerAddr};
+use crate::resume::{self, Claim, Credentials, Offer, Owner, Resumable, SessionId};
 use crate::sessions::{Admission, Registry, SessionInfo};
 use crate::upgrade::{Connection, WsUpgrade};
 use wsgate_proto::text::Shown;
@@ -68,6 +70,8 @@ struct AppState {
     backends: Backends,
     /// Admission limits and the `/sessions` listing.
     registry: Arc<Registry>,
+    /// The resumable sessions, for resumes to find (empty with `--resume=false`).
+    resumable: Arc<Resumable<NewLeg>>,
     /// Counted by handshakes, sessions and the accept loop; rendered on `/metrics`.
     metrics: Arc<Metrics>,
     /// Set on shutdown: `/readyz` turns false and new sessions get 503.
@@ -118,6 +122,7 @@ async fn serve(
         config,
         backends,
         registry,
+        resumable: Arc::default(),
         metrics: Arc::new(Metrics::with_reviews(reviews)),
         draining: AtomicBool::new(false),
         tracker: TaskTracker::new(),
@@ -333,6 +338,28 @@ struct Ready {
     /// The subprotocol to echo in the `101`, when the token came as one (the client requires
     /// one echoed back).
     echo_protocol: Option<String>,
+    /// The session's id and secret when it is resumable (the client offered it, and
+    /// resumption is on).
+    resume: Option<Credentials>,
+}
+
+/// What the checks let through: a new session, or the next leg of one this server holds.
+enum Prepared {
+    /// Boxed: a session's worth of state, next to a resume's claim.
+    New(Box<Ready>),
+    Resume(Resuming),
+}
+
+/// A resume that passed every check: the session is held for it until its `101` is through.
+struct Resuming {
+    claim: Claim<NewLeg>,
+    echo_protocol: Option<String>,
+}
+
+/// What a resume hands the session's task: the upgraded connection, and where it came from.
+struct NewLeg {
+    conn: Connection,
+    origin: Origin,
 }
 
 /// What is known of a request so far, for its audit line and its span: a refusal says as much
@@ -347,6 +374,8 @@ struct Audit {
     user: Option<String>,
     cluster: Option<String>,
     target: Option<String>,
+    /// The request asks to resume a session (its refusals are `resume_refused`).
+    resuming: bool,
     /// The `session` span, given each field as it is learnt.
     span: Span,
 }
@@ -360,6 +389,11 @@ impl Audit {
     fn learn_cluster(&mut self, cluster: &str) {
         self.span.record("cluster", display(Shown(cluster)));
         self.cluster = Some(cluster.to_string());
+    }
+
+    /// The resumable session's id (not a secret): a new one's, or the one a resume asks for.
+    fn learn_resume_id(&mut self, id: &SessionId) {
+        self.span.record("resume_id", display(id));
     }
 
     fn learn_target(&mut self, target: &str) {
@@ -385,6 +419,7 @@ async fn handshake(
         cluster = Empty,
         target = Empty,
         client = %origin.client,
+        resume_id = Empty,
     );
     let audit = Audit {
         id,
@@ -392,6 +427,7 @@ async fn handshake(
         user: None,
         cluster: None,
         target: None,
+        resuming: false,
         span: span.clone(),
     };
     checked_handshake(st, query, path_cluster, headers, ws, audit)
@@ -417,24 +453,32 @@ async fn checked_handshake(
     )
     .await;
     match prepared {
-        Ok(Ok(ready)) => start_session(st, ready, ws, audit),
+        Ok(Ok(Prepared::New(ready))) => start_session(st, *ready, ws, audit),
+        Ok(Ok(Prepared::Resume(resuming))) => start_resume(st, resuming, ws, audit),
         Ok(Err(reject)) => refuse(&st, reject, &audit),
         Err(_) => refuse(&st, Reject::HandshakeTimeout, &audit),
     }
 }
 
 fn refuse(st: &AppState, reject: Reject, audit: &Audit) -> Response {
-    st.metrics.handshake_failed(reject.reason());
+    st.metrics.handshake_failed(reject.label());
+    if let Some(result) = resume::result_of(&reject) {
+        st.metrics.resume(result);
+    }
     info!(
         target: "wsgate::audit",
-        event = "session_refused",
+        event = if audit.resuming {
+            "resume_refused"
+        } else {
+            "session_refused"
+        },
         user = audit.user.as_deref().map(|u| display(Shown(u))),
         cluster = audit.cluster.as_deref().map(display),
         target_addr = audit.target.as_deref().map(|t| display(Shown(t))),
         peer_addr = %audit.origin.peer,
         client_addr = %audit.origin.client,
         status = reject.status().as_u16(),
-        reason = reject.reason(),
+        reason = reject.label(),
         "refused: {reject}"
     );
     reject.into_response()
@@ -442,15 +486,31 @@ fn refuse(st: &AppState, reject: Reject, audit: &Audit) -> Response {
 
 /// Every check, in an order that reveals nothing before the caller is authenticated: who is
 /// asking first (an anonymous caller gets 401 whatever it names, so it cannot tell allowed
-/// clusters from others), then what they ask for and whether they may.
+/// clusters from others), then what they ask for and whether they may. A resume passes the
+/// same checks as a new session, then the session's own (`crate::resume`), instead of the
+/// admission and the target connect: its session has both.
 async fn prepare(
     st: &AppState,
     query: Option<String>,
     path_cluster: Option<String>,
     headers: &HeaderMap,
     audit: &mut Audit,
-) -> Result<Ready, Reject> {
-    if st.draining.load(Ordering::SeqCst) {
+) -> Result<Prepared, Reject> {
+    let offer = resume::offer(headers, st.config.resume.is_some())
+        .map_err(|_| Reject::BadRequest("malformed x-wsgate-resume header"))?;
+    let (offered, resuming) = match offer {
+        None => (false, None),
+        Some(Offer::New) => (true, None),
+        Some(Offer::Resume { id, secret }) => {
+            audit.resuming = true;
+            audit.learn_resume_id(&id);
+            (false, Some((id, secret)))
+        }
+    };
+    // A resume during the drain is let in: its session is here already, and ends with the
+    // grace period as the live ones do. (Few come: the listener stops accepting at the
+    // signal, so only a request already on its way can be one.)
+    if resuming.is_none() && st.draining.load(Ordering::SeqCst) {
         return Err(Reject::Draining);
     }
     let cred = credential(headers)?;
@@ -471,6 +531,22 @@ async fn prepare(
         return Err(Reject::UnknownCluster);
     }
     st.backends.authz.authorize(&who, &ask.cluster).await?;
+    let echo_protocol = cred.and_then(|c| c.echo_protocol);
+    if let Some((id, secret)) = resuming {
+        if st.config.resume.is_none() {
+            return Err(Reject::ResumeUnknown);
+        }
+        let owner = Owner {
+            user: who.user,
+            cluster: ask.cluster,
+            worker: ask.worker,
+        };
+        let claim = st.resumable.claim(&id, &secret, &owner)?;
+        return Ok(Prepared::Resume(Resuming {
+            claim,
+            echo_protocol,
+        }));
+    }
     let admission = st.registry.admit(&who.user)?;
     let addr = st
         .backends
@@ -491,22 +567,84 @@ async fn prepare(
         }
     };
     let _ = stream.set_nodelay(true);
-    Ok(Ready {
+    let resume = match (offered, &st.config.resume) {
+        (true, Some(_)) => match Credentials::generate() {
+            Ok(creds) => {
+                audit.learn_resume_id(&creds.id);
+                Some(creds)
+            }
+            // Offered, never imposed: without a secret, the session is today's.
+            Err(e) => {
+                warn!(error = %e, "no random bytes for a resumable session's secret; the session is not resumable");
+                None
+            }
+        },
+        _ => None,
+    };
+    Ok(Prepared::New(Box::new(Ready {
         who,
         ask,
         addr,
         stream,
         admission,
-        echo_protocol: cred.and_then(|c| c.echo_protocol),
-    })
+        echo_protocol,
+        resume,
+    })))
 }
 
-/// Reports the bridge's byte counts to the session listing and the metrics.
+/// Reports the bridge's byte counts to the session listing and the metrics, and a resumed
+/// leg's replay to the audit trail.
 struct SessionObserver {
     /// The session's `/sessions` entry.
     info: Arc<SessionInfo>,
     /// The server's totals.
     metrics: Arc<Metrics>,
+    /// A resumed leg not audited yet: its line waits for the replay's size (the client's
+    /// `resume <n>` comes first thing), or for the leg's end if it never comes.
+    resumed: Mutex<Option<Resumed>>,
+    /// Bytes replayed to the client over all legs, for the session's end.
+    replayed: AtomicU64,
+}
+
+impl SessionObserver {
+    fn expect_resume(&self, r: Resumed) {
+        *self.resumed.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+    }
+
+    /// A leg ended: a resume it began with is audited, if the replay did not do it.
+    fn leg_over(&self) {
+        self.audit_resumed(None);
+    }
+
+    /// The `session_resumed` line of the leg that is waiting for one, with the bytes
+    /// replayed to its client when known.
+    fn audit_resumed(&self, replayed: Option<u64>) {
+        let Some(r) = self
+            .resumed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let i = &self.info;
+        info!(
+            target: "wsgate::audit",
+            event = "session_resumed",
+            id = i.id,
+            user = %Shown(&i.user),
+            cluster = %i.cluster,
+            worker = i.worker,
+            target_addr = %Shown(&i.target),
+            peer_addr = %r.origin.peer,
+            client_addr = %r.origin.client,
+            leg = r.leg,
+            gap_ms = r.gap.as_millis() as u64,
+            bytes_replayed = replayed,
+            "session resumed after {:.1} s",
+            r.gap.as_secs_f64()
+        );
+    }
 }
 
 impl Observer for SessionObserver {
@@ -521,10 +659,26 @@ impl Observer for SessionObserver {
     fn latency_ms(&self, ms: u64) {
         self.metrics.observe_latency_ms(ms);
     }
+    fn replayed(&self, n: u64) {
+        self.replayed.fetch_add(n, Ordering::Relaxed);
+        self.metrics.resume_replayed(n);
+        self.audit_resumed(Some(n));
+    }
+}
+
+/// The `101`'s `x-wsgate-resume: v1`: resumption accepted.
+fn accept_resume(resp: &mut Response) {
+    resp.headers_mut().insert(
+        resume::HEADER,
+        axum::http::HeaderValue::from_static(resume::ACCEPT),
+    );
 }
 
 fn start_session(st: Arc<AppState>, ready: Ready, ws: WsUpgrade, audit: Audit) -> Response {
-    let (resp, conn) = ws.accept(ready.echo_protocol.as_deref());
+    let (mut resp, conn) = ws.accept(ready.echo_protocol.as_deref());
+    if ready.resume.is_some() {
+        accept_resume(&mut resp);
+    }
     // The connection comes once the `101` is written, which the client can delay by not
     // reading (the HTTP server bounds that write too). An upgrade that does not complete in
     // the handshake timeout lets go of the admission and the target connection, audited.
@@ -557,6 +711,58 @@ fn start_session(st: Arc<AppState>, ready: Ready, ws: WsUpgrade, audit: Audit) -
     resp
 }
 
+/// A resume let through: the `101`, then its connection handed to the session's task (which
+/// takes the live leg over, if there is one). If the upgrade does not complete, the claim is
+/// let go and the session stays as it was.
+fn start_resume(st: Arc<AppState>, resuming: Resuming, ws: WsUpgrade, audit: Audit) -> Response {
+    let (mut resp, conn) = ws.accept(resuming.echo_protocol.as_deref());
+    accept_resume(&mut resp);
+    let limit = st.config.handshake_timeout;
+    let tracker = st.tracker.clone();
+    let span = audit.span.clone();
+    let task = async move {
+        let (why, reason) = match tokio::time::timeout(limit, conn).await {
+            Ok(Ok(conn)) => {
+                let leg = NewLeg {
+                    conn,
+                    origin: audit.origin,
+                };
+                match resuming.claim.hand_over(leg) {
+                    Ok(()) => return,
+                    // Its connection goes with the leg given back: the client sees it close and
+                    // its next resume gets 404.
+                    Err(_) => (
+                        "the session ended while it was being resumed".to_string(),
+                        "session_ended",
+                    ),
+                }
+            }
+            Ok(Err(e)) => (
+                format!("the WebSocket upgrade did not complete: {e}"),
+                "upgrade_failed",
+            ),
+            Err(_) => (
+                "the WebSocket upgrade did not complete within the handshake timeout".to_string(),
+                "upgrade_failed",
+            ),
+        };
+        st.metrics.handshake_failed(reason);
+        info!(
+            target: "wsgate::audit",
+            event = "resume_refused",
+            user = audit.user.as_deref().map(|u| display(Shown(u))),
+            cluster = audit.cluster.as_deref().map(display),
+            peer_addr = %audit.origin.peer,
+            client_addr = %audit.origin.client,
+            status = StatusCode::SWITCHING_PROTOCOLS.as_u16(),
+            reason,
+            "resume refused: {why}"
+        );
+    };
+    tracker.spawn(task.instrument(span));
+    resp
+}
+
 async fn session(st: Arc<AppState>, ready: Ready, socket: Connection, audit: Audit) {
     let Ready {
         who,
@@ -564,11 +770,17 @@ async fn session(st: Arc<AppState>, ready: Ready, socket: Connection, audit: Aud
         addr,
         stream,
         admission,
+        resume,
         ..
     } = ready;
     let origin = audit.origin;
     let mut cfg = st.config.bridge.clone();
-    cfg.framing = Framing::for_client_version(ask.client_version);
+    // A resumable session is raw binary frames plus text control messages, whatever the
+    // client's version says (docs/resume.md).
+    cfg.framing = match resume {
+        Some(_) => Framing::Raw,
+        None => Framing::for_client_version(ask.client_version),
+    };
     let listed = st
         .registry
         .list_session(audit.id, &who.user, &ask.cluster, ask.worker, &addr);
@@ -584,14 +796,36 @@ async fn session(st: Arc<AppState>, ready: Ready, socket: Connection, audit: Aud
         peer_addr = %origin.peer,
         client_addr = %origin.client,
         framing = ?cfg.framing,
+        resumable = resume.is_some(),
         "session started"
     );
     let started = Instant::now();
     let obs = SessionObserver {
         info: Arc::clone(&listed.info),
         metrics: Arc::clone(&st.metrics),
+        resumed: Mutex::new(None),
+        replayed: AtomicU64::new(0),
     };
-    let reason = bridge(socket, stream, &cfg, &obs, st.close_all.child_token()).await;
+    let shutdown = st.close_all.child_token();
+    let reason = match (resume, &st.config.resume) {
+        (Some(creds), Some(settings)) => {
+            let owner = Owner {
+                user: who.user.clone(),
+                cluster: ask.cluster.clone(),
+                worker: ask.worker,
+            };
+            let legs = Legs {
+                st: &st,
+                handle: st.resumable.register(&creds, owner),
+                obs: &obs,
+                window: settings.window,
+                shutdown: &shutdown,
+            };
+            let bridge = Bridge::new(stream, &cfg, Some(settings.replay_buffer));
+            legs.run(bridge, socket, creds.greeting()).await
+        }
+        _ => bridge(socket, stream, &cfg, &obs, shutdown).await,
+    };
     st.metrics.session_closed(reason.label());
     info!(
         target: "wsgate::audit",
@@ -606,12 +840,136 @@ async fn session(st: Arc<AppState>, ready: Ready, socket: Connection, audit: Aud
         bytes_up = listed.info.bytes_up.load(Ordering::Relaxed),
         bytes_down = listed.info.bytes_down.load(Ordering::Relaxed),
         duration_ms = started.elapsed().as_millis() as u64,
+        legs = listed.info.legs.load(Ordering::Relaxed),
+        bytes_replayed = obs.replayed.load(Ordering::Relaxed),
         close_code = reason.code(),
         close_reason = reason.label(),
         "session ended"
     );
     drop(listed);
     drop(admission);
+}
+
+/// A resumable session's legs, run one after the other on its [`Bridge`].
+struct Legs<'a> {
+    st: &'a AppState,
+    /// Where resumes find the session and hand it its next leg.
+    handle: resume::Handle<NewLeg>,
+    obs: &'a SessionObserver,
+    /// How long a lost leg's session waits for its client (`--resume-window`).
+    window: Duration,
+    /// The end of the grace period at shutdown.
+    shutdown: &'a CancellationToken,
+}
+
+/// How a parked session's wait ended.
+enum Parked {
+    Resumed(NewLeg),
+    /// For good: the window ran out, the grace period ended, or the target failed.
+    Over(CloseReason),
+}
+
+impl Legs<'_> {
+    /// Runs legs until the session ends for good: each lost leg parks the session for the
+    /// window, and a leg a resume hands over in time goes on from where the last one stopped.
+    /// A resume while a leg is live takes it over (that leg ends as lost, the next one starts
+    /// at once).
+    async fn run(
+        self,
+        mut bridge: Bridge<TcpStream>,
+        first: Connection,
+        greeting: String,
+    ) -> CloseReason {
+        let (mut conn, mut leg) = (
+            first,
+            Leg::First {
+                greeting: Some(greeting),
+            },
+        );
+        loop {
+            let takeover = self.handle.start_leg();
+            let end = bridge
+                .run_leg(conn, leg, self.obs, self.shutdown, &takeover)
+                .await;
+            self.obs.leg_over();
+            if !end.lost {
+                self.handle.end();
+                return end.reason;
+            }
+            self.handle.park();
+            let lost = Instant::now();
+            self.obs.info.parked.store(true, Ordering::Relaxed);
+            self.st.metrics.session_parked();
+            info!(
+                reason = end.reason.label(),
+                window_seconds = self.window.as_secs_f64(),
+                "the client's connection was lost; the session waits for it to resume"
+            );
+            let parked = self.park(&mut bridge).await;
+            self.obs.info.parked.store(false, Ordering::Relaxed);
+            self.st.metrics.session_unparked();
+            let next = match parked {
+                Parked::Resumed(next) => next,
+                Parked::Over(reason) => {
+                    if reason == CloseReason::ResumeExpired {
+                        self.st.metrics.resume(ResumeResult::Expired);
+                    }
+                    self.handle.end();
+                    bridge.close(self.obs).await;
+                    return reason;
+                }
+            };
+            let gap = lost.elapsed();
+            self.st.metrics.resume(ResumeResult::Ok);
+            self.st.metrics.observe_resume_gap(gap);
+            let number = self.obs.info.legs.fetch_add(1, Ordering::Relaxed) + 1;
+            self.obs.expect_resume(Resumed {
+                origin: next.origin,
+                gap,
+                leg: number,
+            });
+            conn = next.conn;
+            leg = Leg::Resumed;
+        }
+    }
+
+    /// Waits for a resume while writing to the target what the lost leg left for it; the
+    /// target is not read (its output waits in its socket). A resume in progress when the
+    /// window runs out is waited for.
+    async fn park(&self, bridge: &mut Bridge<TcpStream>) -> Parked {
+        let over = tokio::time::Instant::now() + self.window;
+        let (mut window_over, mut flushed) = (false, false);
+        loop {
+            if let Some(next) = self.handle.take_leg() {
+                return Parked::Resumed(next);
+            }
+            if window_over && self.handle.expire() {
+                return Parked::Over(CloseReason::ResumeExpired);
+            }
+            tokio::select! {
+                () = self.handle.changed() => {}
+                () = tokio::time::sleep_until(over), if !window_over => window_over = true,
+                () = self.shutdown.cancelled() => return Parked::Over(CloseReason::Shutdown),
+                done = bridge.flush_target(), if !flushed => match done {
+                    Ok(()) => flushed = true,
+                    Err(e) => {
+                        warn!(error = %e, "writing to the target failed while the session was parked");
+                        return Parked::Over(CloseReason::TargetError);
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// A resumed leg, for its `session_resumed` audit line.
+struct Resumed {
+    /// Where the resume came from.
+    origin: Origin,
+    /// From the last leg's loss to this one's start.
+    gap: Duration,
+    /// This leg's number (the first is 1).
+    leg: u32,
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! Both guards release on drop, so no path (error, panic, cancellation) can leak a slot.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -28,6 +28,10 @@ pub struct SessionInfo {
     pub bytes_up: AtomicU64,
     /// Target → client bytes so far.
     pub bytes_down: AtomicU64,
+    /// Its client's connection was lost, and it waits for the client to resume it.
+    pub parked: AtomicBool,
+    /// Client connections it has had (1, plus one per resume).
+    pub legs: AtomicU32,
 }
 
 /// One session as `/sessions` serializes it: a snapshot of [`SessionInfo`].
@@ -41,6 +45,10 @@ pub struct SessionView {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub age_seconds: u64,
+    /// `live`, or `parked` (waiting for its client to resume it).
+    pub state: &'static str,
+    /// Client connections so far: 1, plus one per resume.
+    pub legs: u32,
 }
 
 /// The server's sessions: what limits them, and what lists them.
@@ -149,6 +157,8 @@ impl Registry {
             started: Instant::now(),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
+            parked: AtomicBool::new(false),
+            legs: AtomicU32::new(1),
         });
         if let Ok(mut m) = self.live.lock() {
             m.insert(info.id, Arc::clone(&info));
@@ -174,6 +184,12 @@ impl Registry {
                         bytes_up: s.bytes_up.load(Ordering::Relaxed),
                         bytes_down: s.bytes_down.load(Ordering::Relaxed),
                         age_seconds: s.started.elapsed().as_secs(),
+                        state: if s.parked.load(Ordering::Relaxed) {
+                            "parked"
+                        } else {
+                            "live"
+                        },
+                        legs: s.legs.load(Ordering::Relaxed),
                     })
                     .collect()
             })
@@ -208,6 +224,9 @@ mod tests {
         let snap = r.snapshot();
         assert_eq!(snap.len(), 1);
         assert_eq!((snap[0].user.as_str(), snap[0].bytes_up), ("alice", 5));
+        assert_eq!((snap[0].state, snap[0].legs), ("live", 1));
+        l.info.parked.store(true, Ordering::Relaxed);
+        assert_eq!(r.snapshot()[0].state, "parked");
         drop(l);
         assert!(r.snapshot().is_empty());
     }

@@ -228,6 +228,34 @@ pub struct Args {
     #[arg(long, env = "WSGATE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Resumable sessions (docs/resume.md): a client that offers them (`x-wsgate-resume: new`,
+    /// as `wsgate proxy` does) gets them, and when its connection drops the target connection
+    /// is kept for --resume-window so that it can come back. Clients that do not offer them see
+    /// no change. On by default: `--resume=false` (`WSGATE_RESUME=false`) turns it off, and
+    /// then the offer is ignored and every resume refused (404).
+    #[arg(
+        long,
+        env = "WSGATE_RESUME",
+        default_value_t = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        action = ArgAction::Set
+    )]
+    pub resume: bool,
+
+    /// How long a session whose client connection dropped waits for the client to resume it;
+    /// then its target connection is closed (`resume_expired`). Above 0, at most 24h. While it
+    /// waits, the session still counts against --max-sessions and keeps its replay buffer.
+    #[arg(long, env = "WSGATE_RESUME_WINDOW", default_value = "3m", value_parser = humantime::parse_duration)]
+    pub resume_window: Duration,
+
+    /// Resumable sessions: the target's bytes kept per session until the client acknowledges
+    /// them, to replay after a drop (bytes, 262144 to 268435456). The memory bound per session:
+    /// when it is full, the target is not read until acknowledgements arrive.
+    #[arg(long, env = "WSGATE_REPLAY_BUFFER", default_value_t = 4 << 20)]
+    pub replay_buffer: usize,
+
     /// Proxies (IPs or CIDRs, comma-separated) whose `X-Forwarded-For` and
     /// `x-envoy-external-address` headers name the original client in the audit trail, e.g.
     /// the ingress gateway's pod network. From any other peer the headers are ignored and the
@@ -873,6 +901,13 @@ mod tests {
                 want: &["environment variable WSGATE_AUTHZ_SAR: invalid value 'yes' for '--authz-sar' [possible values: true, false]"],
             },
             Case {
+                name: "a bad value of a switch that is on by default",
+                file: None,
+                env: &[("WSGATE_RESUME", "off")],
+                argv: &[],
+                want: &["environment variable WSGATE_RESUME: invalid value 'off' for '--resume[=<RESUME>]' [possible values: true, false]"],
+            },
+            Case {
                 name: "a bad value is reported even when a flag overrides it",
                 file: Some("WSGATE_PING_INTERVAL=often\n"),
                 env: &[],
@@ -1016,6 +1051,27 @@ mod tests {
                 env: &[("WSGATE_ALLOW_UNAUTHENTICATED", "false")],
                 file: "",
                 check: |a| a.allow_unauthenticated,
+            },
+            Case {
+                name: "a switch that is on by default, turned off in the file",
+                argv: &[],
+                env: &[],
+                file: "WSGATE_RESUME=false\n",
+                check: |a| !a.resume,
+            },
+            Case {
+                name: "the environment turns it back on",
+                argv: &[],
+                env: &[("WSGATE_RESUME", "true")],
+                file: "WSGATE_RESUME=false\n",
+                check: |a| a.resume,
+            },
+            Case {
+                name: "the flag turns it off whatever the environment says",
+                argv: &["--resume=false"],
+                env: &[("WSGATE_RESUME", "true")],
+                file: "",
+                check: |a| !a.resume,
             },
             Case {
                 name: "the old spelling of --token-review-audiences",

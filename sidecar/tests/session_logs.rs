@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio_tungstenite::tungstenite::Error as WsError;
 use wsgate_sidecar::settings::LogFormat;
 
-use support::{echo_one_byte, echo_server, next, open, Sidecar, ALICE};
+use support::{echo_one_byte, echo_server, next, open, wait_metric, Resumable, Sidecar, ALICE};
 
 /// Held by each test for its whole run.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -180,4 +180,85 @@ async fn text_lines_lead_with_the_span_and_escape_what_came_from_outside() {
         !text.contains('\u{1b}') && !text.contains('\u{202e}'),
         "{text}"
     );
+}
+
+/// A resumable session's secret never reaches the log, at any level: not when it is given
+/// out, not when a resume brings it back (right or wrong), not when the session ends. Its
+/// resume and its refusals are audited, and its one `session_end` counts its legs.
+#[tokio::test]
+async fn a_resume_secret_is_never_logged() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber =
+        wsgate_sidecar::logs::subscriber("trace", LogFormat::Json, false, move || writer.clone())
+            .unwrap();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let target = echo_server().await;
+    let sc = Sidecar::start("logs-resume", target, &format!("{ALICE} alice\n"), &[]).await;
+    let mut c = Resumable::open(sc.addr, "prod", ALICE).await;
+    c.send(b"hello").await;
+    c.receive_until(5).await;
+    // A wrong secret: the right one with its last digit changed, so a log of a prefix of it
+    // would show too.
+    let last = if c.secret.ends_with('0') { "1" } else { "0" };
+    let wrong = format!("{}{last}", &c.secret[..31]);
+    let refused = c.resume_request(ALICE, "cluster_name=prod", &wrong).await;
+    assert!(matches!(refused, Err(WsError::Http(r)) if r.status() == 404));
+    c.send(b"world").await;
+    assert_eq!(c.next_bytes().await, b"world");
+    c.lose();
+    wait_metric(sc.admin, "wsgate_sessions_parked", 1.0).await;
+    c.resume().await;
+    c.receive_until(c.sent.len()).await;
+    let mut ws = c.ws.take().unwrap();
+    ws.close(None).await.unwrap();
+    while next(&mut ws).await.is_some() {}
+    let (run, _) = sc.shut_down();
+    run.await.unwrap().unwrap();
+
+    let text = log.text();
+    for (what, secret) in [("the secret", &c.secret), ("the wrong one", &wrong)] {
+        assert!(!text.contains(&secret[..]), "{what} in the log:\n{text}");
+        assert!(
+            !text.contains(&secret[..16]),
+            "half of {what} in the log:\n{text}"
+        );
+    }
+    assert!(!text.contains(ALICE), "a token in the log:\n{text}");
+    let audit: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter(|l: &serde_json::Value| field(l, &["target"]) == Some("wsgate::audit"))
+        .collect();
+    let event = |name: &str| {
+        audit
+            .iter()
+            .find(|l| field(l, &["event"]) == Some(name))
+            .unwrap_or_else(|| panic!("no {name} line in\n{text}"))
+    };
+    let start = event("session_start");
+    assert_eq!(start["resumable"], true);
+    assert_eq!(field(start, &["span", "resume_id"]), Some(&c.id[..]));
+    let refused = event("resume_refused");
+    assert_eq!(refused["reason"], "resume_bad_secret");
+    assert_eq!(refused["status"], 404);
+    assert_eq!(field(refused, &["user"]), Some("alice"));
+    assert_eq!(field(refused, &["span", "resume_id"]), Some(&c.id[..]));
+    let resumed = event("session_resumed");
+    assert_eq!(resumed["id"], start["id"]);
+    assert_eq!(field(resumed, &["user"]), Some("alice"));
+    assert_eq!(field(resumed, &["client_addr"]), Some("127.0.0.1"));
+    assert_eq!(resumed["leg"], 2);
+    // The client let the echo of "world" go: it is sent again.
+    assert_eq!(resumed["bytes_replayed"], 5);
+    assert!(resumed["gap_ms"].is_u64(), "{resumed}");
+    let ends: Vec<_> = audit
+        .iter()
+        .filter(|l| field(l, &["event"]) == Some("session_end"))
+        .collect();
+    assert_eq!(ends.len(), 1, "one session_end for all legs:\n{text}");
+    assert_eq!(ends[0]["legs"], 2);
+    assert_eq!(ends[0]["bytes_replayed"], 5);
+    assert_eq!(ends[0]["close_reason"], "client_closed");
 }
