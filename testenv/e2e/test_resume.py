@@ -428,7 +428,9 @@ def test_two_replicas_the_resume_lands_on_the_one_holding_the_session(
             p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE, env=env())
             try:
                 for i in range(3):
-                    chaos.wait_flowing()
+                    wait_for("data flowing", lambda: chaos.flowing() or p.poll() is not None, timeout=30)
+                    if p.poll() is not None:
+                        break  # the client gave up: its stderr says why, below
                     time.sleep(0.3)
                     assert chaos.cut("rst") == 1
                     wait_for(f"resume {i + 1}", lambda: sum(len(sc.audit("session_resumed")) for sc in replicas) > i
