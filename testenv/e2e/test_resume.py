@@ -625,7 +625,7 @@ def test_stalled_clients_cannot_grow_the_sidecars_memory(workdir, make_sidecar):
         # baseline and what is measured is what stalled sessions hold.
         s = Session.open(sc.port, "/ssh/prod", ALICE)
         s.read(1000)
-        s.leg.close()
+        s.leg.close(wait=5)
         wait_for("the warm-up session to end", lambda: sc.audit("session_end"))
         base = sc.rss_kib()
         legs = [Leg.connect(sc.port, "/ssh/prod", [("Authorization", f"Bearer {ALICE}"), (RESUME_HEADER, "new")],

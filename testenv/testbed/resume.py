@@ -122,11 +122,17 @@ class Leg:
     def binary(self, data: bytes) -> None:
         self.send(0x2, data)
 
-    def close(self, code: int = 1000) -> None:
-        """A close frame, then the socket (no wait for the server's close)."""
+    def close(self, code: int = 1000, wait: float = 0.0) -> None:
+        """A close frame, then the socket. With `wait`, reads (and drops) what the server still
+        sends until its close frame, for up to `wait` seconds first: closing a socket with
+        unread bytes makes the kernel send a reset, which may reach the server before it reads
+        the close frame (and a lost leg of a resumable session is parked, not ended)."""
         try:
             self.send(0x8, struct.pack("!H", code))
-        except OSError:
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                self.frame(deadline - time.monotonic())
+        except (OSError, Closed, TimeoutError):
             pass
         self.sock.close()
 
