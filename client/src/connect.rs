@@ -959,15 +959,17 @@ mod tests {
     async fn resume_answers_sort_into_final_and_retry() {
         use crate::resume::{verdict, Verdict};
         let cases = [
-            (404, Verdict::Refused),
-            (403, Verdict::Refused),
-            (409, Verdict::Retry),
-            (500, Verdict::Retry),
-            (503, Verdict::Retry),
+            (404, "resume_unknown", Verdict::Refused),
+            (403, "resume_forbidden", Verdict::Refused),
+            // Not the sidecar's refusal: a gateway answering before its routes are in.
+            (404, "route_not_found", Verdict::Retry),
+            (409, "resume_conflict", Verdict::Retry),
+            (500, "resume_x", Verdict::Retry),
+            (503, "resume_x", Verdict::Retry),
         ];
-        for (status, want) in cases {
+        for (status, code, want) in cases {
             let server = serve_once(move |_, _| {
-                let body = r#"{"error": "resume refused", "reason": "resume_x"}"#;
+                let body = format!(r#"{{"error": "resume refused", "reason": "{code}"}}"#);
                 format!(
                     "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                     body.len()

@@ -129,9 +129,11 @@ pub enum ClientError {
     /// `proxy` is the proxy's URL without credentials and where the setting came from.
     #[error("proxy {proxy}: {detail}")]
     Proxy { proxy: String, detail: String },
-    #[error("the server is shutting down (it closed the session with 1001{}): connect again (run ssh again) to reach it or another replica once it is back",
+    #[error("the server is shutting down (it closed the session with {code}{}): connect again (run ssh again) to reach it or another replica once it is back",
         if reason.is_empty() { String::new() } else { format!(" \"{reason}\"") })]
     GoingAway {
+        /// 1001, or 1012 (a sidecar shutting down, to a resumable session).
+        code: u16,
         /// The close reason (escaped).
         reason: String,
     },
@@ -314,6 +316,7 @@ mod tests {
         .to_string();
         assert!(m.contains("use http:// (ws://)"), "{m}");
         let m = ClientError::GoingAway {
+            code: 1001,
             reason: "server shutting down".into(),
         }
         .to_string();
@@ -452,6 +455,7 @@ mod tests {
                 detail: String::new(),
             },
             ClientError::GoingAway {
+                code: 1001,
                 reason: String::new(),
             },
             ClientError::Resume { why: String::new() },

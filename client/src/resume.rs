@@ -160,14 +160,22 @@ pub enum Verdict {
     Refused,
 }
 
-/// Sorts a failed resume request. 404 (the session is unknown or its window passed) and 403
-/// (not the same user, cluster or worker) are the sidecar's definitive refusals; 409 (another
-/// resume in progress), 5xx, connection failures and timeouts may pass. Answers that would
-/// have failed the first connection too (credentials, redirects, configuration) are refused:
-/// retrying them only delays the message.
+/// Sorts a failed resume request. The sidecar's 404 (the session is unknown or its window
+/// passed) and 403 (not the same user, cluster or worker), which name their reason
+/// (`resume_unknown`, `resume_forbidden`), are definitive; a 404 or 403 without it comes from
+/// something else on the way (a gateway whose routes are still being pushed during a rollout)
+/// and may pass, as may 409 (another resume in progress), 5xx, connection failures and
+/// timeouts. Answers that would have failed the first connection too (credentials, redirects,
+/// configuration) are refused: retrying them only delays the message.
 pub fn verdict(e: &ClientError) -> Verdict {
     match e {
-        ClientError::NotFound { .. } | ClientError::Forbidden { .. } => Verdict::Refused,
+        ClientError::NotFound { reason, .. } | ClientError::Forbidden { reason, .. } => {
+            if reason.as_deref().is_some_and(is_sidecar_refusal) {
+                Verdict::Refused
+            } else {
+                Verdict::Retry
+            }
+        }
         ClientError::Http { status, .. } if *status == 409 || *status >= 500 => Verdict::Retry,
         ClientError::Backend { .. }
         | ClientError::Connect { .. }
@@ -187,6 +195,13 @@ pub fn verdict(e: &ClientError) -> Verdict {
         | ClientError::Http { .. }
         | ClientError::Resume { .. } => Verdict::Refused,
     }
+}
+
+/// The sidecar's refusal of a resume, as the connection shows its reason (`text (code)`).
+fn is_sidecar_refusal(reason: &str) -> bool {
+    ["(resume_unknown)", "(resume_forbidden)"]
+        .iter()
+        .any(|code| reason.ends_with(code))
 }
 
 /// Why a refused resume ended the session, for [`ClientError::Resume`]: the sidecar's 404 and
@@ -297,26 +312,38 @@ mod tests {
             reason: None,
         };
         let s = String::new;
+        let not_found = |reason: Option<&str>| ClientError::NotFound {
+            host: s(),
+            reason: reason.map(String::from),
+            tried: s(),
+            expected: s(),
+        };
+        let forbidden = |reason: Option<&str>| ClientError::Forbidden {
+            host: s(),
+            cluster: s(),
+            reason: reason.map(String::from),
+            token: TokenUse::NoneGiven,
+        };
         let cases: Vec<(&str, ClientError, Verdict)> = vec![
             (
-                "404: unknown session or window passed",
-                ClientError::NotFound {
-                    host: s(),
-                    reason: None,
-                    tried: s(),
-                    expected: s(),
-                },
+                "404 from the sidecar: unknown session or window passed",
+                not_found(Some("no such session to resume (resume_unknown)")),
                 Verdict::Refused,
             ),
             (
-                "403: another user or cluster",
-                ClientError::Forbidden {
-                    host: s(),
-                    cluster: s(),
-                    reason: None,
-                    token: TokenUse::NoneGiven,
-                },
+                "403 from the sidecar: another user or cluster",
+                forbidden(Some("not yours to resume (resume_forbidden)")),
                 Verdict::Refused,
+            ),
+            (
+                "404 from a gateway with no route yet",
+                not_found(None),
+                Verdict::Retry,
+            ),
+            (
+                "403 from something else on the way",
+                forbidden(Some("RBAC: access denied")),
+                Verdict::Retry,
             ),
             (
                 "401: the credentials no longer pass",

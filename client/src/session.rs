@@ -309,9 +309,14 @@ fn outcome(ended: Ended) -> Result<End, ClientError> {
         Reason::PeerClosed(frame) => match frame {
             // A server going away cuts a session that was still in use: not a normal end (ssh
             // would report nothing and exit as if the command had ended).
-            Some(f) if f.code == 1001 && !input_ended => Err(ClientError::GoingAway {
-                reason: text::escape(&f.reason).into_owned(),
-            }),
+            // 1012: a sidecar shutting down ends a resumable session that way (a 1001 is a
+            // drop, resumed from).
+            Some(f) if matches!(f.code, 1001 | 1012) && !input_ended => {
+                Err(ClientError::GoingAway {
+                    code: f.code,
+                    reason: text::escape(&f.reason).into_owned(),
+                })
+            }
             _ if framing.is_none() => Err(closed_early(frame)),
             Some(f) if !matches!(f.code, 1000 | 1001) && !input_ended => failed(format!(
                 "the server closed the session: {} {}",

@@ -137,7 +137,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Bridge<T> {
                 BytesMut::new(),
                 leg,
                 &self.config,
-                &Reports(obs),
+                &self.reports(obs),
                 shutdown.cancelled(),
                 takeover.cancelled(),
             )
@@ -156,7 +156,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Bridge<T> {
     /// Ends the session for good after a lost leg: the target connection is flushed and shut
     /// down, within `2 × CLOSE_WAIT`.
     pub async fn close(self, obs: &dyn Observer) {
-        self.session.close(&Reports(obs)).await;
+        let reports = self.reports(obs);
+        self.session.close(&reports).await;
+    }
+
+    fn reports<'a>(&self, obs: &'a dyn Observer) -> Reports<'a> {
+        Reports {
+            obs,
+            resumable: self.config.resume.is_some(),
+        }
     }
 }
 
@@ -179,23 +187,32 @@ fn tunnel_config(cfg: &BridgeConfig) -> Config {
 
 /// The engine's reports, passed to the session's observer; its close frames, from the
 /// sidecar's close reasons.
-struct Reports<'a>(&'a dyn Observer);
+struct Reports<'a> {
+    obs: &'a dyn Observer,
+    /// The session is resumable: its close frames say whether the client may resume.
+    resumable: bool,
+}
 
 impl Hooks for Reports<'_> {
     fn peer_to_local(&self, bytes: u64) {
-        self.0.up(bytes);
+        self.obs.up(bytes);
     }
     fn local_to_peer(&self, bytes: u64) {
-        self.0.down(bytes);
+        self.obs.down(bytes);
     }
     fn latency_ms(&self, ms: u64) {
-        self.0.latency_ms(ms);
+        self.obs.latency_ms(ms);
     }
     fn close_frame(&self, why: &Reason) -> Option<CloseFrame> {
-        CloseReason::from(why).close_frame()
+        let reason = CloseReason::from(why);
+        if self.resumable {
+            reason.resumable_close_frame()
+        } else {
+            reason.close_frame()
+        }
     }
     fn replayed(&self, bytes: u64) {
-        self.0.replayed(bytes);
+        self.obs.replayed(bytes);
     }
 }
 

@@ -261,6 +261,25 @@ impl CloseReason {
             reason: self.message(),
         })
     }
+
+    /// The close frame of a resumable session. A client resumes after a 1001 (a proxy on the
+    /// way going away), but a sidecar shutting down takes its sessions with it: it says 1012
+    /// (service restart), which its clients take as the end, not as a drop to resume from. A
+    /// leg the keepalive gave up on is parked, not ended: if its client still reads, it is told
+    /// 1001, to resume.
+    pub fn resumable_close_frame(&self) -> Option<CloseFrame> {
+        match self {
+            CloseReason::Shutdown => Some(CloseFrame {
+                code: 1012,
+                reason: format!("{}; the session cannot be resumed", self.message()),
+            }),
+            CloseReason::KeepaliveTimeout => Some(CloseFrame {
+                code: 1001,
+                reason: format!("{}; resume the session", self.message()),
+            }),
+            other => other.close_frame(),
+        }
+    }
 }
 
 /// Every way the tunnel engine ends a session, as the sidecar (the server role) reports it.
@@ -443,6 +462,13 @@ mod tests {
     fn close_codes() {
         assert_eq!(CloseReason::TargetClosed.code(), 1000);
         assert_eq!(CloseReason::Shutdown.code(), 1001);
+        // A resumable session is told the sidecar's shutdown is its end; everything else is
+        // closed the same way as any session.
+        let told = |r: CloseReason| r.resumable_close_frame().map(|f| f.code);
+        assert_eq!(told(CloseReason::Shutdown), Some(1012));
+        assert_eq!(told(CloseReason::KeepaliveTimeout), Some(1001));
+        assert_eq!(told(CloseReason::TargetClosed), Some(1000));
+        assert_eq!(told(CloseReason::ClientGone), None);
         assert_eq!(CloseReason::Frame(FrameError::UnknownType(7)).code(), 1008);
         assert_eq!(CloseReason::TargetError.code(), 1011);
         assert!(CloseReason::Frame(FrameError::UnknownType(7))

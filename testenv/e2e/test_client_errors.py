@@ -129,13 +129,15 @@ def test_http_to_a_tls_port_says_use_https(tls_port):
     assert "Handshake not finished" not in line, line
 
 
-def test_server_shutting_down_closes_with_1001_and_a_documented_exit_code(workdir, sshd):
-    """SIGTERM to the sidecar: after its grace period it closes the live session with 1001.
-    The client says the server is shutting down and to connect again, and exits 13 (not 0:
-    ssh must not take a cut session for a finished one)."""
+@pytest.mark.parametrize("flags,close_code", [([], "1012"), (["--no-resume"], "1001")], ids=["resumable", "not-resumable"])
+def test_server_shutting_down_closes_with_1001_and_a_documented_exit_code(workdir, sshd, flags, close_code):
+    """SIGTERM to the sidecar: after its grace period it closes the live session with 1001, or
+    1012 if the session is resumable (the sidecar takes its sessions with it: nothing to resume).
+    The client says the server is shutting down and to connect again, and exits 13 at once (not
+    0: ssh must not take a cut session for a finished one; and no resume attempts)."""
     args = standard_args(workdir, f"127.0.0.1:{sshd.port}", "--shutdown-grace", "1s")
-    with Sidecar(workdir / "client-errors-drain", args) as sc:
-        p = subprocess.Popen([str(WSGATE), "proxy", f"http://127.0.0.1:{sc.port}", "prod"],
+    with Sidecar(workdir / f"client-errors-drain-{close_code}", args) as sc:
+        p = subprocess.Popen([str(WSGATE), "proxy", *flags, f"http://127.0.0.1:{sc.port}", "prod"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              env=clean_env(WSGATE_TOKEN=ALICE))
         try:
@@ -157,7 +159,8 @@ def test_server_shutting_down_closes_with_1001_and_a_documented_exit_code(workdi
         lines = [line for line in err.splitlines() if line.startswith("wsgate: ")]
         assert len(lines) == 1, err
         assert "the server is shutting down" in lines[0] and "connect again" in lines[0], err
-        assert "1001" in lines[0], err
+        assert close_code in lines[0], err
+        assert "resuming" not in err, err
 
 
 def run_on_a_terminal(args: list[str], env: dict) -> tuple[int, bytes]:

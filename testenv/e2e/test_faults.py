@@ -95,24 +95,37 @@ def test_sshd_killed_mid_session_ends_it_cleanly_and_a_restarted_sshd_serves_aga
         sshd.stop()
 
 
-def test_sidecar_killed_mid_session_then_restarted_on_the_same_ports(workdir, sshd):
+@pytest.mark.parametrize("resumable", [False, True], ids=["not-resumable", "resumable"])
+def test_sidecar_killed_mid_session_then_restarted_on_the_same_ports(workdir, sshd, resumable):
+    """A sidecar killed (no close frame: the client cannot tell a crash from a network drop).
+    Not resumable: the client says why in one line at once. Resumable: it tries to resume, and
+    the restarted sidecar, which never held the session, refuses: exit 16, one line saying so."""
     args = standard_args(workdir, f"127.0.0.1:{sshd.port}")
     sc = Sidecar(workdir / "sc-restart", args).start()
     try:
-        px = proxy_command(f"http://127.0.0.1:{sc.port}", "prod")
+        flags = [] if resumable else ["--no-resume"]
+        px = proxy_command(f"http://127.0.0.1:{sc.port}", "prod", *flags)
         before = set(descendants(sshd.proc.pid))
         p = open_session(sshd, px)
         assert set(descendants(sshd.proc.pid)) - before, "no sshd session for the bridge"
         sc.proc.kill()
         sc.proc.wait(5)
-        # The client says why in one line and ssh exits; no wsgate process stays behind.
-        assert p.wait(15) == 255
-        err = p.stderr.read().decode()
-        assert "wsgate: the server connection failed" in err, err
         # sshd sees its TCP peer gone and ends the session: no process is left waiting.
         wait_for("sshd to end the orphaned session", lambda: set(descendants(sshd.proc.pid)) <= before)
-
+        if not resumable:
+            # The client says why in one line and ssh exits; no wsgate process stays behind.
+            assert p.wait(15) == 255
+            err = p.stderr.read().decode()
+            assert "wsgate: the server connection failed" in err, err
         sc = Sidecar(workdir / "sc-restart", args, port=sc.port, admin_port=sc.admin_port).start()
+        if resumable:
+            assert p.wait(30) == 255
+            err = p.stderr.read().decode()
+            lines = [ln for ln in err.splitlines() if ln.startswith("wsgate: ")]
+            assert len(lines) == 2 and "resuming session" in lines[0], err
+            assert "could not be resumed" in lines[1] and "no longer holds the session" in lines[1], err
+            refused = wait_for("the refusal's audit line", lambda: sc.audit("resume_refused"))
+            assert refused[0]["reason"] == "resume_unknown", refused
         r = sshd.run(px, "echo", "restarted", env={"WSGATE_TOKEN": ALICE})
         assert r.returncode == 0 and r.stdout == b"restarted\n", r.stderr
         assert ends_of(sc, 1)[-1]["close_reason"] in NORMAL_ENDS

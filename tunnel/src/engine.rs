@@ -213,6 +213,11 @@ pub struct Session<I, O> {
     input_ended: bool,
     /// Resumption on: what was sent and not acknowledged, and the counts.
     replay: Option<Replay>,
+    /// Session bytes came from the peer. The client role reads its input only after: the
+    /// server talks first (sshd's banner), so a client whose input is empty (`< /dev/null`, a
+    /// probe) still gets the banner before its close, whether or not the framing was fixed in
+    /// the handshake.
+    peer_spoke: bool,
     /// The local side is finished (the session ended for good).
     closed: bool,
 }
@@ -244,6 +249,7 @@ where
             },
             input_ended: false,
             replay: config.resume.as_ref().map(|r| Replay::new(r.replay_buffer)),
+            peer_spoke: config.role == Role::Server,
             closed: false,
         }
     }
@@ -454,6 +460,7 @@ where
                 0
             };
             let read_input = !self.s.input_ended
+                && self.s.peer_spoke
                 && self.from_peer.framing.is_some()
                 && !self.to_peer.is_closed()
                 && self.to_peer.is_idle()
@@ -529,6 +536,7 @@ where
             self.s.to_local.push(piece);
         }
         if got > 0 {
+            self.s.peer_spoke = true;
             self.received(got);
         }
         let mut events = std::mem::take(&mut self.from_peer.events);
