@@ -25,6 +25,7 @@ import os
 import queue
 import re
 import select
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,6 +38,7 @@ import pytest
 from websockets.sync.client import connect
 
 from clients import raw_request, upgrade_headers
+from testbed.backend import RecordingBackend
 from testbed.chaos import ChaosProxy
 from testbed.envoy import Gateway
 from testbed.procfs import descendants
@@ -56,7 +58,7 @@ LOST = "wsgate: connection lost"
 RESUMED = re.compile(r"wsgate: resumed after (\d+(?:\.\d+)?) ?s")
 
 
-# --- Fixtures: a fresh sidecar and gateway per test, so audit lines and counters are its own ---
+# --- Fixtures: a fresh sidecar and gateway per test (its own audit lines and counters) -------------
 
 
 @pytest.fixture
@@ -206,7 +208,7 @@ def scp_command(sshd: Sshd, proxy: str, src: str, dst: str, *flags: str) -> list
     return ["scp", "-q", *flags, *sshd.ssh_command(proxy)[1:-1], src, dst]
 
 
-# --- The test bed itself: what Envoy does to a live WebSocket -----------------------------------
+# --- The test bed itself: what Envoy does to a live WebSocket -------------------------------------
 
 
 def test_envoy_closes_live_websockets_when_a_listener_is_replaced_or_envoy_dies_not_on_drain_listeners(
@@ -246,7 +248,9 @@ def test_envoy_closes_live_websockets_when_a_listener_is_replaced_or_envoy_dies_
         leg = ws(gw.ports["plaintext"])
         gw.roll_listeners()
         rolled = time.monotonic()
-        assert alive(ws(gw.ports["plaintext"])), "the new listener does not serve during the drain"
+        fresh = ws(gw.ports["plaintext"])
+        assert alive(fresh), "the new listener does not serve during the drain"
+        fresh.close()
         ends(leg, within=10)
         took = time.monotonic() - rolled
         print(f"\nlistener replaced: the live WebSocket ended {took:.2f} s later (drain time {gw.drain_seconds} s)")
@@ -258,15 +262,15 @@ def test_envoy_closes_live_websockets_when_a_listener_is_replaced_or_envoy_dies_
         assert ends(leg, within=5) < 1
         gw.restart()
         assert gw.ports["plaintext"] == port
-        assert alive(ws(port))
+        fresh = ws(port)
+        assert alive(fresh)
+        fresh.close()
 
 
 def test_stateful_session_header_routes_back_to_the_replica_that_answered(workdir, tls):
     """Envoy's stateful session filter in header mode, after the wsgate filter as Istio places
     it: the 101 (and a 200) names the chosen replica in `x-wsgate-route`; a request carrying it
     reaches that replica every time; a forged value falls back to load balancing."""
-    from testbed.backend import RecordingBackend
-
     a, b = RecordingBackend().start(), RecordingBackend().start()
     try:
         with Gateway(workdir / "rs-sticky", json.dumps({"routes": ROUTES}), a.port, tls, replica_ports=(b.port,),
@@ -302,7 +306,7 @@ def test_stateful_session_header_routes_back_to_the_replica_that_answered(workdi
         b.stop()
 
 
-# --- (a) Envoy killed mid-copy --------------------------------------------------------------------
+# --- Envoy killed mid-copy ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("direction", ["upload", "download"])
@@ -349,7 +353,7 @@ def test_envoy_sigkilled_mid_scp_and_started_again_the_copy_completes(
           f"the client said: resumed after {gaps} s")
 
 
-# --- (b) the listener drained mid-session ---------------------------------------------------------
+# --- The listener drained mid-session -------------------------------------------------------------
 
 
 def test_listener_drained_mid_interactive_session_the_next_command_runs(sshd, tls, make_sidecar, make_gateway):
@@ -378,7 +382,7 @@ def test_listener_drained_mid_interactive_session_the_next_command_runs(sshd, tl
     assert len(sc.audit("session_resumed")) >= 1
 
 
-# --- (c) a chaotic network ------------------------------------------------------------------------
+# --- A chaotic network ----------------------------------------------------------------------------
 
 
 def test_chaos_proxy_cutting_many_times_during_32_mib_each_way(sshd, tls, tmp_path, make_sidecar, make_gateway):
@@ -413,7 +417,7 @@ def test_chaos_proxy_cutting_many_times_during_32_mib_each_way(sshd, tls, tmp_pa
     assert len(sc.audit("session_resumed")) >= 5
 
 
-# --- (d) two replicas behind the stateful session -------------------------------------------------
+# --- Two replicas behind the stateful session -----------------------------------------------------
 
 
 def test_two_replicas_the_resume_lands_on_the_one_holding_the_session(
@@ -448,7 +452,7 @@ def test_two_replicas_the_resume_lands_on_the_one_holding_the_session(
     assert one_session_end(owner)["close_reason"] in NORMAL_ENDS
 
 
-# --- (e) refusals ---------------------------------------------------------------------------------
+# --- Refusals -------------------------------------------------------------------------------------
 
 
 def refused(fn) -> tuple[int, str]:
@@ -533,7 +537,7 @@ def test_resume_past_the_window_is_404_and_the_target_connection_was_closed(make
         print(f"\nwindow 1 s: the parked target connection was closed {freed:.2f} s after the drop")
 
 
-# --- (f) limits -----------------------------------------------------------------------------------
+# --- Limits ---------------------------------------------------------------------------------------
 
 
 def read_exactly(stream, n: int, timeout: float = 30.0) -> bytes:
@@ -656,7 +660,7 @@ def test_stalled_clients_cannot_grow_the_sidecars_memory(workdir, make_sidecar):
     assert grown < bound
 
 
-# --- (g) peers that know nothing of resumption ----------------------------------------------------
+# --- Peers that know nothing of resumption --------------------------------------------------------
 
 
 def test_a_client_that_does_not_offer_resumption_sees_no_change(sshd, make_sidecar):
@@ -673,13 +677,12 @@ def test_a_client_that_does_not_offer_resumption_sees_no_change(sshd, make_sidec
     assert not sc.audit("session_resumed")
 
 
-WEBSOCAT_PLACES = [Path(__file__).resolve().parents[2] / "bench" / ".tools" / "websocat-1" / "bin" / "websocat",
-                   Path("/work/main/bench/.tools/websocat-1/bin/websocat")]
+# Where bench/setup.sh builds websocat 1.x (bench.py runs it from there too).
+BENCH_WEBSOCAT = Path(__file__).resolve().parents[2] / "bench" / ".tools" / "websocat-1" / "bin" / "websocat"
 
 
 def websocat() -> str | None:
-    import shutil
-    return shutil.which("websocat") or next((str(p) for p in WEBSOCAT_PLACES if p.exists()), None)
+    return shutil.which("websocat") or (str(BENCH_WEBSOCAT) if BENCH_WEBSOCAT.exists() else None)
 
 
 @pytest.mark.skipif(websocat() is None, reason="websocat not installed (bench/setup.sh builds it)")
