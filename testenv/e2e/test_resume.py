@@ -26,6 +26,7 @@ import queue
 import re
 import select
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -265,6 +266,62 @@ def test_envoy_closes_live_websockets_when_a_listener_is_replaced_or_envoy_dies_
         fresh = ws(port)
         assert alive(fresh)
         fresh.close()
+
+
+def test_chaos_proxy_breaks_connections_the_way_it_says(tmp_path):
+    """The chaos proxy's cuts are what the tests claim: a reset is read as ECONNRESET, a FIN as
+    EOF, a one-sided cut leaves the other end silent for `hold` seconds; random cuts are counted."""
+    with TcpTarget("echo") as target, ChaosProxy(target.port, seed=7) as chaos:
+        def connected():
+            s = socket.create_connection(("127.0.0.1", chaos.port), timeout=5)
+            s.sendall(b"x" * 1000)
+            assert read_sock(s, 1000) == b"x" * 1000
+            return s
+
+        for how, seen in (("rst", "reset"), ("fin", "EOF")):
+            for side, hold in (("both", 0.0), ("client", 0.5), ("server", 0.5)):
+                s = connected()
+                started = time.monotonic()
+                assert chaos.cut(how, side, hold) == 1
+                assert what_ends(s) == seen, (how, side)
+                took = time.monotonic() - started
+                # The client's end learns at once unless only the server's was cut.
+                assert (took >= hold - 0.05) if side == "server" else (took < 0.3), (how, side, took)
+                s.close()
+        assert chaos.cuts == 6 and chaos.links_cut == 6
+
+        with chaos.chaos(after_bytes=(5000, 5000)):
+            s = connected()
+            with pytest.raises(OSError):
+                for _ in range(100):
+                    s.sendall(b"y" * 1000)
+                    read_sock(s, 1000)
+            s.close()
+        assert chaos.cuts == 7 and chaos.cut_log[-1].bytes_up + chaos.cut_log[-1].bytes_down >= 5000
+        chaos.down()
+        with pytest.raises(OSError):
+            read_sock(socket.create_connection(("127.0.0.1", chaos.port), timeout=5), 1)
+        chaos.up()
+        connected().close()
+        wait_for("the echo target to see every connection go", lambda: target.open_now() == 0, timeout=10)
+
+
+def read_sock(s, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = s.recv(n - len(out))
+        if not chunk:
+            raise ConnectionAbortedError("EOF")
+        out += chunk
+    return out
+
+
+def what_ends(s) -> str:
+    """How a connection ends, from its client's side: "reset" or "EOF"."""
+    try:
+        return "EOF" if s.recv(1) == b"" else "data"
+    except ConnectionResetError:
+        return "reset"
 
 
 def test_stateful_session_header_routes_back_to_the_replica_that_answered(workdir, tls):

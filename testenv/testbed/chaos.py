@@ -61,7 +61,7 @@ class _Link:
     flowing_at: float | None = None
     # A byte-offset cut: (direction, offset) where direction is "up" or "down".
     cut_at: tuple[str, int] | None = None
-    pumps: list[asyncio.Task] = field(default_factory=list)
+    pumps: list[asyncio.Task] = field(default_factory=list)  # one per direction, cancelled by a cut
     broken: bool = False  # cut, or ended by both sides
     ended: int = 0  # directions that ended with an orderly EOF
 
@@ -92,7 +92,8 @@ class ChaosProxy:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stop: asyncio.Future | None = None
-        self._server: asyncio.base_events.Server | None = None
+        # The random chaos's settings while it runs (read by new connections for byte cuts).
+        self._chaos_cfg: tuple | None = None
         self._thread = threading.Thread(target=self._run, name="chaos-proxy", daemon=True)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -205,19 +206,21 @@ class ChaosProxy:
     def up(self) -> None:
         self._call(lambda: setattr(self, "_down", False))
 
-    def start_chaos(self, every: tuple[float, float] | None = (0.2, 1.5),
+    def start_chaos(self, every: tuple[float, float] | None = None,
                     after_bytes: tuple[int, int] | None = None, hows: tuple[str, ...] = HOWS,
                     sides: tuple[str, ...] = ("both",), hold: float = 0.0, max_cuts: int | None = None) -> None:
         """Random cuts until `stop_chaos()` (or `max_cuts`): with `every`, all live connections
         are broken after a random number of seconds *of transfer* (the clock runs from the moment
         a connection carries data); with `after_bytes`, each new connection is broken after a
         random number of bytes, in a random direction, in the middle of a chunk. Each cut picks
-        its `how` among `hows` and its side among `sides`."""
+        its `how` among `hows` and its side among `sides`. Neither given: every 0.2-1.5 s."""
         for h in hows:
             for s in sides:
                 _check(h, s)
-        if (every is None) == (after_bytes is None):
-            raise ValueError("start_chaos: give exactly one of every= and after_bytes=")
+        if every is not None and after_bytes is not None:
+            raise ValueError("start_chaos: give every= or after_bytes=, not both")
+        if every is None and after_bytes is None:
+            every = (0.2, 1.5)
 
         def begin() -> None:
             self._chaos_cfg = (after_bytes, hows, sides, hold, max_cuts)
@@ -242,8 +245,6 @@ class ChaosProxy:
             self.stop_chaos()
 
     # --- inside the loop ------------------------------------------------------------------------
-
-    _chaos_cfg: tuple | None = None
 
     async def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
