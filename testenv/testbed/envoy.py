@@ -17,6 +17,12 @@ plaintext port and TLS termination on the secure port (compare `istioctl proxy-c
 
 Ports are 0 (the kernel picks) and read back from the admin API; the TLS port can be chosen
 with `free_port()` when the filter config has to name it.
+
+Lifecycle, for the resumption tests: `kill()` (SIGKILL) and `restart()` (a new process on the
+same listener ports), `drain_listeners()` (what istio-agent does on termination) and, for
+dynamic gateways, `roll_listeners()` (a listener replaced by a push, which is what closes live
+WebSockets on a running Envoy); `replica_ports` and `session_header` put several sidecars
+behind Envoy's stateful session filter, as Istio's `persistent-session-header` label does.
 """
 from __future__ import annotations
 
@@ -65,15 +71,48 @@ def wasm_filter(plugin_config: str, module: Path | None = None, vm_id: str = "ws
     }
 
 
-def _routes(require_tls: bool) -> dict:
+# Envoy's stateful session filter in header mode (`envoy.http.stateful_session.header`), as
+# istiod builds it for a Service labelled `istio.io/persistent-session-header: <header>`: an
+# empty filter in the connection manager (Istio's EmptySessionFilter) and the header on each
+# route to the Service (StatefulSessionPerRoute), not `strict`. The response names the chosen
+# endpoint (base64 of `ip:port`) in the header; a request carrying it goes back to that endpoint;
+# an unknown or forged value falls back to load balancing.
+STATEFUL_SESSION_FILTER = {
+    "name": "envoy.filters.http.stateful_session",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession",
+    },
+}
+
+
+def stateful_session_per_route(header: str) -> dict:
+    return {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute",
+        "stateful_session": {
+            "session_state": {
+                "name": "envoy.http.stateful_session.header",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.http.stateful_session.header.v3.HeaderBasedSessionState",
+                    "name": header,
+                },
+            },
+        },
+    }
+
+
+def _routes(require_tls: bool, session_header: str | None = None) -> dict:
     def route(match: dict, tag: str) -> dict:
-        return {
+        out = {
             "match": match,
             # timeout 0: no per-request deadline on long-lived upgrades (Istio's default for a route
             # without `timeout`).
             "route": {"cluster": "backend", "timeout": "0s"},
             "request_headers_to_add": [{"header": {"key": "x-testbed-route", "value": tag}}],
         }
+        if session_header is not None:
+            out["typed_per_filter_config"] = {
+                "envoy.filters.http.stateful_session": stateful_session_per_route(session_header)}
+        return out
 
     vhost = {
         "name": "gateway",
@@ -92,7 +131,7 @@ def _routes(require_tls: bool) -> dict:
 
 
 def _listener(name: str, filters: list[dict], tls: Tls | None, port: int = 0, require_tls: bool = True,
-              access_log: bool = True) -> dict:
+              access_log: bool = True, session_header: str | None = None) -> dict:
     hcm = {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -124,7 +163,7 @@ def _listener(name: str, filters: list[dict], tls: Tls | None, port: int = 0, re
                     },
                 },
             ],
-            "route_config": _routes(require_tls=require_tls and tls is None),
+            "route_config": _routes(require_tls=require_tls and tls is None, session_header=session_header),
         },
     }
     listener = {
@@ -152,14 +191,19 @@ def _listener(name: str, filters: list[dict], tls: Tls | None, port: int = 0, re
 
 
 def listeners(plugin_config: str, tls: Tls, tls_port: int = 0, plaintext_port: int = 0,
-              http_filters: list[dict] | None = None, require_tls: bool = True, quiet: bool = False) -> list[dict]:
+              http_filters: list[dict] | None = None, require_tls: bool = True, quiet: bool = False,
+              session_header: str | None = None) -> list[dict]:
     """`http_filters` replaces the wsgate filter (the benchmarks compare none and Lua);
     `require_tls=False` drops the plaintext port's 301 so plain requests reach the backend;
-    `quiet` drops the access log (benchmarks)."""
-    filters = [wasm_filter(plugin_config)] if http_filters is None else http_filters
+    `quiet` drops the access log (benchmarks); `session_header`: the stateful session filter
+    after the others (after a `WasmPlugin` in the AUTHN phase), with that header on every route."""
+    filters = [wasm_filter(plugin_config)] if http_filters is None else list(http_filters)
+    if session_header is not None:
+        filters.append(STATEFUL_SESSION_FILTER)
     return [
-        _listener("plaintext", filters, None, plaintext_port, require_tls=require_tls, access_log=not quiet),
-        _listener("tls", filters, tls, tls_port, access_log=not quiet),
+        _listener("plaintext", filters, None, plaintext_port, require_tls=require_tls, access_log=not quiet,
+                  session_header=session_header),
+        _listener("tls", filters, tls, tls_port, access_log=not quiet, session_header=session_header),
     ]
 
 
@@ -210,10 +254,17 @@ def istio_stats_config(extra_stat_tags: list[str]) -> dict:
 
 
 def bootstrap(backend_port: int, static_listeners: list[dict] | None, listeners_file: Path | None = None,
-              stats_config: dict | None = None) -> dict:
+              stats_config: dict | None = None, replica_ports: tuple[int, ...] = ()) -> dict:
     """Listeners either in the bootstrap or, with `listeners_file`, from a file Envoy watches
     (LDS from a path: what the reload tests use, as istiod's pushes would be). `stats_config`:
-    Envoy's defaults when None (e.g. `istio_stats_config(...)` for what Istio writes)."""
+    Envoy's defaults when None (e.g. `istio_stats_config(...)` for what Istio writes).
+    `replica_ports`: more endpoints of the backend cluster after `backend_port` (replicas of one
+    Service), balanced round robin; an endpoint named by a stateful session is used whatever its
+    health (`override_host_status`, what istiod sets for a Service with a session header)."""
+    endpoints = [
+        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+        for port in (backend_port, *replica_ports)
+    ]
     out = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
@@ -223,24 +274,11 @@ def bootstrap(backend_port: int, static_listeners: list[dict] | None, listeners_
                     "name": "backend",
                     "type": "STATIC",
                     "connect_timeout": "2s",
+                    "common_lb_config": {"override_host_status": {
+                        "statuses": ["HEALTHY", "DRAINING", "UNKNOWN", "DEGRADED"]}},
                     "load_assignment": {
                         "cluster_name": "backend",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": "127.0.0.1",
-                                                    "port_value": backend_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
+                        "endpoints": [{"lb_endpoints": endpoints}],
                     },
                 }
             ],
@@ -299,6 +337,15 @@ class Gateway:
     version: int = 0
     # The bootstrap's `stats_config` (None: Envoy's defaults); see `istio_stats_config`.
     stats_config: dict | None = None
+    # More endpoints of the backend cluster (sidecar replicas behind one Service).
+    replica_ports: tuple[int, ...] = ()
+    # The stateful session filter in header mode with this header name (None: not configured).
+    session_header: str | None = None
+    # Envoy's `--drain-strategy` (`gradual`, its default, or `immediate`); when set,
+    # `--drain-time-s drain_seconds` is passed even to a static gateway (for `drain_listeners`).
+    drain_strategy: str | None = None
+    # How many times `start()` ran: a restart appends to the log instead of replacing it.
+    starts: int = 0
     proc: subprocess.Popen | None = None
     admin: str = ""
     ports: dict[str, int] = field(default_factory=dict)
@@ -329,20 +376,26 @@ class Gateway:
             self.plaintext_port = self.plaintext_port or free_port()
             self._write_listeners()
             cfg.write_text(json.dumps(bootstrap(self.backend_port, None, self.listeners_file,
-                                                self.stats_config), indent=1))
+                                                self.stats_config, self.replica_ports), indent=1))
         else:
-            cfg.write_text(json.dumps(bootstrap(self.backend_port, self._listeners(), None, self.stats_config),
-                                      indent=1))
+            cfg.write_text(json.dumps(bootstrap(self.backend_port, self._listeners(), None, self.stats_config,
+                                                self.replica_ports), indent=1))
         admin_file = self.workdir / "admin-address"
         admin_file.unlink(missing_ok=True)
-        log = open(self.log_path, "wb")
+        log = open(self.log_path, "ab" if self.starts else "wb")
+        self.starts += 1
+        drain = self.dynamic or self.drain_strategy is not None
         self.proc = subprocess.Popen(
             [
                 str(ENVOY),
                 "-c", str(cfg),
+                # No hot-restart shared memory, so an Envoy started after one was killed (see
+                # `restart()`) cannot trip over what the dead one left; the random base id keeps
+                # gateways running side by side apart as well.
                 "--disable-hot-restart",
                 # Listeners replaced by a reload drain this long, then close (Istio: 45 s).
-                *(["--drain-time-s", str(self.drain_seconds)] if self.dynamic else []),
+                *(["--drain-time-s", str(self.drain_seconds)] if drain else []),
+                *(["--drain-strategy", self.drain_strategy] if self.drain_strategy else []),
                 "--concurrency", "2",
                 "--base-id", str(secrets.randbelow(1 << 30)),
                 "--admin-address-path", str(admin_file),
@@ -376,12 +429,16 @@ class Gateway:
 
     def _listeners(self) -> list[dict]:
         return listeners(self.plugin_config, self.tls, self.tls_port, self.plaintext_port,
-                         self.http_filters, self.require_tls, self.quiet)
+                         self.http_filters, self.require_tls, self.quiet, self.session_header)
 
     def _write_listeners(self) -> None:
         """Envoy watches the file's directory and reads it when it is moved into place."""
         self.version += 1
-        typed = [{"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", **l} for l in self._listeners()]
+        # The version in each listener's metadata makes every push a change, so that Envoy
+        # replaces (and drains) the listeners even when the filter configuration is the same.
+        typed = [{"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", **l,
+                  "metadata": {"filter_metadata": {"wsgate-testbed": {"version": self.version}}}}
+                 for l in self._listeners()]
         tmp = self.workdir / "listeners.json.tmp"
         tmp.write_text(json.dumps({"version_info": str(self.version), "resources": typed}, indent=1))
         os.replace(tmp, self.listeners_file)
@@ -412,6 +469,47 @@ class Gateway:
                 return True
             time.sleep(0.1)
         raise RuntimeError(f"envoy neither accepted nor rejected the listener update in {timeout}s")
+
+    def roll_listeners(self, timeout: float = 20.0) -> None:
+        """Replaces the listeners with equal ones (dynamic gateways only), as a push from istiod
+        that changes them does: new connections go to the new listeners at once, the old ones
+        drain for `drain_seconds` and are then closed, WebSockets included."""
+        if not self.dynamic:
+            raise RuntimeError("roll_listeners() needs Gateway(dynamic=True)")
+        if not self.reload(self.plugin_config, timeout):
+            raise RuntimeError("envoy rejected an unchanged listener configuration")
+
+    def drain_listeners(self, graceful: bool = True, skip_exit: bool = False) -> str:
+        """`POST /drain_listeners` (`?graceful`, `&skip_exit`), what istio-agent sends when the
+        pod is terminated: the listeners stop accepting (with `graceful`, after the drain time;
+        with `skip_exit`, never), HTTP/1 responses get `Connection: close`, HTTP/2 a GOAWAY.
+        Upgraded connections are left alone (measured with Envoy 1.40: a WebSocket outlives the
+        drain time); they end with the listener's replacement (`roll_listeners`) or Envoy's exit."""
+        query = "&".join(q for q, on in (("graceful", graceful), ("skip_exit", skip_exit)) if on)
+        return self.post("/drain_listeners" + (f"?{query}" if query else ""))
+
+    def post(self, path: str) -> str:
+        req = urllib.request.Request(self.admin + path, method="POST")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.read().decode()
+
+    def kill(self) -> None:
+        """SIGKILL, as a node failure or an OOM kill: no drain, the kernel closes every socket
+        (a reset where unread bytes were waiting, a FIN elsewhere)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def restart(self, timeout: float = 60.0) -> "Gateway":
+        """Kills this Envoy if it runs and starts a new process with the same configuration on
+        the same listener ports (the admin port may move). Sessions through the old process are
+        gone; clients reconnect to the same address."""
+        self.kill()
+        # The listening sockets died with the process, and Envoy binds with SO_REUSEADDR, so the
+        # old connections' TIME_WAIT entries do not keep the ports busy.
+        self.tls_port = self.ports.get("tls", self.tls_port)
+        self.plaintext_port = self.ports.get("plaintext", self.plaintext_port)
+        return self.start(timeout)
 
     def open_fds(self) -> int:
         return open_fds(self.proc.pid)
