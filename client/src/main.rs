@@ -16,11 +16,18 @@ fn main() {
         _ => "debug",
     };
     let colour = colour_on_stderr();
+    // tungstenite logs every request it writes, headers and all (the token, a resume's
+    // secret), at trace level: its lines are never shown, whatever WSGATE_LOG asks for.
+    let mut filter =
+        EnvFilter::try_from_env("WSGATE_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    for quiet in ["tungstenite=off", "tokio_tungstenite=off"] {
+        if let Ok(d) = quiet.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     tracing_subscriber::fmt()
         .with_ansi(colour)
-        .with_env_filter(
-            EnvFilter::try_from_env("WSGATE_LOG").unwrap_or_else(|_| EnvFilter::new(level)),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();

@@ -160,15 +160,15 @@ async fn resumable_first_leg(l: &TcpListener, data: &[u8]) -> Leg {
     leg
 }
 
-/// `wsgate proxy` against the scripted server, as ssh runs it; `-vv` so that the test sees
-/// whether any log line shows the secret.
+/// `wsgate proxy` against the scripted server, as ssh runs it; every log line on (trace, the
+/// libraries' too) so that the test sees whether any of them shows the secret or the token.
 fn spawn(port: u16, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_wsgate"))
         .args(["-vv", "proxy", &format!("http://127.0.0.1:{port}"), "prod"])
         .args(["--endpoint", "ssh/{cluster}", "--ping-interval", "3600s"])
         .args(args)
         .env("WSGATE_TOKEN", TOKEN)
-        .env_remove("WSGATE_LOG")
+        .env("WSGATE_LOG", "trace")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

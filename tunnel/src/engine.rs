@@ -45,6 +45,12 @@ const MAX_PENDING_PINGS: usize = 100;
 /// With resumption on, received bytes are acknowledged once this many are unacknowledged...
 const ACK_EVERY: u64 = 128 << 10;
 
+/// How long a resumable server-role session whose target closed waits for the client to
+/// acknowledge the target's last bytes before it takes the leg for lost (and parks) rather
+/// than closing: a close on a leg that silently died would lose those bytes (a command's last
+/// output, its exit status).
+const ACK_WAIT: Duration = Duration::from_secs(10);
+
 /// ... or this long after the first unacknowledged one: few enough acknowledgements not to cost
 /// a bulk transfer anything measurable, soon enough that an interactive session's replay
 /// buffer holds a few keystrokes.
@@ -213,6 +219,9 @@ pub struct Session<I, O> {
     input_ended: bool,
     /// Resumption on: what was sent and not acknowledged, and the counts.
     replay: Option<Replay>,
+    /// The local input ended (server role, resumption on: the target closed) and the session
+    /// ends once the peer has acknowledged every byte sent.
+    local_eof: bool,
     /// Session bytes came from the peer. The client role reads its input only after: the
     /// server talks first (sshd's banner), so a client whose input is empty (`< /dev/null`, a
     /// probe) still gets the banner before its close, whether or not the framing was fixed in
@@ -250,6 +259,7 @@ where
             input_ended: false,
             replay: config.resume.as_ref().map(|r| Replay::new(r.replay_buffer)),
             peer_spoke: config.role == Role::Server,
+            local_eof: false,
             closed: false,
         }
     }
@@ -292,7 +302,7 @@ where
         let timers = &mut self.timers;
         timers.ping = config.ping_interval.filter(|p| !p.is_zero());
         timers.ping_at = timers.ping.map(|p| now + p);
-        timers.linger_at = None;
+        timers.linger_at = self.local_eof.then(|| now + ACK_WAIT);
         timers.ack_at = None;
         let control = self.replay.is_some();
         let mut t = Tunnel {
@@ -460,6 +470,7 @@ where
                 0
             };
             let read_input = !self.s.input_ended
+                && !self.s.local_eof
                 && self.s.peer_spoke
                 && self.from_peer.framing.is_some()
                 && !self.to_peer.is_closed()
@@ -590,6 +601,13 @@ where
     /// A local read: its bytes framed for the peer, or its end.
     fn on_input(&mut self, read: io::Result<usize>) -> Result<(), Reason> {
         let n = match (read, self.config.role) {
+            // The target closed: with resumption on, its last bytes must reach the client
+            // first, whatever happens to this leg meanwhile.
+            (Ok(0), Role::Server) if self.s.replay.is_some() => {
+                self.s.local_eof = true;
+                self.s.timers.linger_at = Some(Instant::now() + ACK_WAIT);
+                return self.end_if_acknowledged();
+            }
             (Ok(0), Role::Server) => return Err(Reason::LocalClosed),
             (Err(e), Role::Server) => return Err(Reason::LocalReadFailed(e)),
             // ssh closing our stdin is its session ending: our close goes out, and the
@@ -635,7 +653,12 @@ where
             t.idle_at = Some(until);
         }
         if t.linger_at.is_some_and(|at| now >= at) {
-            return Err(Reason::Lingered);
+            // A target's last bytes unacknowledged in time: the leg is taken for lost.
+            return Err(if self.s.local_eof {
+                Reason::KeepaliveTimeout
+            } else {
+                Reason::Lingered
+            });
         }
         if let (Some(at), Some(every)) = (t.ping_at, t.ping) {
             if now >= at {
@@ -722,6 +745,14 @@ where
         }
     }
 
+    /// The target closed and the peer has every byte: the session's end.
+    fn end_if_acknowledged(&self) -> Result<(), Reason> {
+        match &self.s.replay {
+            Some(r) if self.s.local_eof && r.all_acknowledged() => Err(Reason::LocalClosed),
+            _ => Ok(()),
+        }
+    }
+
     /// `ack <received>`, if anything is unacknowledged.
     fn send_ack(&mut self) {
         self.s.timers.ack_at = None;
@@ -750,6 +781,7 @@ where
         match msg.split_once(' ') {
             Some(("ack", n)) if !self.awaiting_resume => {
                 replay.ack(count(n).ok_or_else(bad)?)?;
+                self.end_if_acknowledged()?;
             }
             Some(("resume", n)) if self.awaiting_resume => {
                 let n = count(n).ok_or_else(bad)?;
@@ -769,6 +801,7 @@ where
                 }
                 self.awaiting_resume = false;
                 self.hooks.replayed(replayed as u64);
+                self.end_if_acknowledged()?;
             }
             _ if self.hooks.control(msg) => {}
             _ => return Err(bad()),

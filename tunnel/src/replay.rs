@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use wsgate_proto::wsframe::{apply_mask, mask_from};
 
 use crate::reason::Violation;
@@ -25,7 +25,19 @@ pub(crate) struct Replay {
     received: u64,
     /// The count our last acknowledgement (or `resume`) gave the peer.
     acked_to_peer: u64,
+    /// Where small payloads are copied to (see [`SMALL`]).
+    tail: BytesMut,
 }
+
+/// A payload shorter than this is copied into a shared buffer rather than kept where it was
+/// read: a kept payload holds its whole read buffer (up to the read size, 64 KiB and more), so
+/// a trickle of small reads kept as they were would hold many times the bytes counted against
+/// the bound. Larger ones are kept without a copy (a bulk transfer's reads fill their buffers),
+/// holding at most read size / `SMALL` times their bytes.
+const SMALL: usize = 16 << 10;
+
+/// The shared buffer's size: small payloads share allocations of this many bytes.
+const TAIL: usize = 64 << 10;
 
 /// A frame's payload as it went out: masked with `mask` from its first byte (client role).
 #[derive(Debug)]
@@ -43,7 +55,13 @@ impl Replay {
             sent: 0,
             received: 0,
             acked_to_peer: 0,
+            tail: BytesMut::new(),
         }
+    }
+
+    /// Everything sent was acknowledged.
+    pub(crate) fn all_acknowledged(&self) -> bool {
+        self.acked == self.sent
     }
 
     /// The buffer is at its bound: read nothing more from the local side.
@@ -70,7 +88,23 @@ impl Replay {
             return;
         }
         self.sent += bytes.len() as u64;
-        self.chunks.push_back(Chunk { bytes, mask });
+        if bytes.len() >= SMALL {
+            self.chunks.push_back(Chunk { bytes, mask });
+            return;
+        }
+        if self.tail.capacity() - self.tail.len() < bytes.len() {
+            self.tail = BytesMut::with_capacity(TAIL);
+        }
+        let at = self.tail.len();
+        self.tail.extend_from_slice(&bytes);
+        if let Some(mask) = mask {
+            apply_mask(&mut self.tail[at..], mask);
+        }
+        let copy = self.tail.split().freeze();
+        self.chunks.push_back(Chunk {
+            bytes: copy,
+            mask: None,
+        });
     }
 
     pub(crate) fn got(&mut self, bytes: usize) {
@@ -175,6 +209,21 @@ mod tests {
             assert!(matches!(r.ack(c.ack), Err(Violation::Control(_))));
             assert!(r.replay_from(c.ack).is_err());
         }
+    }
+
+    #[test]
+    fn small_payloads_do_not_hold_the_buffers_they_were_read_into() {
+        let mut r = Replay::new(1 << 20);
+        let read = Bytes::from(vec![7u8; 64 << 10]);
+        r.sent_chunk(read.slice(0..100), None);
+        r.sent_chunk(read.slice(100..(100 + SMALL)), None);
+        // The small one was copied: only the large one still shares the read buffer.
+        assert!(!r.chunks[0].bytes.as_ptr_range().contains(&read.as_ptr()));
+        assert_eq!(r.chunks[1].bytes.as_ptr(), read[100..].as_ptr());
+        let m = [5, 6, 7, 8];
+        r.sent_chunk(masked(b"typed", m), Some(m));
+        assert_eq!(r.replay_from(0).unwrap().concat().len(), 100 + SMALL + 5);
+        assert!(r.replay_from(100 + SMALL as u64).unwrap().concat() == b"typed");
     }
 
     #[test]

@@ -416,3 +416,73 @@ async fn a_takeover_or_a_1001_loses_the_leg_any_other_close_ends_the_session() {
         }
     }
 }
+
+/// The target's last bytes (a command's output, its exit status) reach the client even when
+/// the leg dies between the target closing and the client receiving them: the session waits
+/// for their acknowledgement, is parked when the leg is lost, and ends (1000) only once the
+/// resumed client has them.
+#[tokio::test]
+async fn a_target_that_closes_is_waited_for_until_the_client_has_its_last_bytes() {
+    let cfg = resumable(server_config(Framing::Raw), 1 << 16);
+    let (input, mut feeder) = tokio::io::duplex(1024);
+    let (output, _drain) = tokio::io::duplex(1024);
+    feeder.write_all(b"exit 0").await.unwrap();
+    drop(feeder);
+    let mut s = Session::new(input, output, &cfg);
+    let hooks = Seen::default();
+    let never = std::future::pending::<()>;
+    // First leg: the bytes go out, the target closes, and the leg dies unacknowledged.
+    let (conn, mut peer) = tokio::io::duplex(1 << 16);
+    let leg = s.run_leg(
+        conn,
+        BytesMut::new(),
+        Leg::First { greeting: None },
+        &cfg,
+        &hooks,
+        never(),
+        async {
+            let mut frame = [0u8; 8];
+            peer.read_exact(&mut frame).await.unwrap();
+            assert_eq!(&frame[2..], b"exit 0");
+            drop(peer);
+            std::future::pending::<()>().await
+        },
+    );
+    let e = leg.await;
+    assert!(e.lost, "{:?}", e.reason);
+    // Resumed: the client has none of it; it is replayed, and acknowledged, then the end.
+    let (conn, mut peer) = tokio::io::duplex(1 << 16);
+    peer.write_all(&text("resume 0")).await.unwrap();
+    let client = async move {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while !got.windows(6).any(|w| w == b"exit 0") {
+            let n = peer.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the session ended before replaying");
+            got.extend_from_slice(&buf[..n]);
+        }
+        peer.write_all(&text("ack 6")).await.unwrap();
+        let mut rest = Vec::new();
+        peer.read_to_end(&mut rest).await.unwrap();
+        rest
+    };
+    let (e, rest) = tokio::join!(
+        s.run_leg(
+            conn,
+            BytesMut::new(),
+            Leg::Resumed,
+            &cfg,
+            &hooks,
+            never(),
+            never()
+        ),
+        client
+    );
+    assert!(
+        matches!(e.reason, Reason::LocalClosed) && !e.lost,
+        "{:?}",
+        e.reason
+    );
+    let frames = super::frames_of(&rest[..]).await;
+    assert_eq!(super::close_of(&frames), 1000);
+}
