@@ -43,7 +43,7 @@ pub const LINGER: Duration = Duration::from_secs(2);
 const MAX_PENDING_PINGS: usize = 100;
 
 /// With resumption on, received bytes are acknowledged once this many are unacknowledged...
-const ACK_EVERY: u64 = 128 << 10;
+const ACK_EVERY: u64 = 256 << 10;
 
 /// How long a resumable server-role session whose target closed waits for the client to
 /// acknowledge the target's last bytes before it takes the leg for lost (and parks) rather
