@@ -3,7 +3,8 @@
 
 ssh → `wsgate proxy` (wss://, token in the Kubernetes subprotocol) → Envoy 1.40 with the wsgate
 filter (an Istio-like gateway: https redirect on the plaintext port, TLS on the other) →
-`wsgate-sidecar` → a throwaway `sshd`. Everything it starts, it stops.
+`wsgate-sidecar` → a throwaway `sshd`. Last, the gateway is killed mid-scp and started again:
+the session resumes and the copy completes. Everything it starts, it stops.
 """
 from __future__ import annotations
 
@@ -90,6 +91,7 @@ def main() -> None:
                 fail("hashes differ")
             ok("a 20 MiB scp arrives intact (sha256 matches)")
 
+
             step("a ws:// attempt on the https-redirect port")
             c = http.client.HTTPConnection("127.0.0.1", gw.ports["plaintext"], timeout=10)
             c.request("GET", "/", headers={"Host": "localhost"})
@@ -118,6 +120,42 @@ def main() -> None:
             if ALICE in gw.log() or ALICE in side.log():
                 fail("a token reached a log")
             ok("counters and audit lines recorded; no token in Envoy's or the sidecar's logs")
+
+            step("the gateway is killed (SIGKILL) mid-scp and started again; the copy goes on")
+            dst2 = work / "copied-across-a-crash.bin"
+            scp[-1] = f"{sshd.user}@wsgate-target:{dst2}"
+            # Throttled (scp -l, in Kbit/s) so that the copy is still under way when Envoy dies.
+            slow = [scp[0], "-l", "40000", *scp[1:]]
+            p = subprocess.Popen(slow, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 env={**os.environ, **env})
+            deadline = time.monotonic() + 30
+            while not (dst2.exists() and dst2.stat().st_size > (2 << 20)):
+                if p.poll() is not None or time.monotonic() > deadline:
+                    fail("the throttled scp did not get under way")
+                time.sleep(0.05)
+            gw.kill()
+            print(f"  Envoy killed with {dst2.stat().st_size >> 20} MiB copied")
+            time.sleep(1)
+            gw.restart()
+            print("  Envoy started again on the same ports")
+            try:
+                code = p.wait(120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                fail("scp did not finish after the gateway came back")
+            err = p.stderr.read().decode()
+            if code != 0:
+                fail(f"scp failed (exit {code}): {err.strip()}")
+            for line in err.splitlines():
+                if line.startswith("wsgate: "):
+                    print(f"  {line.strip()}")
+            a, b = (hashlib.sha256(p.read_bytes()).hexdigest() for p in (src, dst2))
+            print(f"  sha256 local  {a}\n  sha256 remote {b}")
+            if a != b:
+                fail("hashes differ")
+            if not side.audit("session_resumed"):
+                fail("the sidecar audited no resume")
+            ok("the session survives the gateway's crash: scp completes, hashes equal, one session resumed")
         finally:
             for p in (gw, side, sshd):
                 if p is not None:
