@@ -27,7 +27,7 @@ from clients import bearer_entry
 from k8s.cel_ext import parse_go_duration
 from k8s.validate import render
 from testbed.backend import RecordingBackend
-from testbed.envoy import ENVOY, Gateway, listeners
+from testbed.envoy import ENVOY, Gateway, listeners, stateful_session_per_route
 
 ISTIO = Path(__file__).resolve().parents[2] / "istio"
 OVERLAYS = sorted(p.parent.name for p in (ISTIO / "overlays").glob("*/kustomization.yaml"))
@@ -179,18 +179,7 @@ def istio_route_session_config(service: dict) -> dict | None:
     header = service["metadata"].get("labels", {}).get(SESSION_HEADER_LABEL)
     if not header:
         return None
-    return {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute",
-        "stateful_session": {
-            "session_state": {
-                "name": "envoy.http.stateful_session.header",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.http.stateful_session.header.v3.HeaderBasedSessionState",
-                    "name": header,
-                },
-            },
-        },
-    }
+    return stateful_session_per_route(header)
 
 
 class StickyGateway:
