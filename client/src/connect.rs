@@ -933,18 +933,29 @@ mod tests {
         assert!(local.ip().is_loopback() && local.port() != 0, "{local}");
     }
 
+    /// An error answer with the sidecar's JSON body.
+    fn json_answer(status: u16, error: &str, reason: &str) -> Vec<u8> {
+        let body = format!(r#"{{"error": "{error}", "reason": "{reason}"}}"#);
+        format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    /// A URL on a loopback port nothing listens on.
+    fn nothing_listening() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        format!("http://{addr}")
+    }
+
     /// Error answers keep their body (the reason shown to the user).
     #[tokio::test]
     async fn an_error_answer_keeps_its_reason() {
-        let server = serve_once(|_, _| {
-            let body = r#"{"error": "no such cluster", "reason": "unknown_cluster"}"#;
-            format!(
-                "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .into_bytes()
-        })
-        .await;
+        let server =
+            serve_once(|_, _| json_answer(404, "no such cluster", "unknown_cluster")).await;
         let e = open_at(&server).await.err().unwrap();
         assert!(matches!(e, ClientError::NotFound { .. }), "{e:?}");
         assert!(
@@ -968,31 +979,17 @@ mod tests {
             (503, "resume_x", Verdict::Retry),
         ];
         for (status, code, want) in cases {
-            let server = serve_once(move |_, _| {
-                let body = format!(r#"{{"error": "resume refused", "reason": "{code}"}}"#);
-                format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                    body.len()
-                )
-                .into_bytes()
-            })
-            .await;
+            let server = serve_once(move |_, _| json_answer(status, "resume refused", code)).await;
             let e = open_at(&server).await.err().unwrap();
             assert_eq!(verdict(&e), want, "{status}: {e:?}");
         }
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        drop(l);
-        let e = open_at(&format!("http://{addr}")).await.err().unwrap();
+        let e = open_at(&nothing_listening()).await.err().unwrap();
         assert_eq!(verdict(&e), Verdict::Retry, "{e:?}");
     }
 
     #[tokio::test]
     async fn nothing_listening_is_a_connect_error() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        drop(l);
-        let e = open_at(&format!("http://{addr}")).await.err().unwrap();
+        let e = open_at(&nothing_listening()).await.err().unwrap();
         assert!(matches!(e, ClientError::Connect { .. }), "{e:?}");
         assert!(
             e.to_string().starts_with("cannot connect to 127.0.0.1:"),
