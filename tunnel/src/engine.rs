@@ -340,6 +340,17 @@ where
         }
     }
 
+    /// Reports the session bytes the local side took since the last report (and counts them
+    /// as activity for the idle timeout).
+    fn report_local(&mut self, hooks: &dyn Hooks) {
+        let written = self.to_local.written();
+        if written > self.reported {
+            hooks.peer_to_local(written - self.reported);
+            self.reported = written;
+            self.timers.touch();
+        }
+    }
+
     /// Writes what is still queued for the local side (while no leg runs). Cancel-safe.
     pub async fn flush_local(&mut self) -> io::Result<()> {
         self.to_local.flush().await
@@ -352,10 +363,7 @@ where
             return;
         }
         let _ = tokio::time::timeout(CLOSE_WAIT, self.to_local.flush()).await;
-        let written = self.to_local.written();
-        if written > self.reported {
-            hooks.peer_to_local(written - self.reported);
-        }
+        self.report_local(hooks);
         if self.role == Role::Server {
             let _ = tokio::time::timeout(CLOSE_WAIT, self.to_local.shutdown()).await;
         }
@@ -722,13 +730,7 @@ where
 
     /// Reports the session bytes the local side took since the last report.
     fn report_local(&mut self) {
-        let s = &mut *self.s;
-        let written = s.to_local.written();
-        if written > s.reported {
-            self.hooks.peer_to_local(written - s.reported);
-            s.reported = written;
-            s.timers.touch();
-        }
+        self.s.report_local(self.hooks);
     }
 
     /// Session bytes from the peer queued for the local side: acknowledged now if enough are

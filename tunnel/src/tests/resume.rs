@@ -272,10 +272,9 @@ fn raw_server(replay_buffer: usize, target_data: Vec<u8>, leg: Leg) -> Raw {
     }
 }
 
+/// A client's text frame (a control message).
 fn text(payload: &str) -> Vec<u8> {
-    let mut f = masked(0x81, payload.as_bytes());
-    f[0] = 0x81;
-    f
+    masked(0x81, payload.as_bytes())
 }
 
 /// Reads what the peer got until nothing more comes for a while: the session bytes in binary
@@ -401,8 +400,7 @@ async fn a_takeover_or_a_1001_loses_the_leg_any_other_close_ends_the_session() {
         assert_eq!(frame[2], b'x');
         match c.close {
             Some(code) => {
-                let mut f = masked(0x88, &code.to_be_bytes());
-                f[0] = 0x88;
+                let f = masked(0x88, &code.to_be_bytes());
                 r.peer.write_all(&f).await.unwrap();
             }
             None => r.takeover.cancel(),
