@@ -92,9 +92,7 @@ impl fmt::Debug for Ticket {
 
 /// 32 lower-case hex digits (128 bits), as the sidecar makes ids and secrets.
 fn is_hex128(s: &str) -> bool {
-    s.len() == 32
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    wsgate_proto::hex::decode::<16>(s).is_some()
 }
 
 impl Ticket {

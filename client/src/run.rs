@@ -427,7 +427,7 @@ fn session_id() -> String {
     if getrandom::fill(&mut b).is_err() {
         b = std::process::id().to_be_bytes();
     }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    wsgate_proto::hex::encode(&b)
 }
 
 /// Resolves on SIGHUP or SIGTERM (ssh hangs up its ProxyCommand when it exits); never if the

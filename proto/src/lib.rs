@@ -12,10 +12,12 @@
 //! - [`query`]: a path's query string and its form decoding.
 //! - [`cidr`]: source addresses and networks (the plaintext allowance, trusted origins).
 //! - [`text`]: text from the network escaped before a terminal or a log sees it.
+//! - [`hex`]: lower-case hexadecimal (resumable sessions' ids and secrets).
 
 pub mod base64;
 pub mod cidr;
 pub mod framing;
+pub mod hex;
 pub mod names;
 pub mod query;
 pub mod text;

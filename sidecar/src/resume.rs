@@ -67,24 +67,11 @@ fn parse(value: &str) -> Result<Offer, Malformed> {
 
 /// 32 lower-case hex digits.
 fn hex(s: &str) -> Result<[u8; LEN], Malformed> {
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Ok(c - b'0'),
-        b'a'..=b'f' => Ok(c - b'a' + 10),
-        _ => Err(Malformed),
-    };
-    let s = s.as_bytes();
-    if s.len() != 2 * LEN {
-        return Err(Malformed);
-    }
-    let mut out = [0u8; LEN];
-    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
-        *o = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
-    Ok(out)
+    wsgate_proto::hex::decode(s).ok_or(Malformed)
 }
 
 fn to_hex(b: &[u8; LEN]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
+    wsgate_proto::hex::encode(b)
 }
 
 /// A session's id: not a secret (it may be logged), but random, so it tells nothing either.
