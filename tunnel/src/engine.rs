@@ -783,6 +783,9 @@ where
         match msg.split_once(' ') {
             Some(("ack", n)) if !self.awaiting_resume => {
                 replay.ack(count(n).ok_or_else(bad)?)?;
+                if replay.all_acknowledged() {
+                    self.s.framer.release_spares();
+                }
                 self.end_if_acknowledged()?;
             }
             Some(("resume", n)) if self.awaiting_resume => {
