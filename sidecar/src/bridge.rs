@@ -148,6 +148,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Bridge<T> {
         }
     }
 
+    /// When the session's own limits (`--max-session-age`, `--idle-timeout`) end it, and
+    /// why: a parked session waits no longer, whatever its resume window.
+    pub fn limit(&self) -> Option<(tokio::time::Instant, CloseReason)> {
+        let (at, why) = self.session.limit()?;
+        Some((at, CloseReason::from(&why)))
+    }
+
     /// Writes to the target what the last leg left queued for it (while parked). Cancel-safe.
     pub async fn flush_target(&mut self) -> std::io::Result<()> {
         self.session.flush_local().await

@@ -865,7 +865,8 @@ struct Legs<'a> {
 /// How a parked session's wait ended.
 enum Parked {
     Resumed(NewLeg),
-    /// For good: the window ran out, the grace period ended, or the target failed.
+    /// For good: the window or a limit of the session ran out, the grace period ended, or the
+    /// target failed.
     Over(CloseReason),
 }
 
@@ -934,21 +935,26 @@ impl Legs<'_> {
     }
 
     /// Waits for a resume while writing to the target what the lost leg left for it; the
-    /// target is not read (its output waits in its socket). A resume in progress when the
-    /// window runs out is waited for.
+    /// target is not read (its output waits in its socket). The wait ends at the window, or
+    /// sooner at the session's own limit (its maximum age, its idle timeout: a client cannot
+    /// stretch them by going away). A resume in progress then is waited for.
     async fn park(&self, bridge: &mut Bridge<TcpStream>) -> Parked {
-        let over = tokio::time::Instant::now() + self.window;
-        let (mut window_over, mut flushed) = (false, false);
+        let window = tokio::time::Instant::now() + self.window;
+        let (until, why) = match bridge.limit() {
+            Some((at, why)) if at < window => (at, why),
+            _ => (window, CloseReason::ResumeExpired),
+        };
+        let (mut timed_out, mut flushed) = (false, false);
         loop {
             if let Some(next) = self.handle.take_leg() {
                 return Parked::Resumed(next);
             }
-            if window_over && self.handle.expire() {
-                return Parked::Over(CloseReason::ResumeExpired);
+            if timed_out && self.handle.expire() {
+                return Parked::Over(why);
             }
             tokio::select! {
                 () = self.handle.changed() => {}
-                () = tokio::time::sleep_until(over), if !window_over => window_over = true,
+                () = tokio::time::sleep_until(until), if !timed_out => timed_out = true,
                 () = self.shutdown.cancelled() => return Parked::Over(CloseReason::Shutdown),
                 done = bridge.flush_target(), if !flushed => match done {
                     Ok(()) => flushed = true,

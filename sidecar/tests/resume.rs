@@ -1,7 +1,7 @@
 //! Resumable sessions in the sidecar in-process (see `support`), with a client that speaks
 //! docs/resume.md by hand: the negotiation, a lost leg resumed byte-exact, the refusals that
-//! leave the session alone, the window running out, a second resume in progress, and a resume
-//! that takes a live leg over.
+//! leave the session alone, the window running out, a parked session's own limits, a second
+//! resume in progress, and a resume that takes a live leg over.
 // A test crate: its helpers may panic (clippy only exempts `#[test]` functions themselves).
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -348,6 +348,54 @@ async fn past_the_window_the_target_is_closed_and_the_resume_is_404() {
     assert!(sessions(sc.admin).await.is_empty());
     let (run, _) = sc.shut_down();
     run.await.unwrap().unwrap();
+}
+
+/// A parked session still ends at its own limits (`--max-session-age`, `--idle-timeout`), long
+/// before a resume window that would outlast them: a client cannot stretch a limit by going
+/// away. It ends with the limit's reason, not `resume_expired`, and a resume then gets 404.
+#[tokio::test]
+async fn a_parked_session_ends_at_its_own_limits_not_the_window() {
+    for (flag, reason) in [
+        ("--max-session-age", "max_session_age"),
+        ("--idle-timeout", "idle_timeout"),
+    ] {
+        let (target, mut closed) = watched_echo_server().await;
+        let args = [flag, "2s", "--resume-window", "60s"];
+        let sc = Sidecar::start(reason, target, &tokens(), &args).await;
+        let mut c = Resumable::open(sc.addr, "prod", ALICE).await;
+        echo(&mut c, b"hello").await;
+        c.lose();
+        let lost = Instant::now();
+        wait_state(sc.admin, "parked").await;
+        tokio::time::timeout(PATIENCE, closed.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{flag}: the target connection was never closed"))
+            .unwrap();
+        assert!(
+            lost.elapsed() < Duration::from_secs(10),
+            "{flag}: closed {:?} after the loss",
+            lost.elapsed()
+        );
+        let e = c
+            .resume_request(ALICE, "cluster_name=prod", &c.secret)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(refusal(e), (404, "resume_unknown".into()), "{flag}");
+        wait_metric(sc.admin, "wsgate_sessions_open", 0.0).await;
+        for (series, n) in [
+            (
+                format!("wsgate_session_closes_total{{reason=\"{reason}\"}}"),
+                1.0,
+            ),
+            ("wsgate_resumes_total{result=\"expired\"}".to_string(), 0.0),
+            ("wsgate_sessions_parked".to_string(), 0.0),
+        ] {
+            assert_eq!(metric(sc.admin, &series).await, n, "{flag}: {series}");
+        }
+        let (run, _) = sc.shut_down();
+        run.await.unwrap().unwrap();
+    }
 }
 
 /// A resume while the old leg is still open (the sidecar has not noticed it break) takes the

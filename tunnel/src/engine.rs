@@ -340,6 +340,16 @@ where
         }
     }
 
+    /// When the session's own limits end it, whatever its connections do, and which: the
+    /// maximum age, or the idle timeout counted from the last session byte. A session whose
+    /// leg was lost waits for the next one no longer than this (`None`: no limit set).
+    pub fn limit(&self) -> Option<(Instant, Reason)> {
+        let t = &self.timers;
+        let age = t.age_at.map(|at| (at, Reason::MaxAge));
+        let idle = t.idle.map(|i| (t.last_activity + i, Reason::IdleTimeout));
+        [age, idle].into_iter().flatten().min_by_key(|(at, _)| *at)
+    }
+
     /// Reports the session bytes the local side took since the last report (and counts them
     /// as activity for the idle timeout).
     fn report_local(&mut self, hooks: &dyn Hooks) {
