@@ -17,13 +17,13 @@ def test_bench_smoke_run_writes_every_table(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     report = out.read_text()
     for title in ("## 1. Bridge", "## 2. SSH end to end", "## 3. Filter overhead in Envoy",
-                  "## 4. Sidecar scale", "## 5. Resumption", "## Goals"):
+                  "## 4. Sidecar scale", "## 5. Resumption: its cost", "## 5b. Resumption", "## Goals"):
         assert title in report
     for row in ("| raw TCP (no bridge) |", "| wsgate proxy → wsgate-sidecar |",
                 "| python websockets client → python bridge |", "| direct ssh |",
                 "| masking relay (copy + RFC 6455 masking: a WebSocket bridge's floor) |",
                 "| wsgate proxy → Envoy+filter → sidecar |", "| no filter |", "| wsgate filter (Wasm) |",
                 "| Lua filter (token rewrite only) |", "| Sidecar CPU per GiB |",
-                "| wsgate proxy --no-resume → wsgate-sidecar |", "| Resumption's cost to bridge throughput |",
+                "| wsgate proxy --no-resume → wsgate-sidecar |", "| Resumption's cost to bridge throughput (median of",
                 "| cut → a byte written after it echoed |"):
         assert row in report, row
