@@ -345,6 +345,8 @@ def ssh(work: Path, s: Sizes, res: dict) -> str:
         "direct ssh": None,
         RELAY: f"{BENCH} relay-client --to {raddr}",
         "wsgate proxy → sidecar": proxy_command(f"http://127.0.0.1:{side.port}", "prod"),
+        # Resumption's cost where users meet it, with ssh's own work on the same CPUs.
+        "wsgate proxy --no-resume → sidecar": proxy_command(f"http://127.0.0.1:{side.port}", "prod", "--no-resume"),
         "wsgate proxy → Envoy (no filter) → sidecar": proxy_command(f"https://localhost:{bare.ports['tls']}", "prod",
                                                                     "--ca-file", str(tls.ca_pem)),
         "wsgate proxy → Envoy+filter → sidecar": proxy_command(f"https://localhost:{gw.ports['tls']}", "prod",

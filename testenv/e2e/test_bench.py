@@ -24,6 +24,6 @@ def test_bench_smoke_run_writes_every_table(tmp_path):
                 "| masking relay (copy + RFC 6455 masking: a WebSocket bridge's floor) |",
                 "| wsgate proxy → Envoy+filter → sidecar |", "| no filter |", "| wsgate filter (Wasm) |",
                 "| Lua filter (token rewrite only) |", "| Sidecar CPU per GiB |",
-                "| wsgate proxy --no-resume → wsgate-sidecar |", "| Resumption's cost to bridge throughput (median of",
+                "| wsgate proxy --no-resume → wsgate-sidecar |", "| wsgate proxy --no-resume → sidecar |", "| Resumption's cost to bridge throughput (median of",
                 "| cut → a byte written after it echoed |"):
         assert row in report, row
