@@ -308,6 +308,27 @@ async fn watched_echo_server() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
     (addr, rx)
 }
 
+/// After `c` lost its connection (at `lost`): waits for the parked session's target connection
+/// to be closed, checks that a resume then gets 404, and says how long after the loss it closed.
+async fn closed_for_good(
+    c: &Resumable,
+    closed: &mut mpsc::UnboundedReceiver<()>,
+    lost: Instant,
+) -> Duration {
+    tokio::time::timeout(PATIENCE, closed.recv())
+        .await
+        .expect("the target connection was never closed")
+        .unwrap();
+    let after = lost.elapsed();
+    let e = c
+        .resume_request(ALICE, "cluster_name=prod", &c.secret)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refusal(e), (404, "resume_unknown".into()));
+    after
+}
+
 /// Past `--resume-window`, a parked session ends for good: its target connection is closed,
 /// it ends as `resume_expired`, and a resume gets 404.
 #[tokio::test]
@@ -317,22 +338,11 @@ async fn past_the_window_the_target_is_closed_and_the_resume_is_404() {
     let mut c = Resumable::open(sc.addr, "prod", ALICE).await;
     echo(&mut c, b"hello").await;
     c.lose();
-    let lost = Instant::now();
-    tokio::time::timeout(PATIENCE, closed.recv())
-        .await
-        .expect("the target connection was never closed")
-        .unwrap();
+    let after = closed_for_good(&c, &mut closed, Instant::now()).await;
     assert!(
-        lost.elapsed() >= Duration::from_millis(900),
-        "closed {:?} after the loss, within the window",
-        lost.elapsed()
+        after >= Duration::from_millis(900),
+        "closed {after:?} after the loss, within the window"
     );
-    let e = c
-        .resume_request(ALICE, "cluster_name=prod", &c.secret)
-        .await
-        .err()
-        .unwrap();
-    assert_eq!(refusal(e), (404, "resume_unknown".into()));
     wait_metric(sc.admin, "wsgate_sessions_open", 0.0).await;
     for (series, n) in [
         ("wsgate_resumes_total{result=\"expired\"}", 1.0),
@@ -367,21 +377,11 @@ async fn a_parked_session_ends_at_its_own_limits_not_the_window() {
         c.lose();
         let lost = Instant::now();
         wait_state(sc.admin, "parked").await;
-        tokio::time::timeout(PATIENCE, closed.recv())
-            .await
-            .unwrap_or_else(|_| panic!("{flag}: the target connection was never closed"))
-            .unwrap();
+        let after = closed_for_good(&c, &mut closed, lost).await;
         assert!(
-            lost.elapsed() < Duration::from_secs(10),
-            "{flag}: closed {:?} after the loss",
-            lost.elapsed()
+            after < Duration::from_secs(10),
+            "{flag}: closed {after:?} after the loss"
         );
-        let e = c
-            .resume_request(ALICE, "cluster_name=prod", &c.secret)
-            .await
-            .err()
-            .unwrap();
-        assert_eq!(refusal(e), (404, "resume_unknown".into()), "{flag}");
         wait_metric(sc.admin, "wsgate_sessions_open", 0.0).await;
         for (series, n) in [
             (
