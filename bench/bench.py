@@ -87,7 +87,7 @@ class Sizes:
         sessions = [int(x) for x in e("BENCH_SESSIONS", f"1000,{big}").split(",")]
         return cls(int(e("BENCH_MIB", "1024")), int(e("BENCH_SSH_MIB", "1024")), int(e("BENCH_ROUNDS", "3")),
                    int(e("BENCH_PINGS", "10000")), float(e("BENCH_LOAD_SECS", "3")), sessions,
-                   int(e("BENCH_RESUME_PAIRS", "24")), 30)
+                   max(1, int(e("BENCH_RESUME_PAIRS", "24"))), 30)
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -373,7 +373,9 @@ def ssh(work: Path, s: Sizes, res: dict) -> str:
     server = {name: None if px is None else relay if name == RELAY else side.proc for name, px in paths.items()}
     gib = s.ssh_mib / 1024
     for rnd in range(s.rounds):
-        for name, px in paths.items():
+        # Every other round in reverse: no path always runs right after the same other one.
+        order = list(paths.items())
+        for name, px in (order if rnd % 2 == 0 else order[::-1]):
             t = []
             for _ in range(5):
                 t0 = time.perf_counter()
@@ -665,7 +667,7 @@ def resume(work: Path, s: Sizes, res: dict) -> str:
     res["resume"] = gaps
     p90 = gaps[min(len(gaps) - 1, int(len(gaps) * 0.9))]
     r = cost["ratio"]
-    q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0], r[0], r[0]]
+    q = statistics.quantiles(r, n=4, method="inclusive") if len(r) > 1 else [r[0], r[0], r[0]]
     rows = [[name, f"{med(c['mbps']):.0f}", f"{med(c['server_cpu']):.3f}", f"{med(c['client_cpu']):.3f}",
              f"{med(c['machine_cpu']):.2f}", f"{med(c['client_hwm']) / 1024:.1f}"]
             for name, c in cost["paths"].items()]

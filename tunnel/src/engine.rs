@@ -328,6 +328,8 @@ where
         let reason = t.pump(&mut peer_rd, pin!(shutdown), pin!(takeover)).await;
         let lost = t.is_lost(&reason);
         t.finish(&reason, lost).await;
+        // Waiting for the next leg, or ended: spare read buffers are not kept meanwhile.
+        t.s.framer.release_spares();
         let framing = t.from_peer.framing;
         if !lost {
             self.closed = true;

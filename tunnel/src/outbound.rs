@@ -163,16 +163,17 @@ impl Framer {
         Ok(())
     }
 
-    /// The oldest read buffer nothing else holds any more, emptied.
+    /// The newest read buffer nothing else holds any more (the likeliest to be in cache),
+    /// emptied.
     fn spare(&mut self) -> Option<BytesMut> {
-        let at = self.spares.iter().position(Bytes::is_unique)?;
+        let at = self.spares.iter().rposition(Bytes::is_unique)?;
         let mut spare = self.spares.remove(at)?.try_into_mut().ok()?;
         spare.clear();
         Some(spare)
     }
 
-    /// Everything sent was acknowledged: the read buffers nothing holds are freed, so an idle
-    /// session keeps no more than the one it reads into.
+    /// Frees the read buffers nothing holds (everything sent was acknowledged, or a leg
+    /// ended), so an idle or parked session keeps no more than the one it reads into.
     pub(crate) fn release_spares(&mut self) {
         self.spares.retain(|b| !b.is_unique());
     }
