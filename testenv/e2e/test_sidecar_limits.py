@@ -18,9 +18,8 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from clients import raw_request, upgrade_headers
-from testbed.sidecar import ALICE, Sidecar, standard_args
+from testbed.sidecar import ALICE, HEALTHZ, Sidecar, stall_a_101, standard_args, until
 
-HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
 def sky_url(port: int, cluster: str = "prod") -> str:
@@ -208,9 +207,9 @@ def test_handshake_latency_has_sub_millisecond_buckets(workdir, sshd):
 LONG_PROTOCOL = "p" * 60_000
 
 
-def stalling_upgrade(pipelined: int) -> bytes:
-    """`pipelined` keep-alive GETs, then a valid upgrade whose 101 is some 60 kB long."""
-    return HEALTHZ * pipelined + (
+def stalling_upgrade() -> bytes:
+    """A valid upgrade whose 101 is some 60 kB long."""
+    return (
         "GET /kubernetes-pod-ssh-proxy?cluster_name=prod&client_version=62 HTTP/1.1\r\n"
         "Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
@@ -218,47 +217,17 @@ def stalling_upgrade(pipelined: int) -> bytes:
         f"Authorization: Bearer {ALICE}\r\n\r\n").encode()
 
 
-def stall_a_101(sc: Sidecar) -> socket.socket:
-    """A connection whose 101 the sidecar has begun to write and cannot finish: it pipelines
-    GETs and an upgrade and reads nothing, from a tiny receive window. How many GETs fill the
-    socket just before the 101 depends on the kernel's buffers, so it is searched for: too few
-    and the 101 gets through (a session starts), too many and the upgrade is never read."""
-    accepted = 'wsgate_handshake_duration_seconds_count{result="accepted"}'
-    for _attempt in range(3):
-        lo, hi = 0, 100_000
-        while lo <= hi:
-            k = (lo + hi) // 2
-            a0, s0 = sc.metric(accepted), sc.metric("wsgate_sessions_total")
-            s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-            s.connect(("127.0.0.1", sc.port))
-            s.setblocking(False)
-            data, sent = stalling_upgrade(k), 0
-            deadline = time.monotonic() + 3
-            while sent < len(data) and time.monotonic() < deadline:
-                try:
-                    sent += s.send(data[sent:])
-                except BlockingIOError:
-                    time.sleep(0.01)
-            deadline = time.monotonic() + 1.5
-            while sc.metric(accepted) == a0 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            upgraded = sc.metric(accepted) > a0
-            deadline = time.monotonic() + 0.5
-            while upgraded and sc.metric("wsgate_sessions_total") == s0 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            started = sc.metric("wsgate_sessions_total") > s0
-            if upgraded and not started:
-                return s
-            s.close()
-            if started:
-                lo = k + 1
-                deadline = time.monotonic() + 5
-                while sc.metric("wsgate_sessions_open") and time.monotonic() < deadline:
-                    time.sleep(0.02)
-            else:
-                hi = k - 1
-    pytest.fail("no pipeline length stalled the 101")
+def stall_new_101(sc: Sidecar) -> socket.socket:
+    """A connection whose 101 the sidecar has begun to write and cannot finish (see
+    `stall_a_101`): one that gets through starts a session, which ends once the socket is
+    closed."""
+    def settle() -> None:
+        until(lambda: not sc.metric("wsgate_sessions_open"), 5)
+
+    sock = stall_a_101(sc.port, sc.metric, stalling_upgrade(), "wsgate_sessions_total", settle)
+    if sock is None:
+        pytest.fail("no pipeline length stalled the 101")
+    return sock
 
 
 @pytest.mark.parametrize("which", ["write-deadline", "upgrade-wait"])
@@ -279,7 +248,7 @@ def test_a_101_the_client_does_not_take_gives_the_session_slot_back(workdir, ssh
     sc = Sidecar(workdir / f"stalled-101-{which}", args).start()
     try:
         fds_before = sc.open_fds()
-        stuck = stall_a_101(sc)
+        stuck = stall_new_101(sc)
         t0 = time.monotonic()
         (refused,) = sc.wait_audit("session_refused", timeout=5)
         assert time.monotonic() - t0 < 3

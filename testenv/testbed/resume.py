@@ -20,8 +20,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .sidecar import stall_a_101, until
+
 RESUME_HEADER = "x-wsgate-resume"
-HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
@@ -285,16 +286,9 @@ class Session:
 
     def stalled_resume(self, metric: Callable[[str], float], tries: int = 3) -> socket.socket:
         """A resume of this (parked) session that passes every check but whose 101 cannot be
-        written, so that it stays in progress until the returned socket is closed.
-
-        The 101 echoes a 60 kB subprotocol; on loopback the kernel's send buffer would take it
-        whole, so keep-alive GETs of /healthz go first, pipelined, and their answers, never read
-        from a tiny receive window, fill the buffers. How many GETs leave just too little room
-        for the 101 depends on the kernel, so it is searched for (as test_sidecar_limits does for
-        new sessions): too few and the 101 gets through (the session is no longer parked: the
-        socket is closed and the session parks again), too many and the upgrade is never read.
-        `metric` is `Sidecar.metric`."""
-        accepted = 'wsgate_handshake_duration_seconds_count{result="accepted"}'
+        written, so that it stays in progress until the returned socket is closed (see
+        `stall_a_101`: the 101 echoes a 60 kB subprotocol; one that gets through resumes the
+        session, and the dropped socket parks it again). `metric` is `Sidecar.metric`."""
         parked = "wsgate_sessions_parked"
         if metric(parked) != 1:
             raise AssertionError("stalled_resume() needs the session parked (and no other)")
@@ -302,34 +296,14 @@ class Session:
                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
                    f"Sec-WebSocket-Protocol: {'p' * 60_000}\r\nAuthorization: Bearer {self.token}\r\n"
                    f"{RESUME_HEADER}: resume {self.id} {self.secret}\r\n\r\n").encode()
-        for _ in range(tries):
-            lo, hi = 0, 100_000
-            while lo <= hi:
-                k = (lo + hi) // 2
-                before = metric(accepted)
-                sock = socket.socket()
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-                sock.connect(("127.0.0.1", self.port))
-                sock.setblocking(False)
-                data, sent = HEALTHZ * k + upgrade, 0
-                deadline = time.monotonic() + 3
-                while sent < len(data) and time.monotonic() < deadline:
-                    try:
-                        sent += sock.send(data[sent:])
-                    except BlockingIOError:
-                        time.sleep(0.01)
-                upgraded = _until(lambda: metric(accepted) > before, 1.5)
-                started = upgraded and _until(lambda: metric(parked) == 0, 0.5)
-                if upgraded and not started:
-                    return sock
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                sock.close()
-                if started:
-                    lo = k + 1
-                    if not _until(lambda: metric(parked) == 1, 5):
-                        raise AssertionError("the session did not park again after a resume was dropped")
-                else:
-                    hi = k - 1
+
+        def settle() -> None:
+            if not until(lambda: metric(parked) == 1, 5):
+                raise AssertionError("the session did not park again after a resume was dropped")
+
+        sock = stall_a_101(self.port, metric, upgrade, parked, settle, reset=True, tries=tries)
+        if sock is not None:
+            return sock
         raise AssertionError("no pipeline length stalled the resume's 101")
 
     def finish(self, leg: Leg, timeout: float = 10.0) -> int:
@@ -352,12 +326,3 @@ class Session:
 
     def resume(self, **kw) -> int:
         return self.finish(self.resume_request(**kw))
-
-
-def _until(check: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True

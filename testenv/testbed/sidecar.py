@@ -4,12 +4,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .procfs import open_fds, status_kib
 from .sshd import free_port
@@ -163,3 +166,63 @@ class Sidecar:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# --- A 101 the client does not take ----------------------------------------------------------
+
+# A keep-alive request the sidecar answers on its sessions' port.
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def until(check: Callable[[], bool], timeout: float) -> bool:
+    """Polls `check` until it holds (`True`) or `timeout` seconds pass (`False`)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def stall_a_101(port: int, metric: Callable[[str], float], upgrade: bytes, progress: str,
+                settle: Callable[[], None], reset: bool = False, tries: int = 3) -> socket.socket | None:
+    """A connection to the sidecar on `port` whose `101` for `upgrade` (a request whose answer
+    is some 60 kB long) passed every check and cannot be written, so it stays in progress until
+    the returned socket is closed; `None` if no attempt stalled.
+
+    On loopback the kernel's send buffer would take the 101 whole, so keep-alive GETs go first,
+    pipelined, and their answers, never read from a tiny receive window, fill the buffers. How
+    many GETs leave just too little room for the 101 depends on the kernel, so it is searched
+    for: too few and the 101 gets through (the `progress` metric moves: the request went on;
+    the socket is closed, with a reset if `reset`, and `settle` waits for the sidecar to be as
+    before), too many and the upgrade is never read. `metric` is `Sidecar.metric`."""
+    accepted = 'wsgate_handshake_duration_seconds_count{result="accepted"}'
+    for _ in range(tries):
+        lo, hi = 0, 100_000
+        while lo <= hi:
+            k = (lo + hi) // 2
+            before, progressed = metric(accepted), metric(progress)
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            sock.connect(("127.0.0.1", port))
+            sock.setblocking(False)
+            data, sent = HEALTHZ * k + upgrade, 0
+            deadline = time.monotonic() + 3
+            while sent < len(data) and time.monotonic() < deadline:
+                try:
+                    sent += sock.send(data[sent:])
+                except BlockingIOError:
+                    time.sleep(0.01)
+            upgraded = until(lambda: metric(accepted) > before, 1.5)
+            went_on = upgraded and until(lambda: metric(progress) != progressed, 0.5)
+            if upgraded and not went_on:
+                return sock
+            if reset:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+            if went_on:
+                lo = k + 1
+                settle()
+            else:
+                hi = k - 1
+    return None
