@@ -264,6 +264,12 @@ where
         }
     }
 
+    /// The spare read buffers the session keeps.
+    #[cfg(test)]
+    pub(crate) fn spare_buffers(&self) -> usize {
+        self.framer.spares()
+    }
+
     /// Session bytes received from the peer, in all legs (resumption on; else 0).
     pub fn received(&self) -> u64 {
         self.replay.as_ref().map_or(0, Replay::received)
@@ -417,13 +423,15 @@ struct Timers {
 }
 
 impl Timers {
-    fn next(&self) -> Option<Instant> {
+    /// The earliest deadline, `spares` (the framer's) included.
+    fn next(&self, spares: Option<Instant>) -> Option<Instant> {
         [
             self.ping_at,
             self.age_at,
             self.idle_at,
             self.linger_at,
             self.ack_at,
+            spares,
         ]
         .into_iter()
         .flatten()
@@ -502,7 +510,7 @@ where
                     .framer
                     .prepare(&mut self.s.input_buf, self.config.local_read_size);
             }
-            let deadline = self.s.timers.next();
+            let deadline = self.s.timers.next(self.s.framer.release_at());
             if deadline != armed {
                 if let Some(at) = deadline {
                     sleep.as_mut().reset(at);
@@ -661,6 +669,9 @@ where
         if self.s.timers.ack_at.is_some_and(|at| now >= at) {
             self.send_ack();
         }
+        if self.s.framer.release_at().is_some_and(|at| now >= at) {
+            self.s.framer.release_spares();
+        }
         let t = &mut self.s.timers;
         if t.age_at.is_some_and(|at| now >= at) {
             return Err(Reason::MaxAge);
@@ -796,7 +807,7 @@ where
             Some(("ack", n)) if !self.awaiting_resume => {
                 replay.ack(count(n).ok_or_else(bad)?)?;
                 if replay.all_acknowledged() {
-                    self.s.framer.release_spares();
+                    self.s.framer.caught_up(Instant::now());
                 }
                 self.end_if_acknowledged()?;
             }

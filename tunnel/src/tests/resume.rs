@@ -484,3 +484,40 @@ async fn a_target_that_closes_is_waited_for_until_the_client_has_its_last_bytes(
     let frames = super::frames_of(&rest[..]).await;
     assert_eq!(super::close_of(&frames), 1000);
 }
+
+/// A session with everything acknowledged keeps its spare read buffers while it may read on (a
+/// push whose source pauses for a moment reuses them rather than faulting new ones in), and
+/// frees them once it has read nothing for a second (an idle session keeps none).
+#[tokio::test(start_paused = true)]
+async fn spare_read_buffers_outlast_a_pause_and_go_after_a_quiet_second() {
+    for (quiet, kept) in [(500, true), (1500, false)] {
+        let mut cfg = resumable(server_config(Framing::Raw), 1 << 20);
+        // Reads large enough for the replay buffer to keep them where they were read.
+        (cfg.local_read_size, cfg.max_frame, cfg.max_message) = (32 << 10, 32 << 10, 64 << 10);
+        let target = local(pattern(256 << 10, 5), 0);
+        let mut s = Session::new(target.input, target.output, &cfg);
+        let hooks = Seen::default();
+        let never = std::future::pending::<()>;
+        let (conn, mut peer) = tokio::io::duplex(1 << 20);
+        let leg = s.run_leg(
+            conn,
+            BytesMut::new(),
+            Leg::First { greeting: None },
+            &cfg,
+            &hooks,
+            never(),
+            never(),
+        );
+        let client = async {
+            let (got, _) = read_quiet(&mut peer).await;
+            assert_eq!(got, 256 << 10);
+            peer.write_all(&text(&format!("ack {got}"))).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(quiet)).await;
+        };
+        tokio::select! {
+            e = leg => panic!("the leg ended: {:?}", e.reason),
+            () = client => {}
+        }
+        assert_eq!(s.spare_buffers() > 0, kept, "after {quiet} ms quiet");
+    }
+}
