@@ -30,7 +30,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -39,6 +38,7 @@ from pathlib import Path
 
 from .certs import Tls
 from .procfs import open_fds, status_kib
+from .sshd import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ENVOY = Path(os.environ.get("WSGATE_ENVOY", ROOT / ".venv" / "bin" / "envoy"))
@@ -292,13 +292,6 @@ def bootstrap(backend_port: int, static_listeners: list[dict] | None, listeners_
             "lds_config": {"path_config_source": {"path": str(listeners_file)}, "resource_api_version": "V3"},
         }
     return out
-
-
-def free_port() -> int:
-    """A port that was free a moment ago on 127.0.0.1 (for configs that must name it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class EnvoyExited(RuntimeError):

@@ -99,14 +99,28 @@ class Sidecar:
         if not SIDECAR.exists():
             raise RuntimeError(f"{SIDECAR} missing: `make sidecar` (make test does)")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or free_port()
-        self.admin_port = self.admin_port or free_port()
+        # Ports picked here were free a moment ago; another socket (an outgoing connection's
+        # source port comes from the same range) may take one before the sidecar binds it: then
+        # new ones are picked. Ports a test chose are its to keep.
+        chosen = not self.port, not self.admin_port
+        for attempt in range(3):
+            self.port = free_port() if chosen[0] else self.port
+            self.admin_port = free_port() if chosen[1] else self.admin_port
+            try:
+                return self._start_once()
+            except RuntimeError as e:
+                if attempt == 2 or not any(chosen) or "Address already in use" not in str(e):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> "Sidecar":
         cmd = [
             str(SIDECAR),
             "--listen", f"127.0.0.1:{self.port}",
             "--admin-listen", f"127.0.0.1:{self.admin_port}",
             *self.args,
         ]
+        start = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.proc = subprocess.Popen(
             cmd,
             stdout=subprocess.DEVNULL,
@@ -116,7 +130,8 @@ class Sidecar:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"sidecar exited {self.proc.returncode}: {self.log()}")
+                new = self.log_path.read_bytes()[start:].decode(errors="replace")
+                raise RuntimeError(f"sidecar exited {self.proc.returncode}: {new}")
             try:
                 if self.admin("/readyz")[0] == 200:
                     return self

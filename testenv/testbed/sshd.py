@@ -17,6 +17,7 @@ SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
 def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1 (for configs that must name it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
