@@ -24,7 +24,8 @@ pub const DEFAULT_ROUTE_HEADER: &str = "x-wsgate-route";
 /// per channel; 8 MiB keeps a few channels' worth in flight without stopping stdin early, and
 /// bounds what one session holds.
 pub const REPLAY_BUFFER: usize = 8 << 20;
-/// The first reconnect's delay (before jitter); each next one doubles it, up to [`MAX_DELAY`].
+/// The first reconnect's delay at most (see [`Backoff`]); each next base doubles it, up to
+/// [`MAX_DELAY`].
 pub const FIRST_DELAY: Duration = Duration::from_millis(250);
 pub const MAX_DELAY: Duration = Duration::from_secs(5);
 
@@ -122,12 +123,17 @@ impl Ticket {
     }
 }
 
-/// The reconnect delays: [`FIRST_DELAY`] doubling to [`MAX_DELAY`], each scaled by a random
-/// factor in [0.5, 1.5] so that the clients a gateway rollout cut at once do not come back in
-/// step. `rng` gives uniform `u32`s (the system's randomness; a fixed sequence in tests).
+/// The reconnect delays, jittered so that the clients a gateway rollout cut at once do not
+/// come back in step: the first anywhere in [0, [`FIRST_DELAY`]] (most drops are over by then,
+/// and a session should pause no longer than it must: half the wait, on average, of a factor
+/// in [0.5, 1.5], over as wide a spread), then bases doubling from twice that to
+/// [`MAX_DELAY`], each scaled by a random factor in [0.5, 1.5]. `rng` gives uniform `u32`s
+/// (the system's randomness; a fixed sequence in tests).
 pub struct Backoff<R> {
     /// The next delay before jitter.
     base: Duration,
+    /// No delay drawn yet: the next is the first.
+    first: bool,
     rng: R,
 }
 
@@ -135,6 +141,7 @@ impl<R: FnMut() -> u32> Backoff<R> {
     pub fn new(rng: R) -> Self {
         Backoff {
             base: FIRST_DELAY,
+            first: true,
             rng,
         }
     }
@@ -143,8 +150,9 @@ impl<R: FnMut() -> u32> Backoff<R> {
     pub fn next_delay(&mut self) -> Duration {
         let base = self.base;
         self.base = (base * 2).min(MAX_DELAY);
-        let factor = 0.5 + f64::from((self.rng)()) / f64::from(u32::MAX);
-        base.mul_f64(factor)
+        let uniform = f64::from((self.rng)()) / f64::from(u32::MAX);
+        let first = std::mem::replace(&mut self.first, false);
+        base.mul_f64(if first { uniform } else { 0.5 + uniform })
     }
 }
 
@@ -279,25 +287,32 @@ mod tests {
         }
     }
 
-    /// Every delay is within ±50 % of its base; the bases double from 250 ms and stop at 5 s.
+    /// The first delay is anywhere in [0, 250 ms]; each later one within ±50 % of its base, the
+    /// bases doubling from 500 ms and stopping at 5 s.
     #[test]
     fn the_backoff_schedule_and_its_bounds() {
         let bases_ms: [u32; 8] = [250, 500, 1000, 2000, 4000, 5000, 5000, 5000];
-        let ends = [(0u32, 0.5), (u32::MAX, 1.5), (u32::MAX / 2, 1.0)];
-        for (r, factor) in ends {
+        // (rng value, the first delay's factor, the later ones').
+        let ends = [
+            (0u32, 0.0, 0.5),
+            (u32::MAX, 1.0, 1.5),
+            (u32::MAX / 2, 0.5, 1.0),
+        ];
+        for (r, first, later) in ends {
             let mut b = Backoff::new(|| r);
-            for base in bases_ms {
+            for (i, base) in bases_ms.into_iter().enumerate() {
                 let got = b.next_delay().as_secs_f64();
-                let want = f64::from(base) / 1000.0 * factor;
+                let want = f64::from(base) / 1000.0 * if i == 0 { first } else { later };
                 assert!((got - want).abs() < 1e-3, "r={r} base={base}: {got}");
             }
         }
         // Whatever the rng says, the delays stay within the bounds.
         let mut seq = [7u32, u32::MAX, 0, 1 << 31, 12345, u32::MAX - 1, 3, 99].into_iter();
         let mut b = Backoff::new(move || seq.next().unwrap_or(0));
-        for base in bases_ms {
+        assert!(b.next_delay() <= FIRST_DELAY);
+        for base in &bases_ms[1..] {
             let d = b.next_delay();
-            let base = Duration::from_millis(base.into());
+            let base = Duration::from_millis((*base).into());
             assert!(d >= base / 2 && d <= base * 3 / 2, "{d:?} for {base:?}");
         }
     }
