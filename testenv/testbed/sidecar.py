@@ -102,35 +102,40 @@ class Sidecar:
         # Ports picked here were free a moment ago; another socket (an outgoing connection's
         # source port comes from the same range) may take one before the sidecar binds it: then
         # new ones are picked. Ports a test chose are its to keep.
-        chosen = not self.port, not self.admin_port
+        # The failed attempt's lines are cut from the log, which tests read as the sidecar's.
+        picked = {"--listen": not self.port, "--admin-listen": not self.admin_port}
         for attempt in range(3):
-            self.port = free_port() if chosen[0] else self.port
-            self.admin_port = free_port() if chosen[1] else self.admin_port
+            self.port = free_port() if picked["--listen"] else self.port
+            self.admin_port = free_port() if picked["--admin-listen"] else self.admin_port
+            start = self.log_path.stat().st_size if self.log_path.exists() else 0
             try:
-                return self._start_once()
+                return self._start_once(start)
             except RuntimeError as e:
-                if attempt == 2 or not any(chosen) or "Address already in use" not in str(e):
+                taken = [flag for flag, ours in picked.items()
+                         if ours and f"binding {flag} " in str(e) and "Address already in use" in str(e)]
+                if attempt == 2 or not taken:
                     raise
+                os.truncate(self.log_path, start)
         raise AssertionError("unreachable")
 
-    def _start_once(self) -> "Sidecar":
+    def _start_once(self, log_start: int) -> "Sidecar":
         cmd = [
             str(SIDECAR),
             "--listen", f"127.0.0.1:{self.port}",
             "--admin-listen", f"127.0.0.1:{self.admin_port}",
             *self.args,
         ]
-        start = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.log_path, "ab"),
-            env={**os.environ, "WSGATE_LOG": "info", **self.env},
-        )
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env={**os.environ, "WSGATE_LOG": "info", **self.env},
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                new = self.log_path.read_bytes()[start:].decode(errors="replace")
+                new = self.log_path.read_bytes()[log_start:].decode(errors="replace")
                 raise RuntimeError(f"sidecar exited {self.proc.returncode}: {new}")
             try:
                 if self.admin("/readyz")[0] == 200:

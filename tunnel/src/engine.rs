@@ -814,6 +814,10 @@ where
             Some(("resume", n)) if self.awaiting_resume => {
                 let n = count(n).ok_or_else(bad)?;
                 let missing = replay.replay_from(n)?;
+                if replay.all_acknowledged() {
+                    // The peer had everything: nothing more may come to acknowledge.
+                    self.s.framer.caught_up(Instant::now());
+                }
                 let replayed: usize = missing.iter().map(Bytes::len).sum();
                 let max = self.config.max_frame.max(1);
                 for chunk in missing {

@@ -59,7 +59,7 @@ const MAX_SPARES: usize = 80;
 /// How long a session that has everything acknowledged keeps its spare read buffers while it
 /// reads nothing. Freeing them on the acknowledgement itself made a fast push, which catches up
 /// whenever its source pauses for a moment, give them back to the allocator and fault them in
-/// again: `wsgate proxy` took 2.6k–57k page faults per GiB pushed that way, 2.3k keeping them.
+/// again: `wsgate proxy` took 2.6k–57k page faults per GiB pushed that way, 2.36k keeping them.
 const SPARES_KEPT: Duration = Duration::from_secs(1);
 
 impl Framer {

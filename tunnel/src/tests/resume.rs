@@ -521,3 +521,56 @@ async fn spare_read_buffers_outlast_a_pause_and_go_after_a_quiet_second() {
         assert_eq!(s.spare_buffers() > 0, kept, "after {quiet} ms quiet");
     }
 }
+
+/// A resume whose `resume <n>` acknowledges everything sent (the peer had it all before the
+/// leg died) leaves nothing to acknowledge later: the spare read buffers still go after a quiet
+/// second.
+#[tokio::test(start_paused = true)]
+async fn spare_read_buffers_go_after_a_resume_that_acknowledges_everything() {
+    let mut cfg = resumable(server_config(Framing::Raw), 1 << 20);
+    (cfg.local_read_size, cfg.max_frame, cfg.max_message) = (32 << 10, 32 << 10, 64 << 10);
+    let target = local(pattern(256 << 10, 6), 0);
+    let mut s = Session::new(target.input, target.output, &cfg);
+    let hooks = Seen::default();
+    let never = std::future::pending::<()>;
+    // First leg: everything arrives, nothing is acknowledged, the connection drops.
+    let (conn, mut peer) = tokio::io::duplex(1 << 20);
+    let first = async move {
+        let (got, _) = read_quiet(&mut peer).await;
+        assert_eq!(got, 256 << 10);
+    };
+    let (e, ()) = tokio::join!(
+        s.run_leg(
+            conn,
+            BytesMut::new(),
+            Leg::First { greeting: None },
+            &cfg,
+            &hooks,
+            never(),
+            never()
+        ),
+        first
+    );
+    assert!(e.lost, "{:?}", e.reason);
+    assert!(s.spare_buffers() > 0, "the replay buffer still holds them");
+    // Resumed: the peer says it has all of it, then stays quiet.
+    let (conn, mut peer) = tokio::io::duplex(1 << 20);
+    peer.write_all(&text(&format!("resume {}", 256 << 10)))
+        .await
+        .unwrap();
+    let leg = s.run_leg(
+        conn,
+        BytesMut::new(),
+        Leg::Resumed,
+        &cfg,
+        &hooks,
+        never(),
+        never(),
+    );
+    tokio::select! {
+        e = leg => panic!("the leg ended: {:?}", e.reason),
+        () = tokio::time::sleep(std::time::Duration::from_millis(1500)) => {}
+    }
+    drop(peer);
+    assert_eq!(s.spare_buffers(), 0);
+}
