@@ -27,10 +27,10 @@ pub const DURATION_BUCKETS: [f64; 16] = [
 ];
 
 /// Buckets (seconds) of the time from a leg's loss to its resume: a gateway rollout or a Wi-Fi
-/// change costs a second or a few (the client's backoff starts at 0.25 s), a closed laptop
-/// minutes, up to `--resume-window` (3 minutes by default).
-const GAP_BUCKETS: [f64; 12] = [
-    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0, 600.0, 3600.0,
+/// change costs a fraction of a second or a few (the client's first attempt comes within
+/// 0.25 s), a closed laptop minutes, up to `--resume-window` (3 minutes by default).
+const GAP_BUCKETS: [f64; 14] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0, 600.0, 3600.0,
 ];
 
 /// How a resume ended, for `wsgate_resumes_total`: one count per resume request that reached
