@@ -485,29 +485,52 @@ async fn a_target_that_closes_is_waited_for_until_the_client_has_its_last_bytes(
     assert_eq!(super::close_of(&frames), 1000);
 }
 
+/// A server-role session for the spare read buffers' tests: its target sends `n` bytes, in
+/// reads large enough for the replay buffer to keep them where they were read, and then stays
+/// open as long as the returned task is held.
+fn spare_session(
+    n: usize,
+    seed: u8,
+) -> (
+    Config,
+    Session<DuplexStream, DuplexStream>,
+    tokio::task::JoinHandle<DuplexStream>,
+) {
+    let mut cfg = resumable(server_config(Framing::Raw), 1 << 20);
+    (cfg.local_read_size, cfg.max_frame, cfg.max_message) = (32 << 10, 32 << 10, 64 << 10);
+    let target = local(pattern(n, seed), 0);
+    let s = Session::new(target.input, target.output, &cfg);
+    (cfg, s, target.feed)
+}
+
+/// One leg over `conn` that nothing shuts down or takes over.
+async fn leg(
+    s: &mut Session<DuplexStream, DuplexStream>,
+    conn: DuplexStream,
+    leg: Leg,
+    cfg: &Config,
+) -> crate::Ended {
+    let never = std::future::pending::<()>;
+    s.run_leg(
+        conn,
+        BytesMut::new(),
+        leg,
+        cfg,
+        &Seen::default(),
+        never(),
+        never(),
+    )
+    .await
+}
+
 /// A session with everything acknowledged keeps its spare read buffers while it may read on (a
 /// push whose source pauses for a moment reuses them rather than faulting new ones in), and
 /// frees them once it has read nothing for a second (an idle session keeps none).
 #[tokio::test(start_paused = true)]
 async fn spare_read_buffers_outlast_a_pause_and_go_after_a_quiet_second() {
     for (quiet, kept) in [(500, true), (1500, false)] {
-        let mut cfg = resumable(server_config(Framing::Raw), 1 << 20);
-        // Reads large enough for the replay buffer to keep them where they were read.
-        (cfg.local_read_size, cfg.max_frame, cfg.max_message) = (32 << 10, 32 << 10, 64 << 10);
-        let target = local(pattern(256 << 10, 5), 0);
-        let mut s = Session::new(target.input, target.output, &cfg);
-        let hooks = Seen::default();
-        let never = std::future::pending::<()>;
+        let (cfg, mut s, _feed) = spare_session(256 << 10, 5);
         let (conn, mut peer) = tokio::io::duplex(1 << 20);
-        let leg = s.run_leg(
-            conn,
-            BytesMut::new(),
-            Leg::First { greeting: None },
-            &cfg,
-            &hooks,
-            never(),
-            never(),
-        );
         let client = async {
             let (got, _) = read_quiet(&mut peer).await;
             assert_eq!(got, 256 << 10);
@@ -515,7 +538,9 @@ async fn spare_read_buffers_outlast_a_pause_and_go_after_a_quiet_second() {
             tokio::time::sleep(std::time::Duration::from_millis(quiet)).await;
         };
         tokio::select! {
-            e = leg => panic!("the leg ended: {:?}", e.reason),
+            e = leg(&mut s, conn, Leg::First { greeting: None }, &cfg) => {
+                panic!("the leg ended: {:?}", e.reason)
+            }
             () = client => {}
         }
         assert_eq!(s.spare_buffers() > 0, kept, "after {quiet} ms quiet");
@@ -527,12 +552,7 @@ async fn spare_read_buffers_outlast_a_pause_and_go_after_a_quiet_second() {
 /// second.
 #[tokio::test(start_paused = true)]
 async fn spare_read_buffers_go_after_a_resume_that_acknowledges_everything() {
-    let mut cfg = resumable(server_config(Framing::Raw), 1 << 20);
-    (cfg.local_read_size, cfg.max_frame, cfg.max_message) = (32 << 10, 32 << 10, 64 << 10);
-    let target = local(pattern(256 << 10, 6), 0);
-    let mut s = Session::new(target.input, target.output, &cfg);
-    let hooks = Seen::default();
-    let never = std::future::pending::<()>;
+    let (cfg, mut s, _feed) = spare_session(256 << 10, 6);
     // First leg: everything arrives, nothing is acknowledged, the connection drops.
     let (conn, mut peer) = tokio::io::duplex(1 << 20);
     let first = async move {
@@ -540,15 +560,7 @@ async fn spare_read_buffers_go_after_a_resume_that_acknowledges_everything() {
         assert_eq!(got, 256 << 10);
     };
     let (e, ()) = tokio::join!(
-        s.run_leg(
-            conn,
-            BytesMut::new(),
-            Leg::First { greeting: None },
-            &cfg,
-            &hooks,
-            never(),
-            never()
-        ),
+        leg(&mut s, conn, Leg::First { greeting: None }, &cfg),
         first
     );
     assert!(e.lost, "{:?}", e.reason);
@@ -558,17 +570,8 @@ async fn spare_read_buffers_go_after_a_resume_that_acknowledges_everything() {
     peer.write_all(&text(&format!("resume {}", 256 << 10)))
         .await
         .unwrap();
-    let leg = s.run_leg(
-        conn,
-        BytesMut::new(),
-        Leg::Resumed,
-        &cfg,
-        &hooks,
-        never(),
-        never(),
-    );
     tokio::select! {
-        e = leg => panic!("the leg ended: {:?}", e.reason),
+        e = leg(&mut s, conn, Leg::Resumed, &cfg) => panic!("the leg ended: {:?}", e.reason),
         () = tokio::time::sleep(std::time::Duration::from_millis(1500)) => {}
     }
     drop(peer);
