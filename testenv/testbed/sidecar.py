@@ -111,8 +111,8 @@ class Sidecar:
             try:
                 return self._start_once(start)
             except RuntimeError as e:
-                taken = [flag for flag, ours in picked.items()
-                         if ours and f"binding {flag} " in str(e) and "Address already in use" in str(e)]
+                taken = "Address already in use" in str(e) and any(
+                    ours and f"binding {flag} " in str(e) for flag, ours in picked.items())
                 if attempt == 2 or not taken:
                     raise
                 os.truncate(self.log_path, start)

@@ -806,18 +806,14 @@ where
         match msg.split_once(' ') {
             Some(("ack", n)) if !self.awaiting_resume => {
                 replay.ack(count(n).ok_or_else(bad)?)?;
-                if replay.all_acknowledged() {
-                    self.s.framer.caught_up(Instant::now());
-                }
+                self.spares_if_caught_up();
                 self.end_if_acknowledged()?;
             }
             Some(("resume", n)) if self.awaiting_resume => {
                 let n = count(n).ok_or_else(bad)?;
                 let missing = replay.replay_from(n)?;
-                if replay.all_acknowledged() {
-                    // The peer had everything: nothing more may come to acknowledge.
-                    self.s.framer.caught_up(Instant::now());
-                }
+                // The peer may have had everything: then no acknowledgement is to come.
+                self.spares_if_caught_up();
                 let replayed: usize = missing.iter().map(Bytes::len).sum();
                 let max = self.config.max_frame.max(1);
                 for chunk in missing {
@@ -839,6 +835,13 @@ where
             _ => return Err(bad()),
         }
         Ok(())
+    }
+
+    /// Everything sent is acknowledged: the spare read buffers go if nothing is read for a while.
+    fn spares_if_caught_up(&mut self) {
+        if self.s.replay.as_ref().is_some_and(Replay::all_acknowledged) {
+            self.s.framer.caught_up(Instant::now());
+        }
     }
 
     /// The leg ended but the session goes on: resumption is on, nothing deliberate ended it
