@@ -29,7 +29,9 @@ use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::http::{HeaderMap, HeaderName, HeaderValue, Response};
 use tokio_tungstenite::tungstenite::Error as WsError;
 use wsgate_proto::base64::encode_raw_url;
-use wsgate_proto::names::{is_header_value, WEBSOCKET_URL_HEADER};
+use wsgate_proto::names::{
+    is_header_value, parse_replay_buffer, REPLAY_BUFFER_HEADER, WEBSOCKET_URL_HEADER,
+};
 use wsgate_proto::token::BEARER_PROTOCOL_PREFIX;
 
 use crate::credentials::Token;
@@ -54,6 +56,9 @@ pub struct Conn {
     pub resume: Option<String>,
     /// The `101`'s [`Request::route_header`], to echo on resumes (if it is a sendable value).
     pub route: Option<String>,
+    /// The `101`'s `x-wsgate-replay-buffer`: the bytes the server keeps for a replay, if it
+    /// said (well-formed); its bytes are acknowledged a quarter of that at a time.
+    pub replay_buffer: Option<u64>,
 }
 
 /// What a request says about resumption (docs/resume.md).
@@ -189,14 +194,18 @@ pub async fn open(r: &Request<'_>) -> Result<Conn, ClientError> {
         };
         // Frame limits are the session's (16 MiB): tungstenite reads no frame here.
         let result = tokio_tungstenite::client_async(req, &mut recorder).await;
-        let (resume, route) = match result {
+        let (resume, route, replay_buffer) = match result {
             Err(e) => return Err(classify(r, e, &recorder.seen, deadline).await),
             Ok((_, resp)) => {
                 let value = |name: &str| {
                     let v = resp.headers().get(name)?.to_str().ok()?;
                     is_header_value(v).then(|| v.to_string())
                 };
-                (value(resume::HEADER), r.route_header.and_then(value))
+                (
+                    value(resume::HEADER),
+                    r.route_header.and_then(value),
+                    value(REPLAY_BUFFER_HEADER).and_then(|v| parse_replay_buffer(&v)),
+                )
             }
         };
         let io = recorder.io.take().ok_or_else(|| {
@@ -209,6 +218,7 @@ pub async fn open(r: &Request<'_>) -> Result<Conn, ClientError> {
             local,
             resume,
             route,
+            replay_buffer,
         })
     };
     // A timeout while the proxy opens the tunnel is the proxy's error, from `proxy::dial` (its
@@ -409,13 +419,14 @@ impl AsyncWrite for Recorder {
     }
 }
 
-/// The resumption headers: the offer, or the ticket (marked sensitive: it is a credential)
-/// and the route to echo. They replace a `--header` of the same name.
+/// The resumption headers: the offer and the replay buffer this end keeps, or the ticket
+/// (marked sensitive: it is a credential) and the route to echo. They replace a `--header` of the same name.
 fn resumption_headers(r: &Request<'_>, h: &mut HeaderMap) -> Result<(), ClientError> {
     match r.resumption {
         Resumption::Off => {}
         Resumption::Offer => {
             h.insert(resume::HEADER, HeaderValue::from_static(resume::OFFER));
+            h.insert(REPLAY_BUFFER_HEADER, resume::REPLAY_BUFFER.into());
         }
         Resumption::Resume { ticket, route } => {
             let mut v = header_value(&ticket.header_value())?;
@@ -714,8 +725,9 @@ mod tests {
         })
     }
 
-    /// A first connection offers resumption and reads the acceptance and the route from the
-    /// `101`; with resumption off, no header is sent and none is read.
+    /// A first connection offers resumption with its replay buffer, and reads the acceptance,
+    /// the route and the server's replay buffer from the `101`; with resumption off, no header
+    /// is sent and none is read.
     #[tokio::test]
     async fn resumption_offered_and_accepted() {
         let endpoint = crate::endpoint::build("http://127.0.0.1:1", "prod", 0, "/ssh").unwrap();
@@ -735,8 +747,10 @@ mod tests {
         };
         let at = |url: &str| crate::endpoint::build(url, "prod", 0, "/ssh").unwrap();
 
-        let (url, head) =
-            serve_101("x-wsgate-resume: v1\r\nX-Wsgate-Route: cmVwbGljYS0x\r\n").await;
+        let (url, head) = serve_101(
+            "x-wsgate-resume: v1\r\nX-Wsgate-Route: cmVwbGljYS0x\r\nx-wsgate-replay-buffer: 4194304\r\n",
+        )
+        .await;
         let e = at(&url);
         let conn = open(&Request {
             endpoint: &e,
@@ -746,8 +760,25 @@ mod tests {
         .unwrap();
         assert_eq!(conn.resume.as_deref(), Some("v1"));
         assert_eq!(conn.route.as_deref(), Some("cmVwbGljYS0x"));
+        assert_eq!(conn.replay_buffer, Some(4 << 20));
         let head = head.await.unwrap();
         assert_eq!(header_in(&head, "x-wsgate-resume"), Some("new"), "{head}");
+        assert_eq!(
+            header_in(&head, "x-wsgate-replay-buffer"),
+            Some("8388608"),
+            "{head}"
+        );
+
+        // A replay buffer that is no count is not taken (acknowledgements as for one unsaid).
+        let (url, _) = serve_101("x-wsgate-resume: v1\r\nx-wsgate-replay-buffer: 4 MiB\r\n").await;
+        let e = at(&url);
+        let conn = open(&Request {
+            endpoint: &e,
+            ..base.clone()
+        })
+        .await
+        .unwrap();
+        assert_eq!(conn.replay_buffer, None);
 
         let (url, head) = serve_101("").await;
         let e = at(&url);
@@ -760,6 +791,7 @@ mod tests {
         assert!(conn.resume.is_none() && conn.route.is_none());
         let head = head.await.unwrap();
         assert_eq!(header_in(&head, "x-wsgate-resume"), None, "{head}");
+        assert_eq!(header_in(&head, "x-wsgate-replay-buffer"), None, "{head}");
 
         // A resume: the ticket and the route echoed, the user's headers as on the first.
         let (url, head) = serve_101("x-wsgate-resume: v1\r\n").await;
@@ -785,6 +817,8 @@ mod tests {
         );
         assert_eq!(header_in(&head, "x-wsgate-route"), Some("cmVwbGljYS0x"));
         assert_eq!(header_in(&head, "cookie"), Some("a=b"));
+        // Stated with the offer only: the session already knows it.
+        assert_eq!(header_in(&head, "x-wsgate-replay-buffer"), None, "{head}");
     }
 
     #[test]

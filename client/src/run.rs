@@ -264,7 +264,7 @@ async fn resumable(
     // One hangup for every leg and every wait; fused, since a wait may poll it after a leg.
     let mut hangup = pin!(hangup.fuse());
     let route = conn.route;
-    let mut session = Resumable::new(stdin, stdout, opts);
+    let mut session = Resumable::new(stdin, stdout, opts, conn.replay_buffer);
     let (mut io, mut ahead, mut resumed) = (conn.io, conn.read_ahead, false);
     loop {
         let why;

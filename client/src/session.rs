@@ -59,8 +59,8 @@ const MAX_MESSAGE: u64 = 16 << 20;
 const LOST_AFTER_PINGS: u32 = 3;
 
 /// The engine's settings: today's session (the framing learnt from the server's first
-/// message), or a resumable one.
-fn config(opts: &Options, resumable: bool) -> Config {
+/// message), or a resumable one with a server that keeps `Some(its replay buffer)`, if it said.
+fn config(opts: &Options, resumable: Option<Option<u64>>) -> Config {
     let read_size = opts.read_size.max(1);
     let mut config = Config {
         role: Role::Client,
@@ -75,12 +75,13 @@ fn config(opts: &Options, resumable: bool) -> Config {
         max_age: None,
         resume: None,
     };
-    if resumable {
+    if let Some(peer_replay_buffer) = resumable {
         // Accepting resumption fixes the framing: raw frames (docs/resume.md).
         config.framing = Some(Framing::Raw);
         config.max_missed_pongs = Some(LOST_AFTER_PINGS);
         config.resume = Some(ResumeConfig {
             replay_buffer: resume::REPLAY_BUFFER,
+            peer_replay_buffer,
         });
     }
     config
@@ -103,7 +104,7 @@ where
     O: AsyncWrite + Unpin,
     H: std::future::Future<Output = ()>,
 {
-    let config = config(opts, false);
+    let config = config(opts, None);
     let ended = wsgate_tunnel::run(
         conn,
         BytesMut::from(&read_ahead[..]),
@@ -140,8 +141,9 @@ pub enum LegEnd<I, O> {
 }
 
 impl<I: AsyncRead + Unpin, O: AsyncWrite + Unpin> Resumable<I, O> {
-    pub fn new(stdin: I, stdout: O, opts: &Options) -> Self {
-        let config = config(opts, true);
+    /// `server_replay_buffer`: what the server's `101` said it keeps for a replay, if it did.
+    pub fn new(stdin: I, stdout: O, opts: &Options, server_replay_buffer: Option<u64>) -> Self {
+        let config = config(opts, Some(server_replay_buffer));
         Resumable {
             session: wsgate_tunnel::Session::new(stdin, stdout, &config),
             config,

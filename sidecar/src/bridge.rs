@@ -105,12 +105,12 @@ pub struct Bridge<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Bridge<T> {
-    /// `replay_buffer`: the session is resumable, and keeps this many unacknowledged bytes at
-    /// most; `None`: it is not, and its first leg is its only one.
-    pub fn new(target: T, cfg: &BridgeConfig, replay_buffer: Option<usize>) -> Self {
+    /// `resume`: the session is resumable, on these terms; `None`: it is not, and its first
+    /// leg is its only one.
+    pub fn new(target: T, cfg: &BridgeConfig, resume: Option<ResumeConfig>) -> Self {
         let (from_target, to_target) = tokio::io::split(target);
         let mut config = tunnel_config(cfg);
-        config.resume = replay_buffer.map(|replay_buffer| ResumeConfig { replay_buffer });
+        config.resume = resume;
         Bridge {
             session: Session::new(from_target, to_target, &config),
             config,

@@ -11,6 +11,7 @@ use axum::http::HeaderMap;
 use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use wsgate_proto::names::{parse_replay_buffer, REPLAY_BUFFER_HEADER};
 
 use crate::error::Reject;
 use crate::metrics::ResumeResult;
@@ -50,6 +51,22 @@ pub fn offer(headers: &HeaderMap, enabled: bool) -> Result<Option<Offer>, Malfor
     match parsed {
         Ok(Offer::New) | Err(_) if !enabled => Ok(None),
         other => other.map(Some),
+    }
+}
+
+/// The offer's `x-wsgate-replay-buffer`: how many unacknowledged bytes the client keeps (the
+/// session acknowledges a quarter of it at a time); `None` if it did not say.
+pub fn client_replay_buffer(headers: &HeaderMap) -> Result<Option<u64>, Malformed> {
+    let mut values = headers.get_all(REPLAY_BUFFER_HEADER).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(_), Some(_)) => Err(Malformed),
+        (Some(v), None) => v
+            .to_str()
+            .ok()
+            .and_then(parse_replay_buffer)
+            .map(Some)
+            .ok_or(Malformed),
     }
 }
 
@@ -472,6 +489,25 @@ mod tests {
             let h = headers(&values);
             assert_eq!(offer(&h, true), c.on, "{} (on)", c.name);
             assert_eq!(offer(&h, false), Ok(c.off), "{} (off)", c.name);
+        }
+    }
+
+    #[test]
+    fn the_clients_replay_buffer() {
+        for (values, want) in [
+            (vec![], Ok(None)),
+            (vec![&b"8388608"[..]], Ok(Some(8 << 20))),
+            (vec![&b"0"[..]], Err(Malformed)),
+            (vec![&b"8 MiB"[..]], Err(Malformed)),
+            (vec![&b"-1"[..]], Err(Malformed)),
+            (vec![&b"8388608\xff"[..]], Err(Malformed)),
+            (vec![&b"1"[..], &b"1"[..]], Err(Malformed)),
+        ] {
+            let mut h = HeaderMap::new();
+            for v in &values {
+                h.append(REPLAY_BUFFER_HEADER, HeaderValue::from_bytes(v).unwrap());
+            }
+            assert_eq!(client_replay_buffer(&h), want, "{values:?}");
         }
     }
 

@@ -26,13 +26,13 @@ use tokio_util::task::TaskTracker;
 use tracing::field::{display, Empty};
 use tracing::{info, info_span, warn, Instrument, Span};
 use wsgate_proto::framing::Framing;
-use wsgate_proto::names::is_dns_label;
+use wsgate_proto::names::{is_dns_label, REPLAY_BUFFER_HEADER};
 use wsgate_proto::query::{percent_decode, query_pairs};
 
 use crate::auth::{credential, Identity};
 use crate::backends::{BackendError, Backends};
 use crate::bridge::{bridge, Bridge, Leg, Observer};
-use crate::config::{AuthConfig, Config, ServerConfig, SKYPILOT_PATH};
+use crate::config::{AuthConfig, Config, ResumeSettings, ServerConfig, SKYPILOT_PATH};
 use crate::error::{CloseReason, Reject};
 use crate::http::{serve as serve_http, HttpLimits};
 use crate::metrics::{Metrics, ResumeResult};
@@ -41,6 +41,7 @@ use crate::resume::{self, Claim, Credentials, Offer, Owner, Resumable, SessionId
 use crate::sessions::{Admission, Registry, SessionInfo};
 use crate::upgrade::{Connection, WsUpgrade};
 use wsgate_proto::text::Shown;
+use wsgate_tunnel::ResumeConfig;
 
 /// The two listening sockets, bound by the caller: `main` binds them with a deep accept queue,
 /// tests on `127.0.0.1:0`.
@@ -338,9 +339,17 @@ struct Ready {
     /// The subprotocol to echo in the `101`, when the token came as one (the client requires
     /// one echoed back).
     echo_protocol: Option<String>,
-    /// The session's id and secret when it is resumable (the client offered it, and
-    /// resumption is on).
-    resume: Option<Credentials>,
+    /// Set when the session is resumable (the client offered it, and resumption is on).
+    resume: Option<ResumeTerms>,
+}
+
+/// A new resumable session's terms.
+struct ResumeTerms {
+    /// Its id and secret.
+    creds: Credentials,
+    /// The replay buffer the client stated, if it did: its bytes are acknowledged a quarter of
+    /// it at a time.
+    client_replay_buffer: Option<u64>,
 }
 
 /// What the checks let through: a new session, or the next leg of one this server holds.
@@ -498,13 +507,18 @@ async fn prepare(
 ) -> Result<Prepared, Reject> {
     let offer = resume::offer(headers, st.config.resume.is_some())
         .map_err(|_| Reject::BadRequest("malformed x-wsgate-resume header"))?;
+    // `offered`: resumption offered, with the replay buffer the client stated (if it did).
     let (offered, resuming) = match offer {
-        None => (false, None),
-        Some(Offer::New) => (true, None),
+        None => (None, None),
+        Some(Offer::New) => {
+            let b = resume::client_replay_buffer(headers)
+                .map_err(|_| Reject::BadRequest("malformed x-wsgate-replay-buffer header"))?;
+            (Some(b), None)
+        }
         Some(Offer::Resume { id, secret }) => {
             audit.resuming = true;
             audit.learn_resume_id(&id);
-            (false, Some((id, secret)))
+            (None, Some((id, secret)))
         }
     };
     // A resume during the drain is let in: its session is here already, and ends with the
@@ -568,10 +582,13 @@ async fn prepare(
     };
     let _ = stream.set_nodelay(true);
     let resume = match (offered, &st.config.resume) {
-        (true, Some(_)) => match Credentials::generate() {
+        (Some(client_replay_buffer), Some(_)) => match Credentials::generate() {
             Ok(creds) => {
                 audit.learn_resume_id(&creds.id);
-                Some(creds)
+                Some(ResumeTerms {
+                    creds,
+                    client_replay_buffer,
+                })
             }
             // Offered, never imposed: without a secret, the session is today's.
             Err(e) => {
@@ -666,18 +683,23 @@ impl Observer for SessionObserver {
     }
 }
 
-/// The `101`'s `x-wsgate-resume: v1`: resumption accepted.
-fn accept_resume(resp: &mut Response) {
-    resp.headers_mut().insert(
+/// The `101`'s `x-wsgate-resume: v1`, resumption accepted, and `x-wsgate-replay-buffer`, the
+/// bytes this server keeps for a replay (the client acknowledges a quarter of it at a time).
+fn accept_resume(resp: &mut Response, settings: Option<&ResumeSettings>) {
+    let h = resp.headers_mut();
+    h.insert(
         resume::HEADER,
         axum::http::HeaderValue::from_static(resume::ACCEPT),
     );
+    if let Some(s) = settings {
+        h.insert(REPLAY_BUFFER_HEADER, s.replay_buffer.into());
+    }
 }
 
 fn start_session(st: Arc<AppState>, ready: Ready, ws: WsUpgrade, audit: Audit) -> Response {
     let (mut resp, conn) = ws.accept(ready.echo_protocol.as_deref());
     if ready.resume.is_some() {
-        accept_resume(&mut resp);
+        accept_resume(&mut resp, st.config.resume.as_ref());
     }
     // The connection comes once the `101` is written, which the client can delay by not
     // reading (the HTTP server bounds that write too). An upgrade that does not complete in
@@ -716,7 +738,7 @@ fn start_session(st: Arc<AppState>, ready: Ready, ws: WsUpgrade, audit: Audit) -
 /// let go and the session stays as it was.
 fn start_resume(st: Arc<AppState>, resuming: Resuming, ws: WsUpgrade, audit: Audit) -> Response {
     let (mut resp, conn) = ws.accept(resuming.echo_protocol.as_deref());
-    accept_resume(&mut resp);
+    accept_resume(&mut resp, st.config.resume.as_ref());
     let limit = st.config.handshake_timeout;
     let tracker = st.tracker.clone();
     let span = audit.span.clone();
@@ -808,7 +830,8 @@ async fn session(st: Arc<AppState>, ready: Ready, socket: Connection, audit: Aud
     };
     let shutdown = st.close_all.child_token();
     let reason = match (resume, &st.config.resume) {
-        (Some(creds), Some(settings)) => {
+        (Some(terms), Some(settings)) => {
+            let creds = terms.creds;
             let owner = Owner {
                 user: who.user.clone(),
                 cluster: ask.cluster.clone(),
@@ -821,7 +844,11 @@ async fn session(st: Arc<AppState>, ready: Ready, socket: Connection, audit: Aud
                 window: settings.window,
                 shutdown: &shutdown,
             };
-            let bridge = Bridge::new(stream, &cfg, Some(settings.replay_buffer));
+            let resume = ResumeConfig {
+                replay_buffer: settings.replay_buffer,
+                peer_replay_buffer: terms.client_replay_buffer,
+            };
+            let bridge = Bridge::new(stream, &cfg, Some(resume));
             legs.run(bridge, socket, creds.greeting()).await
         }
         _ => bridge(socket, stream, &cfg, &obs, shutdown).await,

@@ -63,7 +63,8 @@ async fn wait_state(admin: SocketAddr, state: &str) -> serde_json::Value {
 /// The `101` carries `x-wsgate-resume: v1` only when the client offers resumption and the
 /// sidecar has it on; a client that does not offer it gets today's session (no header, no
 /// text message, its bytes echoed from the first frame), and so does one whose offer the
-/// sidecar ignores. A malformed header is 400; a resume with resumption off is 404.
+/// sidecar ignores. The acceptance states the sidecar's replay buffer. A malformed header (or
+/// replay buffer, with the offer) is 400; a resume with resumption off is 404.
 #[tokio::test]
 async fn negotiation_on_off_and_absent() {
     let target = echo_server().await;
@@ -74,18 +75,43 @@ async fn negotiation_on_off_and_absent() {
     let mut offered = Resumable::open(on.addr, "prod", ALICE).await;
     echo(&mut offered, b"x").await;
 
+    // The acceptance states the sidecar's replay buffer (`--replay-buffer`, 4 MiB by default).
+    let offer = [
+        ("x-wsgate-resume", "new"),
+        ("x-wsgate-replay-buffer", "8388608"),
+    ];
+    let (ws, resp) = open_with(on.addr, query, ALICE, &offer).await.unwrap();
+    assert_eq!(resp.headers()["x-wsgate-resume"], "v1");
+    assert_eq!(resp.headers()["x-wsgate-replay-buffer"], "4194304");
+    drop(ws);
+
     for (sc, headers) in [
         (&on, &[][..]),
         (&off, &[("x-wsgate-resume", "new")][..]),
         // Resumption off: what it does not know, it ignores, as a sidecar without it would.
         (&off, &[("x-wsgate-resume", "new v2")][..]),
+        (
+            &off,
+            &[("x-wsgate-resume", "new"), ("x-wsgate-replay-buffer", "0")][..],
+        ),
     ] {
         let (mut ws, resp) = open_with(sc.addr, query, ALICE, headers).await.unwrap();
-        assert!(
-            resp.headers().get("x-wsgate-resume").is_none(),
-            "{headers:?}"
-        );
+        for h in ["x-wsgate-resume", "x-wsgate-replay-buffer"] {
+            assert!(resp.headers().get(h).is_none(), "{h}: {headers:?}");
+        }
         echo_one_byte(&mut ws).await;
+    }
+
+    for value in ["0", "4 MiB", "-1", "99999999999999"] {
+        let headers = [
+            ("x-wsgate-resume", "new"),
+            ("x-wsgate-replay-buffer", value),
+        ];
+        let e = open_with(on.addr, query, ALICE, &headers)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("replay buffer {value:?} was upgraded"));
+        assert_eq!(refusal(e), (400, "bad_request".into()), "{value:?}");
     }
 
     for value in ["resume", "new v2", "resume 0123 4567", ""] {

@@ -42,8 +42,17 @@ pub const LINGER: Duration = Duration::from_secs(2);
 /// Unanswered SkyPilot pings remembered at most (SkyPilot's client uses the same bound).
 const MAX_PENDING_PINGS: usize = 100;
 
-/// With resumption on, received bytes are acknowledged once this many are unacknowledged...
-const ACK_EVERY: u64 = 256 << 10;
+/// With resumption on, received bytes are acknowledged once a quarter of the peer's replay
+/// buffer (as it stated in the handshake) is unacknowledged, within these bounds...
+/// Acknowledging a buffer's quarter keeps the peer sending while acknowledgements travel; the
+/// fewer there are, the less a bulk transfer pays for them (each wakes both ends: at 256 KiB
+/// the sidecar took ~8 % more CPU per GiB pushed than without resumption, at 2 MiB about the
+/// same). Below 64 KiB they would cost more than they save; above 2 MiB they save nothing more.
+const ACK_BOUNDS: std::ops::RangeInclusive<u64> = (64 << 10)..=(2 << 20);
+
+/// ... or once this many are, when the peer did not state its buffer: a quarter of the least
+/// one a sidecar keeps.
+const ACK_UNSTATED: u64 = 256 << 10;
 
 /// How long a resumable server-role session whose target closed waits for the client to
 /// acknowledge the target's last bytes before it takes the leg for lost (and parks) rather
@@ -114,6 +123,17 @@ pub struct ResumeConfig {
     /// Sent bytes kept until the peer acknowledges them, at most: at the bound the local side
     /// is not read until acknowledgements come (one local read may go over it).
     pub replay_buffer: usize,
+    /// The peer's replay buffer, if it stated it in the handshake: how often its bytes are
+    /// acknowledged (see [`ack_every`]).
+    pub peer_replay_buffer: Option<u64>,
+}
+
+/// How many received bytes go unacknowledged at most (unless [`ACK_DELAY`] passes first), for
+/// a peer that keeps `peer_replay_buffer` bytes (`None`: it did not say).
+pub fn ack_every(peer_replay_buffer: Option<u64>) -> u64 {
+    peer_replay_buffer.map_or(ACK_UNSTATED, |b| {
+        (b / 4).clamp(*ACK_BOUNDS.start(), *ACK_BOUNDS.end())
+    })
 }
 
 /// Which connection of a session a leg is.
@@ -257,7 +277,10 @@ where
                 ack_at: None,
             },
             input_ended: false,
-            replay: config.resume.as_ref().map(|r| Replay::new(r.replay_buffer)),
+            replay: config
+                .resume
+                .as_ref()
+                .map(|r| Replay::new(r.replay_buffer, ack_every(r.peer_replay_buffer))),
             peer_spoke: config.role == Role::Server,
             local_eof: false,
             closed: false,
@@ -763,7 +786,7 @@ where
             return;
         };
         r.got(bytes);
-        if r.unacknowledged() >= ACK_EVERY {
+        if r.ack_due() {
             self.send_ack();
         } else if self.s.timers.ack_at.is_none() {
             self.s.timers.ack_at = Some(Instant::now() + ACK_DELAY);

@@ -341,7 +341,7 @@ mod tests {
             buf.extend_from_slice(&data);
             let (w, mut r) = tokio::io::duplex(1 << 20);
             let mut out = Writer::new(w);
-            let mut replay = Replay::new(1 << 20);
+            let mut replay = Replay::new(1 << 20, 1 << 10);
             framer
                 .data(
                     &mut buf,
@@ -389,7 +389,7 @@ mod tests {
     ) {
         const READ: usize = 64 << 10;
         let mut framer = Framer::new(Role::Client);
-        let mut replay = Replay::new(1 << 20);
+        let mut replay = Replay::new(1 << 20, 1 << 10);
         let (w, _r) = tokio::io::duplex(4 << 20);
         let mut out = Writer::new(w);
         let mut buf = BytesMut::new();

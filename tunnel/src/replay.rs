@@ -25,6 +25,8 @@ pub(crate) struct Replay {
     received: u64,
     /// The count our last acknowledgement (or `resume`) gave the peer.
     acked_to_peer: u64,
+    /// Received bytes acknowledged once this many are unacknowledged (the peer's buffer's quarter).
+    ack_every: u64,
     /// Where small payloads are copied to (see [`SMALL`]).
     tail: BytesMut,
 }
@@ -47,9 +49,10 @@ struct Chunk {
 }
 
 impl Replay {
-    pub(crate) fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize, ack_every: u64) -> Self {
         Replay {
             cap: cap as u64,
+            ack_every,
             chunks: VecDeque::new(),
             acked: 0,
             sent: 0,
@@ -80,6 +83,11 @@ impl Replay {
     /// Bytes received since the last acknowledgement we sent.
     pub(crate) fn unacknowledged(&self) -> u64 {
         self.received - self.acked_to_peer
+    }
+
+    /// Enough is unacknowledged to acknowledge it now.
+    pub(crate) fn ack_due(&self) -> bool {
+        self.unacknowledged() >= self.ack_every
     }
 
     /// A payload sent to the peer, masked with `mask` from its first byte (if masked).
@@ -181,7 +189,7 @@ mod tests {
 
     #[test]
     fn acks_drop_bytes_and_a_replay_unmasks_what_is_left() {
-        let mut r = Replay::new(1 << 20);
+        let mut r = Replay::new(1 << 20, 1 << 10);
         let m = [1, 2, 3, 4];
         r.sent_chunk(masked(b"hello ", m), Some(m));
         r.sent_chunk(Bytes::from_static(b"wide "), None);
@@ -203,7 +211,7 @@ mod tests {
             ack: u64,
         }
         for c in [Case { acked: 0, ack: 11 }, Case { acked: 5, ack: 4 }] {
-            let mut r = Replay::new(1 << 20);
+            let mut r = Replay::new(1 << 20, 1 << 10);
             r.sent_chunk(Bytes::from_static(b"0123456789"), None);
             r.ack(c.acked).unwrap();
             assert!(matches!(r.ack(c.ack), Err(Violation::Control(_))));
@@ -213,7 +221,7 @@ mod tests {
 
     #[test]
     fn small_payloads_do_not_hold_the_buffers_they_were_read_into() {
-        let mut r = Replay::new(1 << 20);
+        let mut r = Replay::new(1 << 20, 1 << 10);
         let read = Bytes::from(vec![7u8; 64 << 10]);
         r.sent_chunk(read.slice(0..100), None);
         r.sent_chunk(read.slice(100..(100 + SMALL)), None);
@@ -228,7 +236,7 @@ mod tests {
 
     #[test]
     fn full_at_the_bound_until_acknowledged() {
-        let mut r = Replay::new(8);
+        let mut r = Replay::new(8, 1);
         r.sent_chunk(Bytes::from_static(b"1234567"), None);
         assert!(!r.full());
         r.sent_chunk(Bytes::from_static(b"89"), None);
@@ -239,7 +247,7 @@ mod tests {
 
     #[test]
     fn acknowledgements_count_what_was_received_since_the_last() {
-        let mut r = Replay::new(8);
+        let mut r = Replay::new(8, 1);
         r.got(100);
         assert_eq!(r.unacknowledged(), 100);
         assert_eq!(r.take_ack(), 100);

@@ -16,7 +16,10 @@ use wsgate_proto::wsframe::Opcode;
 
 fn resumable(mut c: Config, replay_buffer: usize) -> Config {
     c.framing = Some(Framing::Raw);
-    c.resume = Some(ResumeConfig { replay_buffer });
+    c.resume = Some(ResumeConfig {
+        replay_buffer,
+        peer_replay_buffer: None,
+    });
     c
 }
 
@@ -236,13 +239,18 @@ struct Raw {
     peer: DuplexStream,
     run: tokio::task::JoinHandle<(crate::Ended, Session<DuplexStream, DuplexStream>)>,
     feed: tokio::task::JoinHandle<DuplexStream>,
+    /// What the target got (as many bytes as its [`local`] expects).
+    drain: tokio::task::JoinHandle<Vec<u8>>,
     done: CancellationToken,
     takeover: CancellationToken,
 }
 
 fn raw_server(replay_buffer: usize, target_data: Vec<u8>, leg: Leg) -> Raw {
     let cfg = resumable(server_config(Framing::Raw), replay_buffer);
-    let target = local(target_data, 0);
+    raw_server_with(cfg, local(target_data, 0), leg)
+}
+
+fn raw_server_with(cfg: Config, target: Local, leg: Leg) -> Raw {
     let (conn, peer) = tokio::io::duplex(1 << 20);
     let (done, takeover) = (CancellationToken::new(), CancellationToken::new());
     let (d, t) = (done.clone(), takeover.clone());
@@ -267,6 +275,7 @@ fn raw_server(replay_buffer: usize, target_data: Vec<u8>, leg: Leg) -> Raw {
         peer,
         run,
         feed: target.feed,
+        drain: target.drain,
         done,
         takeover,
     }
@@ -324,6 +333,70 @@ async fn a_peer_that_never_acknowledges_gets_no_more_than_the_replay_buffer() {
     r.done.cancel();
     let (e, _) = r.run.await.unwrap();
     assert!(!e.lost);
+}
+
+#[test]
+fn acknowledgements_come_every_quarter_of_the_peers_replay_buffer_within_bounds() {
+    for (peer, want) in [
+        (None, 256 << 10),
+        (Some(8 << 20), 2 << 20),
+        (Some(4 << 20), 1 << 20),
+        (Some(1 << 20), 256 << 10),
+        (Some(256 << 10), 64 << 10),
+        (Some(1), 64 << 10),
+        (Some(1 << 40), 2 << 20),
+    ] {
+        assert_eq!(crate::ack_every(peer), want, "{peer:?}");
+    }
+}
+
+/// The receiving end acknowledges as often as the peer's stated replay buffer asks: a peer
+/// that keeps 8 MiB gets one acknowledgement per 2 MiB, one that keeps 256 KiB one per 64 KiB
+/// (fewer would stall it), one that said nothing one per 256 KiB; the last bytes are
+/// acknowledged after a moment in every case. (Paused time: the 20 ms timer's acknowledgements
+/// would otherwise depend on how fast the test runs.)
+#[tokio::test(start_paused = true)]
+async fn acknowledgements_follow_the_peers_replay_buffer() {
+    let total = 4 << 20;
+    for (peer, every) in [
+        (Some(8 << 20), 2 << 20),
+        (Some(256 << 10), 64 << 10),
+        (None, 256 << 10),
+    ] {
+        let mut cfg = resumable(server_config(Framing::Raw), 1 << 20);
+        cfg.resume = Some(ResumeConfig {
+            replay_buffer: 1 << 20,
+            peer_replay_buffer: peer,
+        });
+        (cfg.max_message, cfg.peer_read_size) = (64 << 10, 64 << 10);
+        let mut r = raw_server_with(cfg, local(Vec::new(), total), Leg::First { greeting: None });
+        let data = pattern(total, 9);
+        for chunk in data.chunks(16 << 10) {
+            r.peer.write_all(&masked(0x82, chunk)).await.unwrap();
+        }
+        let (_, texts) = read_quiet(&mut r.peer).await;
+        let acks: Vec<u64> = texts
+            .iter()
+            .map(|t| t.strip_prefix("ack ").unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(acks.last(), Some(&(total as u64)), "{peer:?}: {acks:?}");
+        // Each acknowledgement but the timer's last covers at least `every` new bytes (more
+        // when a pass over the read buffer takes more), and not twice that.
+        let mut before = 0;
+        for &n in &acks[..acks.len() - 1] {
+            assert!(n - before >= every, "{peer:?}: {acks:?}");
+            before = n;
+        }
+        let most = total as u64 / every + 1;
+        assert!(
+            (most / 2..=most).contains(&(acks.len() as u64)),
+            "{peer:?}: {} acknowledgements, {acks:?}",
+            acks.len()
+        );
+        assert_eq!(r.drain.await.unwrap(), data, "{peer:?}");
+        r.done.cancel();
+        r.run.await.unwrap();
+    }
 }
 
 #[tokio::test]
