@@ -44,10 +44,11 @@ const MAX_PENDING_PINGS: usize = 100;
 
 /// With resumption on, received bytes are acknowledged once a quarter of the peer's replay
 /// buffer (as it stated in the handshake) is unacknowledged, within these bounds...
-/// Acknowledging a buffer's quarter keeps the peer sending while acknowledgements travel; the
-/// fewer there are, the less a bulk transfer pays for them (each wakes both ends: at 256 KiB
-/// the sidecar took ~8 % more CPU per GiB pushed than without resumption, at 2 MiB about the
-/// same). Below 64 KiB they would cost more than they save; above 2 MiB they save nothing more.
+/// Acknowledging a buffer's quarter frees the peer's buffer in steps while its later bytes
+/// travel; the fewer acknowledgements, the less a bulk transfer pays for them (each is a write
+/// that wakes the peer: at one per 256 KiB the sidecar took ~8 % more CPU per GiB pushed than
+/// without resumption, at one per 2 MiB the same). Below 64 KiB one would come for every read or
+/// two of a bulk transfer; above 2 MiB there is nothing left to save.
 const ACK_BOUNDS: std::ops::RangeInclusive<u64> = (64 << 10)..=(2 << 20);
 
 /// ... or once this many are, when the peer did not state its buffer: a quarter of the least
