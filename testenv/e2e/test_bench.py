@@ -27,3 +27,15 @@ def test_bench_smoke_run_writes_every_table(tmp_path):
                 "| wsgate proxy --no-resume → wsgate-sidecar |", "| wsgate proxy --no-resume → sidecar |", "| Resumption's cost to bridge throughput (median of",
                 "| cut → a byte written after it echoed |"):
         assert row in report, row
+
+
+def test_the_medians_interval_is_the_textbook_order_statistics():
+    """The resumption cost's 95 % interval: for n = 100 the ranks are 40 and 61 (1-based), the
+    usual table's; too few figures give their range, named so."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    sys.path.insert(0, str(ROOT / "testenv"))
+    from bench import median_interval
+
+    assert median_interval([float(x) for x in range(100, 0, -1)]) == ("95 % interval", 40.0, 61.0)
+    assert median_interval([float(x) for x in range(1, 121)]) == ("95 % interval", 49.0, 72.0)
+    assert median_interval([3.0, 1.0, 2.0]) == ("range", 1.0, 3.0)
