@@ -12,7 +12,7 @@ bench/results.md (or --out):
 3. Filter overhead in Envoy: plain requests and WebSocket handshakes through Envoy with no
    filter, the wsgate filter (token rewrite + routing) and a Lua filter doing the token rewrite.
 4. Sidecar scale: RSS at rest and per idle session, and a burst of handshakes.
-5. Resumption: its cost to throughput, from many short pushes paired with and without
+5. Resumption: its cost to throughput, from many 1 GiB pushes paired with and without
    `--no-resume` (part 1 shows both paths too, and their ping-pong); then a session's connection
    cut again and again (a chaos proxy between `wsgate proxy` and the sidecar, resetting it), the
    network back at once: the time from each cut to data flowing again.
@@ -88,7 +88,7 @@ class Sizes:
         sessions = [int(x) for x in e("BENCH_SESSIONS", f"1000,{big}").split(",")]
         return cls(int(e("BENCH_MIB", "1024")), int(e("BENCH_SSH_MIB", "1024")), int(e("BENCH_ROUNDS", "3")),
                    int(e("BENCH_PINGS", "10000")), float(e("BENCH_LOAD_SECS", "3")), sessions,
-                   max(1, int(e("BENCH_RESUME_PAIRS", "120"))), 30)
+                   max(1, int(e("BENCH_RESUME_PAIRS", "40"))), 30)
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -666,11 +666,13 @@ def goals(res: dict) -> str:
 
 def resume(work: Path, s: Sizes, res: dict) -> str:
     """Resumption's cost, then its recovery. The cost: `wsgate proxy` pushing with and without
-    `--no-resume`, in many short pairs (the order alternating: A B, B A, ...) against one sidecar,
-    so each pair's ratio cancels this VM's drift and the median of many of them resolves a few
-    percent, which part 1's three long rounds cannot. The pairs' ratios spread ±10–15 % here
-    (quartiles): with 24 pairs their median moved by 5 % from run to run; with 120 its 95 %
-    interval is still ±2–4 %, which the report shows beside it. The recovery: a live session's connection
+    `--no-resume`, in many pairs (the order alternating: A B, B A, ...) against one sidecar, so
+    each pair's ratio cancels this VM's drift and the median of many of them resolves a few
+    percent, which part 1's three rounds cannot; the report shows its 95 % interval. Each push
+    is BENCH_MIB (1 GiB): pairs of 256 MiB pushes spread ±10–15 % (quartiles) and their median
+    moved by 5 % from run to run, 1 GiB ones spread ±5 %; and a session's one-off costs (the
+    client faults its replay buffer's pages in once, ~2k page faults, a few ms) weigh on a
+    throughput as they would in a real session, not four times as much. The recovery: a live session's connection
     cut (a reset, as when a NAT drops its state) with the network back at once, timed until a
     byte written right after the cut is echoed: the client's noticing, reconnecting (handshake
     and checks included) and the replay."""
@@ -706,7 +708,7 @@ def resume(work: Path, s: Sizes, res: dict) -> str:
 
 def resume_cost(side: Sidecar, s: Sizes) -> dict:
     """Pairs of pushes through `wsgate proxy` with resumption and with `--no-resume`."""
-    pairs, mib = s.resume_pairs, max(16, s.mib // 4)
+    pairs, mib = s.resume_pairs, max(16, s.mib)
     paths = {WSGATE_PATH: [], NO_RESUME: ["--no-resume"]}
     out = {name: {"mbps": [], "server_cpu": [], "client_cpu": [], "machine_cpu": [], "client_hwm": []}
            for name in paths}
