@@ -139,16 +139,20 @@ def ratios(xs: list[float], base: list[float]) -> list[float]:
 
 def median_interval(xs: list[float]) -> tuple[str, float, float]:
     """A 95 % confidence interval for the median of many paired figures, with no assumption on
-    their distribution: the order statistics at n/2 ∓ 0.98·√n (the binomial's normal
-    approximation), and its name. Below 6 figures it is their whole range."""
+    their distribution: the order statistics at ranks j and n + 1 − j, j the largest with
+    P(Binomial(n, ½) ≤ j − 1) ≤ 2.5 % (the sign test's exact interval), and its name. Below 6
+    figures no such j exists: their whole range."""
     s = sorted(xs)
     n = len(s)
-    if n < 6:
+    tail, j = 0.0, 0
+    while True:
+        tail += math.comb(n, j) / 2 ** n
+        if tail > 0.025:
+            break
+        j += 1
+    if j == 0:
         return "range", s[0], s[-1]
-    # 1-based ranks: ⌊n/2 − 0.98√n⌋ and ⌈1 + n/2 + 0.98√n⌉.
-    j = max(1, math.floor(n / 2 - 0.98 * math.sqrt(n)))
-    k = min(n, math.ceil(1 + n / 2 + 0.98 * math.sqrt(n)))
-    return "95 % interval", s[j - 1], s[k - 1]
+    return "95 % interval", s[j - 1], s[n - j]
 
 
 def pct_spread(rs: list[float]) -> str:
@@ -672,10 +676,10 @@ def resume(work: Path, s: Sizes, res: dict) -> str:
     is BENCH_MIB (1 GiB): pairs of 256 MiB pushes spread ±10–15 % (quartiles) and their median
     moved by 5 % from run to run, 1 GiB ones spread ±5 %; and a session's one-off costs (the
     client faults its replay buffer's pages in once, ~2k page faults, a few ms) weigh on a
-    throughput as they would in a real session, not four times as much. The recovery: a live session's connection
-    cut (a reset, as when a NAT drops its state) with the network back at once, timed until a
-    byte written right after the cut is echoed: the client's noticing, reconnecting (handshake
-    and checks included) and the replay."""
+    throughput as they would in a real session, not four times as much. The recovery: a live
+    session's connection cut (a reset, as when a NAT drops its state) with the network back at
+    once, timed until a byte written right after the cut is echoed: the client's noticing,
+    reconnecting (handshake and checks included) and the replay."""
     target, taddr = start_announcing([str(BENCH), "target"], work / "target.log")
     side = Sidecar(work / "sidecar", standard_args(work, taddr)).start()
     try:

@@ -201,10 +201,16 @@ pub async fn open(r: &Request<'_>) -> Result<Conn, ClientError> {
                     let v = resp.headers().get(name)?.to_str().ok()?;
                     is_header_value(v).then(|| v.to_string())
                 };
+                // Stated once or not taken: two values are no statement.
+                let replay_buffer =
+                    match resp.headers().get_all(REPLAY_BUFFER_HEADER).iter().count() {
+                        1 => value(REPLAY_BUFFER_HEADER).and_then(|v| parse_replay_buffer(&v)),
+                        _ => None,
+                    };
                 (
                     value(resume::HEADER),
                     r.route_header.and_then(value),
-                    value(REPLAY_BUFFER_HEADER).and_then(|v| parse_replay_buffer(&v)),
+                    replay_buffer,
                 )
             }
         };
@@ -420,7 +426,8 @@ impl AsyncWrite for Recorder {
 }
 
 /// The resumption headers: the offer and the replay buffer this end keeps, or the ticket
-/// (marked sensitive: it is a credential) and the route to echo. They replace a `--header` of the same name.
+/// (marked sensitive: it is a credential) and the route to echo. They replace a `--header` of
+/// the same name.
 fn resumption_headers(r: &Request<'_>, h: &mut HeaderMap) -> Result<(), ClientError> {
     match r.resumption {
         Resumption::Off => {}
@@ -769,16 +776,22 @@ mod tests {
             "{head}"
         );
 
-        // A replay buffer that is no count is not taken (acknowledgements as for one unsaid).
-        let (url, _) = serve_101("x-wsgate-resume: v1\r\nx-wsgate-replay-buffer: 4 MiB\r\n").await;
-        let e = at(&url);
-        let conn = open(&Request {
-            endpoint: &e,
-            ..base.clone()
-        })
-        .await
-        .unwrap();
-        assert_eq!(conn.replay_buffer, None);
+        // A replay buffer that is no count, or stated twice, is not taken (acknowledgements as
+        // for one unsaid).
+        for stated in [
+            "x-wsgate-resume: v1\r\nx-wsgate-replay-buffer: 4 MiB\r\n",
+            "x-wsgate-resume: v1\r\nx-wsgate-replay-buffer: 4194304\r\nx-wsgate-replay-buffer: 4194304\r\n",
+        ] {
+            let (url, _) = serve_101(stated).await;
+            let e = at(&url);
+            let conn = open(&Request {
+                endpoint: &e,
+                ..base.clone()
+            })
+            .await
+            .unwrap();
+            assert_eq!(conn.replay_buffer, None, "{stated}");
+        }
 
         let (url, head) = serve_101("").await;
         let e = at(&url);

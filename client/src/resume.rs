@@ -34,6 +34,7 @@ pub const MAX_DELAY: Duration = Duration::from_secs(5);
 /// credentials or break its upgrade.
 const RESERVED: &[&str] = &[
     HEADER,
+    wsgate_proto::names::REPLAY_BUFFER_HEADER,
     "authorization",
     "connection",
     "content-length",
@@ -280,6 +281,7 @@ mod tests {
             "Authorization",
             "cookie",
             "x-wsgate-resume",
+            "X-Wsgate-Replay-Buffer",
             "sec-websocket-accept",
         ] {
             let e = route_header(reserved).unwrap_err();

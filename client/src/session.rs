@@ -59,8 +59,8 @@ const MAX_MESSAGE: u64 = 16 << 20;
 const LOST_AFTER_PINGS: u32 = 3;
 
 /// The engine's settings: today's session (the framing learnt from the server's first
-/// message), or a resumable one with a server that keeps `Some(its replay buffer)`, if it said.
-fn config(opts: &Options, resumable: Option<Option<u64>>) -> Config {
+/// message), or a resumable one (`resume`).
+fn config(opts: &Options, resume: Option<ResumeConfig>) -> Config {
     let read_size = opts.read_size.max(1);
     let mut config = Config {
         role: Role::Client,
@@ -75,14 +75,11 @@ fn config(opts: &Options, resumable: Option<Option<u64>>) -> Config {
         max_age: None,
         resume: None,
     };
-    if let Some(peer_replay_buffer) = resumable {
+    if resume.is_some() {
         // Accepting resumption fixes the framing: raw frames (docs/resume.md).
         config.framing = Some(Framing::Raw);
         config.max_missed_pongs = Some(LOST_AFTER_PINGS);
-        config.resume = Some(ResumeConfig {
-            replay_buffer: resume::REPLAY_BUFFER,
-            peer_replay_buffer,
-        });
+        config.resume = resume;
     }
     config
 }
@@ -143,7 +140,13 @@ pub enum LegEnd<I, O> {
 impl<I: AsyncRead + Unpin, O: AsyncWrite + Unpin> Resumable<I, O> {
     /// `server_replay_buffer`: what the server's `101` said it keeps for a replay, if it did.
     pub fn new(stdin: I, stdout: O, opts: &Options, server_replay_buffer: Option<u64>) -> Self {
-        let config = config(opts, Some(server_replay_buffer));
+        let config = config(
+            opts,
+            Some(ResumeConfig {
+                replay_buffer: resume::REPLAY_BUFFER,
+                peer_replay_buffer: server_replay_buffer,
+            }),
+        );
         Resumable {
             session: wsgate_tunnel::Session::new(stdin, stdout, &config),
             config,

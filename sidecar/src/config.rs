@@ -25,9 +25,10 @@ pub const SKYPILOT_PATH: &str = "/kubernetes-pod-ssh-proxy";
 const MAX_CONNECTIONS: usize = 1 << 20;
 
 /// `--replay-buffer`'s bounds: below 256 KiB a session could not keep two of `wsgate proxy`'s
-/// 64 KiB frames and an acknowledgement's worth (a quarter of the buffer, 64 KiB at least) in
-/// flight, and would stall on every round trip; above 256 MiB, a few hundred parked sessions
-/// would hold the node's memory.
+/// 64 KiB frames in flight beside what a client holds before it acknowledges (a quarter of the
+/// buffer, one pass over its read buffer more; 256 KiB for a client that does not read the
+/// stated size), and would stall on every round trip; above 256 MiB, a few hundred parked
+/// sessions would hold the node's memory.
 const REPLAY_BUFFER: std::ops::RangeInclusive<usize> = (256 << 10)..=(256 << 20);
 
 /// The longest `--resume-window`: a parked session holds a target connection, an admission

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -42,11 +42,10 @@ pub struct Malformed;
 /// ignored as a server that does not know the header would; a resume is still returned, to be
 /// refused with 404 (its client waits for a session, not a new one).
 pub fn offer(headers: &HeaderMap, enabled: bool) -> Result<Option<Offer>, Malformed> {
-    let mut values = headers.get_all(HEADER).iter();
-    let parsed = match (values.next(), values.next()) {
-        (None, _) => return Ok(None),
-        (Some(_), Some(_)) => Err(Malformed),
-        (Some(v), None) => v.to_str().map_err(|_| Malformed).and_then(parse),
+    let parsed = match single(headers, HEADER) {
+        Ok(None) => return Ok(None),
+        Ok(Some(v)) => v.to_str().map_err(|_| Malformed).and_then(parse),
+        Err(e) => Err(e),
     };
     match parsed {
         Ok(Offer::New) | Err(_) if !enabled => Ok(None),
@@ -57,16 +56,20 @@ pub fn offer(headers: &HeaderMap, enabled: bool) -> Result<Option<Offer>, Malfor
 /// The offer's `x-wsgate-replay-buffer`: how many unacknowledged bytes the client keeps (the
 /// session acknowledges a quarter of it at a time); `None` if it did not say.
 pub fn client_replay_buffer(headers: &HeaderMap) -> Result<Option<u64>, Malformed> {
-    let mut values = headers.get_all(REPLAY_BUFFER_HEADER).iter();
+    let Some(v) = single(headers, REPLAY_BUFFER_HEADER)? else {
+        return Ok(None);
+    };
+    let n = v.to_str().ok().and_then(parse_replay_buffer);
+    n.map(Some).ok_or(Malformed)
+}
+
+/// A header that may come once: its value, if any; twice is malformed.
+fn single<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a HeaderValue>, Malformed> {
+    let mut values = headers.get_all(name).iter();
     match (values.next(), values.next()) {
         (None, _) => Ok(None),
+        (Some(v), None) => Ok(Some(v)),
         (Some(_), Some(_)) => Err(Malformed),
-        (Some(v), None) => v
-            .to_str()
-            .ok()
-            .and_then(parse_replay_buffer)
-            .map(Some)
-            .ok_or(Malformed),
     }
 }
 
@@ -402,7 +405,6 @@ pub fn result_of(reject: &Reject) -> Option<ResumeResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
 
     const ID: &str = "0123456789abcdef0123456789abcdef";
     const SECRET: &str = "fedcba9876543210fedcba9876543210";

@@ -32,7 +32,7 @@ use wsgate_proto::query::{percent_decode, query_pairs};
 use crate::auth::{credential, Identity};
 use crate::backends::{BackendError, Backends};
 use crate::bridge::{bridge, Bridge, Leg, Observer};
-use crate::config::{AuthConfig, Config, ResumeSettings, ServerConfig, SKYPILOT_PATH};
+use crate::config::{AuthConfig, Config, ServerConfig, SKYPILOT_PATH};
 use crate::error::{CloseReason, Reject};
 use crate::http::{serve as serve_http, HttpLimits};
 use crate::metrics::{Metrics, ResumeResult};
@@ -683,23 +683,25 @@ impl Observer for SessionObserver {
     }
 }
 
-/// The `101`'s `x-wsgate-resume: v1`, resumption accepted, and `x-wsgate-replay-buffer`, the
-/// bytes this server keeps for a replay (the client acknowledges a quarter of it at a time).
-fn accept_resume(resp: &mut Response, settings: Option<&ResumeSettings>) {
+/// The `101`'s `x-wsgate-resume: v1`, resumption accepted; for a new session, also
+/// `x-wsgate-replay-buffer`, the bytes this server keeps for a replay (the client acknowledges
+/// a quarter of it at a time; a resumed leg goes on as its session began).
+fn accept_resume(resp: &mut Response, replay_buffer: Option<usize>) {
     let h = resp.headers_mut();
     h.insert(
         resume::HEADER,
         axum::http::HeaderValue::from_static(resume::ACCEPT),
     );
-    if let Some(s) = settings {
-        h.insert(REPLAY_BUFFER_HEADER, s.replay_buffer.into());
+    if let Some(n) = replay_buffer {
+        h.insert(REPLAY_BUFFER_HEADER, n.into());
     }
 }
 
 fn start_session(st: Arc<AppState>, ready: Ready, ws: WsUpgrade, audit: Audit) -> Response {
     let (mut resp, conn) = ws.accept(ready.echo_protocol.as_deref());
     if ready.resume.is_some() {
-        accept_resume(&mut resp, st.config.resume.as_ref());
+        let replay_buffer = st.config.resume.as_ref().map(|r| r.replay_buffer);
+        accept_resume(&mut resp, replay_buffer);
     }
     // The connection comes once the `101` is written, which the client can delay by not
     // reading (the HTTP server bounds that write too). An upgrade that does not complete in
@@ -738,7 +740,7 @@ fn start_session(st: Arc<AppState>, ready: Ready, ws: WsUpgrade, audit: Audit) -
 /// let go and the session stays as it was.
 fn start_resume(st: Arc<AppState>, resuming: Resuming, ws: WsUpgrade, audit: Audit) -> Response {
     let (mut resp, conn) = ws.accept(resuming.echo_protocol.as_deref());
-    accept_resume(&mut resp, st.config.resume.as_ref());
+    accept_resume(&mut resp, None);
     let limit = st.config.handshake_timeout;
     let tracker = st.tracker.clone();
     let span = audit.span.clone();

@@ -51,8 +51,8 @@ const MAX_PENDING_PINGS: usize = 100;
 /// two of a bulk transfer; above 2 MiB there is nothing left to save.
 const ACK_BOUNDS: std::ops::RangeInclusive<u64> = (64 << 10)..=(2 << 20);
 
-/// ... or once this many are, when the peer did not state its buffer: a quarter of the least
-/// one a sidecar keeps.
+/// ... or once this many are, when the peer did not state its buffer: what every peer got
+/// before buffers were stated, unchanged for one that states none.
 const ACK_UNSTATED: u64 = 256 << 10;
 
 /// How long a resumable server-role session whose target closed waits for the client to
@@ -131,7 +131,7 @@ pub struct ResumeConfig {
 
 /// How many received bytes go unacknowledged at most (unless [`ACK_DELAY`] passes first), for
 /// a peer that keeps `peer_replay_buffer` bytes (`None`: it did not say).
-pub fn ack_every(peer_replay_buffer: Option<u64>) -> u64 {
+pub(crate) fn ack_every(peer_replay_buffer: Option<u64>) -> u64 {
     peer_replay_buffer.map_or(ACK_UNSTATED, |b| {
         (b / 4).clamp(*ACK_BOUNDS.start(), *ACK_BOUNDS.end())
     })

@@ -29,7 +29,5 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use engine::{
-    ack_every, run, Config, Ended, Hooks, Leg, ResumeConfig, Role, Session, CLOSE_WAIT, LINGER,
-};
+pub use engine::{run, Config, Ended, Hooks, Leg, ResumeConfig, Role, Session, CLOSE_WAIT, LINGER};
 pub use reason::{CloseFrame, Reason, Violation};

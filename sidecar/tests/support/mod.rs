@@ -324,6 +324,8 @@ impl Resumable {
             .await
             .unwrap();
         assert_eq!(resp.headers()["x-wsgate-resume"], "v1");
+        // The replay buffer is stated once, when the session begins.
+        assert!(resp.headers().get("x-wsgate-replay-buffer").is_none());
         let mine = format!("resume {}", self.received.len());
         ws.send(Message::Text(mine.into())).await.unwrap();
         let theirs = match next(&mut ws).await {
