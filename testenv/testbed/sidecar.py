@@ -99,9 +99,9 @@ class Sidecar:
         if not SIDECAR.exists():
             raise RuntimeError(f"{SIDECAR} missing: `make sidecar` (make test does)")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        # Ports picked here were free a moment ago; another socket (an outgoing connection's
-        # source port comes from the same range) may take one before the sidecar binds it: then
-        # new ones are picked. Ports a test chose are its to keep.
+        # Ports picked here were free a moment ago; another socket may still take one before the
+        # sidecar binds it (rarely, now that `free_port` keeps out of the range outgoing
+        # connections draw from): then new ones are picked. Ports a test chose are its to keep.
         # The failed attempt's lines are cut from the log, which tests read as the sidecar's.
         picked = {"--listen": not self.port, "--admin-listen": not self.admin_port}
         for attempt in range(3):

@@ -5,6 +5,7 @@ Runs as the current user with `UsePAM no`; everything lives in a temporary direc
 from __future__ import annotations
 
 import getpass
+import random
 import os
 import shutil
 import socket
@@ -17,10 +18,39 @@ SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
 def free_port() -> int:
-    """A port that was free a moment ago on 127.0.0.1 (for configs that must name it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port that was free a moment ago on 127.0.0.1 (for configs that must name it), taken
+    below the kernel's ephemeral range when there is room. A port from that range (what binding
+    to port 0 gives) is also where every outgoing connection draws its source port from, so one
+    could take it before the program handed it binds it: a sidecar's admin port was lost that
+    way once in about ten `make test` runs. Below the range only another pick can take it, and
+    no port is handed out twice by one process."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(PICK_FROM, low) if low - PICK_FROM >= 1000 else 0
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = s.getsockname()[1]
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port on 127.0.0.1 between {PICK_FROM} and {low}")
+
+
+# Where `free_port` starts: above the ports well-known services use.
+PICK_FROM = 20000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The ephemeral range's first port (`net.ipv4.ip_local_port_range`)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return PICK_FROM
 
 
 @dataclass
