@@ -732,6 +732,17 @@ mod tests {
         })
     }
 
+    /// Opens `base` at `url`.
+    async fn offer_to(base: &Request<'_>, url: &str) -> Conn {
+        let e = crate::endpoint::build(url, "prod", 0, "/ssh").unwrap();
+        open(&Request {
+            endpoint: &e,
+            ..base.clone()
+        })
+        .await
+        .unwrap()
+    }
+
     /// A first connection offers resumption with its replay buffer, and reads the acceptance,
     /// the route and the server's replay buffer from the `101`; with resumption off, no header
     /// is sent and none is read.
@@ -758,13 +769,7 @@ mod tests {
             "x-wsgate-resume: v1\r\nX-Wsgate-Route: cmVwbGljYS0x\r\nx-wsgate-replay-buffer: 4194304\r\n",
         )
         .await;
-        let e = at(&url);
-        let conn = open(&Request {
-            endpoint: &e,
-            ..base.clone()
-        })
-        .await
-        .unwrap();
+        let conn = offer_to(&base, &url).await;
         assert_eq!(conn.resume.as_deref(), Some("v1"));
         assert_eq!(conn.route.as_deref(), Some("cmVwbGljYS0x"));
         assert_eq!(conn.replay_buffer, Some(4 << 20));
@@ -783,13 +788,7 @@ mod tests {
             "x-wsgate-resume: v1\r\nx-wsgate-replay-buffer: 4194304\r\nx-wsgate-replay-buffer: 4194304\r\n",
         ] {
             let (url, _) = serve_101(stated).await;
-            let e = at(&url);
-            let conn = open(&Request {
-                endpoint: &e,
-                ..base.clone()
-            })
-            .await
-            .unwrap();
+            let conn = offer_to(&base, &url).await;
             assert_eq!(conn.replay_buffer, None, "{stated}");
         }
 
