@@ -202,11 +202,11 @@ pub async fn open(r: &Request<'_>) -> Result<Conn, ClientError> {
                     is_header_value(v).then(|| v.to_string())
                 };
                 // Stated once or not taken: two values are no statement.
-                let replay_buffer =
-                    match resp.headers().get_all(REPLAY_BUFFER_HEADER).iter().count() {
-                        1 => value(REPLAY_BUFFER_HEADER).and_then(|v| parse_replay_buffer(&v)),
-                        _ => None,
-                    };
+                let mut stated = resp.headers().get_all(REPLAY_BUFFER_HEADER).iter();
+                let replay_buffer = match (stated.next(), stated.next()) {
+                    (Some(v), None) => v.to_str().ok().and_then(parse_replay_buffer),
+                    _ => None,
+                };
                 (
                     value(resume::HEADER),
                     r.route_header.and_then(value),

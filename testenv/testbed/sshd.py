@@ -5,8 +5,8 @@ Runs as the current user with `UsePAM no`; everything lives in a temporary direc
 from __future__ import annotations
 
 import getpass
-import random
 import os
+import random
 import shutil
 import socket
 import subprocess
