@@ -87,8 +87,9 @@ unit:
 crash-filter: wasm-target
 	cargo build --profile wasm-release --locked --target wasm32-wasip1 -p wsgate-crash-filter
 
-## e2e: the real-Envoy suite
+## e2e: the real-Envoy suite (builds websocat 1.x into bench/.tools once: a peer it runs)
 e2e: setup filter sidecar client bench-tool crash-filter
+	@bash bench/setup.sh websocat-1
 	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) -m pytest -q testenv/e2e
 
 ## test: every test, and the lint (formatting, clippy, shellcheck): what CI runs

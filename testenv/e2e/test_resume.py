@@ -734,7 +734,7 @@ def test_a_client_that_does_not_offer_resumption_sees_no_change(sshd, make_sidec
     assert not sc.audit("session_resumed")
 
 
-# Where bench/setup.sh builds websocat 1.x (bench.py runs it from there too).
+# Where bench/setup.sh builds websocat 1.x (`make test` and `make bench` run it from there).
 BENCH_WEBSOCAT = Path(__file__).resolve().parents[2] / "bench" / ".tools" / "websocat-1" / "bin" / "websocat"
 
 
@@ -742,16 +742,29 @@ def websocat() -> str | None:
     return shutil.which("websocat") or (str(BENCH_WEBSOCAT) if BENCH_WEBSOCAT.exists() else None)
 
 
-@pytest.mark.skipif(websocat() is None, reason="websocat not installed (bench/setup.sh builds it)")
-def test_websocat_as_proxycommand_against_a_resume_enabled_sidecar(sshd, make_sidecar):
+@pytest.mark.skipif(websocat() is None, reason="websocat not installed (bench/setup.sh websocat-1 builds it)")
+def test_websocat_as_proxycommand_against_a_resume_enabled_sidecar(sshd, make_sidecar, tmp_path):
+    """websocat 1.x, which knows nothing of resumption, as ssh's ProxyCommand against a sidecar
+    with resumption on: a command runs, 8 MiB go each way intact, and no session is parked or
+    resumed (nothing waits for a client that never offered to come back)."""
     sc = make_sidecar()
     # The URL before -H: websocat's -H takes every following word as another header.
     cmd = f"{websocat()} --binary ws://127.0.0.1:{sc.port}/ssh/prod -H 'Authorization: Bearer {ALICE}'"
     r = sshd.run(cmd, "echo", "via-websocat")
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout == b"via-websocat\n"
+    src = tmp_path / "payload"
+    want = random_file(src, 8)
+    with open(src, "rb") as f:
+        up = sshd.run(cmd, "sha256sum", stdin=f)
+    assert up.returncode == 0, up.stderr.decode()
+    assert up.stdout.split()[0].decode() == want, "the bytes sshd read differ from those sent"
+    down = sshd.run(cmd, "cat", str(src))
+    assert down.returncode == 0, down.stderr.decode()
+    assert hashlib.sha256(down.stdout).hexdigest() == want, "the bytes ssh got differ from sshd's"
     # websocat 1.x may hang up without a close frame (client_gone): a session that never offered
     # resumption ends there and then, as before; nothing is parked for it.
-    assert one_session_end(sc)["close_reason"] in (*NORMAL_ENDS, "client_gone")
+    ends = wait_for("three session_end lines", lambda: (e := sc.audit("session_end")) and len(e) == 3 and e, 15)
+    assert all(e["close_reason"] in (*NORMAL_ENDS, "client_gone") for e in ends), ends
     assert sc.metric("wsgate_sessions_parked") == 0
     assert not sc.audit("session_resumed")
