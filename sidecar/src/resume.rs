@@ -324,15 +324,16 @@ impl<L> Handle<L> {
         true
     }
 
-    /// The session is over for good: resumes get 404 from now on; a leg handed over meanwhile
-    /// is dropped (its connection closed).
-    pub fn end(&self) {
+    /// The session is over for good: resumes get 404 from now on. A leg a resume handed over
+    /// in the same moment, not started, is given back (to be refused: dropping it closes its
+    /// connection).
+    #[must_use = "a leg handed over meanwhile is refused and audited by the caller"]
+    pub fn end(&self) -> Option<L> {
         let next = {
             let mut state = self.held.state();
             state.ended = true;
             state.next.take()
         };
-        drop(next);
         let mut sessions = self.registry.sessions();
         if sessions
             .get(&self.id)
@@ -340,12 +341,13 @@ impl<L> Handle<L> {
         {
             sessions.remove(&self.id);
         }
+        next
     }
 }
 
 impl<L> Drop for Handle<L> {
     fn drop(&mut self) {
-        self.end();
+        drop(self.end());
     }
 }
 
@@ -754,6 +756,26 @@ mod tests {
         h.changed().await;
         assert!(h.take_leg().is_none());
         assert!(h.expire());
+        assert_eq!(
+            r.claim(&creds.id, &creds.secret, &alice).err(),
+            Some(Reject::ResumeUnknown)
+        );
+    }
+
+    /// The session ends in the moment after a resume handed its leg over: the leg comes back
+    /// with the end, for its refusal, and later resumes find nothing.
+    #[test]
+    fn a_leg_handed_over_as_the_session_ends_is_given_back() {
+        let (r, h, creds) = one_session();
+        let alice = owner("alice", "prod", 0);
+        let live = h.start_leg();
+        r.claim(&creds.id, &creds.secret, &alice)
+            .unwrap()
+            .hand_over(7)
+            .unwrap();
+        assert!(live.is_cancelled());
+        assert_eq!(h.end(), Some(7));
+        assert_eq!(h.end(), None, "given back once");
         assert_eq!(
             r.claim(&creds.id, &creds.secret, &alice).err(),
             Some(Reject::ResumeUnknown)

@@ -755,10 +755,7 @@ fn start_resume(st: Arc<AppState>, resuming: Resuming, ws: WsUpgrade, audit: Aud
                     Ok(()) => return,
                     // Its connection goes with the leg given back: the client sees it close and
                     // its next resume gets 404.
-                    Err(_) => (
-                        "the session ended while it was being resumed".to_string(),
-                        "session_ended",
-                    ),
+                    Err(_) => (ENDED.1.to_string(), ENDED.0),
                 }
             }
             Ok(Err(e)) => (
@@ -770,22 +767,43 @@ fn start_resume(st: Arc<AppState>, resuming: Resuming, ws: WsUpgrade, audit: Aud
                 "upgrade_failed",
             ),
         };
-        st.metrics.handshake_failed(reason);
-        info!(
-            target: "wsgate::audit",
-            event = "resume_refused",
-            user = audit.user.as_deref().map(|u| display(Shown(u))),
-            cluster = audit.cluster.as_deref().map(display),
-            peer_addr = %audit.origin.peer,
-            client_addr = %audit.origin.client,
-            status = StatusCode::SWITCHING_PROTOCOLS.as_u16(),
-            reason,
-            "resume refused: {why}"
-        );
+        let (user, cluster) = (audit.user.as_deref(), audit.cluster.as_deref());
+        refused_after_101(&st, user, cluster, &audit.origin, reason, &why);
     };
     tracker.spawn(task.instrument(span));
     resp
 }
+
+/// A resume refused after its `101` (the upgrade failed, or the session ended as it came):
+/// counted and audited; its connection, if it has one, is closed without a close frame.
+fn refused_after_101(
+    st: &AppState,
+    user: Option<&str>,
+    cluster: Option<&str>,
+    origin: &Origin,
+    reason: &'static str,
+    why: &str,
+) {
+    st.metrics.handshake_failed(reason);
+    info!(
+        target: "wsgate::audit",
+        event = "resume_refused",
+        user = user.map(|u| display(Shown(u))),
+        cluster = cluster.map(display),
+        peer_addr = %origin.peer,
+        client_addr = %origin.client,
+        status = StatusCode::SWITCHING_PROTOCOLS.as_u16(),
+        reason,
+        "resume refused: {why}"
+    );
+}
+
+/// A resume whose leg the session could not take, as it ended between the checks and the
+/// hand-over or in the moment after it: its refusal's reason and words.
+const ENDED: (&str, &str) = (
+    "session_ended",
+    "the session ended while it was being resumed",
+);
 
 async fn session(st: Arc<AppState>, ready: Ready, socket: Connection, audit: Audit) {
     let Ready {
@@ -923,7 +941,7 @@ impl Legs<'_> {
                 .await;
             self.obs.leg_over();
             if !end.lost {
-                self.handle.end();
+                self.end();
                 return end.reason;
             }
             self.handle.park();
@@ -944,7 +962,7 @@ impl Legs<'_> {
                     if reason == CloseReason::ResumeExpired {
                         self.st.metrics.resume(ResumeResult::Expired);
                     }
-                    self.handle.end();
+                    self.end();
                     bridge.close(self.obs).await;
                     return reason;
                 }
@@ -960,6 +978,16 @@ impl Legs<'_> {
             });
             conn = next.conn;
             leg = Leg::Resumed;
+        }
+    }
+
+    /// The session is over for good; a resume that handed its leg over in the same moment is
+    /// refused.
+    fn end(&self) {
+        if let Some(leg) = self.handle.end() {
+            let i = &self.obs.info;
+            let (user, cluster) = (Some(i.user.as_str()), Some(i.cluster.as_str()));
+            refused_after_101(self.st, user, cluster, &leg.origin, ENDED.0, ENDED.1);
         }
     }
 
