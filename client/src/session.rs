@@ -22,7 +22,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use wsgate_proto::framing::Framing;
 use wsgate_proto::wsframe;
-use wsgate_tunnel::{CloseFrame, Config, Ended, Hooks, Leg, Reason, ResumeConfig, Role, Violation};
+use wsgate_tunnel::{
+    CloseFrame, Config, Ended, Hooks, Leg, Reason, Replayed, ResumeConfig, Role, Violation,
+};
 
 use crate::error::ClientError;
 use crate::resume::{self, Ticket};
@@ -277,8 +279,12 @@ impl Hooks for ClientHooks {
         }
     }
 
-    fn replayed(&self, bytes: u64) {
-        tracing::info!(bytes, "replayed to the server");
+    fn replayed(&self, r: Replayed) {
+        tracing::info!(
+            sent_again = r.to_peer,
+            server_sends_again = r.from_peer,
+            "resume exchange: bytes replayed each way"
+        );
     }
 
     fn close_frame(&self, why: &Reason) -> Option<CloseFrame> {

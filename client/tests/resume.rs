@@ -290,15 +290,25 @@ async fn a_dropped_connection_is_resumed_with_every_byte_once() {
             leg.switch("x-wsgate-resume: v1\r\n").await;
             leg.send(
                 Opcode::Text,
-                format!("resume {}", received.len()).as_bytes(),
+                format!("resume {} {}", received.len(), sent.len()).as_bytes(),
             )
             .await;
             let (op, msg) = leg.frame().await.unwrap();
             assert_eq!(op, Opcode::Text);
             let msg = String::from_utf8(msg).unwrap();
-            let m: usize = msg.strip_prefix("resume ").expect(&msg).parse().unwrap();
+            let (m, client_sent) = msg
+                .strip_prefix("resume ")
+                .and_then(|c| c.split_once(' '))
+                .expect(&msg);
+            let (m, client_sent): (usize, usize) =
+                (m.parse().unwrap(), client_sent.parse().unwrap());
             // The cut frame cannot have reached ssh whole: the server replays part of leg 1.
             assert!(m >= s1a.len() && m < sent.len(), "{msg}");
+            // The client states what it sent in all: at least what arrived, at most ssh's bytes.
+            assert!(
+                client_sent >= received.len() && client_sent <= from_ssh.len(),
+                "{msg}"
+            );
             leg.send(Opcode::Binary, &sent[m..]).await;
             leg.send(Opcode::Binary, &s2).await;
             let total = from_ssh.len();

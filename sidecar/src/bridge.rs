@@ -26,7 +26,7 @@ use wsgate_tunnel::{CloseFrame, Config, Hooks, Reason, ResumeConfig, Role, Sessi
 
 use crate::error::CloseReason;
 
-pub use wsgate_tunnel::{Leg, CLOSE_WAIT};
+pub use wsgate_tunnel::{Leg, Replayed, CLOSE_WAIT};
 
 /// Per-session settings.
 #[derive(Debug, Clone)]
@@ -53,8 +53,10 @@ pub trait Observer: Send + Sync {
     fn up(&self, bytes: u64);
     fn down(&self, bytes: u64);
     fn latency_ms(&self, ms: u64);
-    /// A resumed leg replayed this many of the target's bytes its client had not received.
-    fn replayed(&self, _bytes: u64) {}
+    /// A resumed leg's exchange: the target's bytes its client had not received, sent again
+    /// (`to_peer`), and the client's the target had not, which the client says it sends again
+    /// (`from_peer`).
+    fn replayed(&self, _replayed: Replayed) {}
 }
 
 /// Slack over `max_frame` for a whole client message: the type byte and a little more, as
@@ -218,8 +220,8 @@ impl Hooks for Reports<'_> {
             reason.close_frame()
         }
     }
-    fn replayed(&self, bytes: u64) {
-        self.obs.replayed(bytes);
+    fn replayed(&self, replayed: Replayed) {
+        self.obs.replayed(replayed);
     }
 }
 

@@ -31,7 +31,7 @@ use wsgate_proto::query::{percent_decode, query_pairs};
 
 use crate::auth::{credential, Identity};
 use crate::backends::{BackendError, Backends};
-use crate::bridge::{bridge, Bridge, Leg, Observer};
+use crate::bridge::{bridge, Bridge, Leg, Observer, Replayed};
 use crate::config::{AuthConfig, Config, ServerConfig, SKYPILOT_PATH};
 use crate::error::{CloseReason, Reject};
 use crate::http::{serve as serve_http, HttpLimits};
@@ -621,6 +621,8 @@ struct SessionObserver {
     resumed: Mutex<Option<Resumed>>,
     /// Bytes replayed to the client over all legs, for the session's end.
     replayed: AtomicU64,
+    /// Bytes the client said it sent again over all legs, for the session's end.
+    replayed_by_client: AtomicU64,
 }
 
 impl SessionObserver {
@@ -634,8 +636,8 @@ impl SessionObserver {
     }
 
     /// The `session_resumed` line of the leg that is waiting for one, with the bytes
-    /// replayed to its client when known.
-    fn audit_resumed(&self, replayed: Option<u64>) {
+    /// replayed each way when known.
+    fn audit_resumed(&self, replayed: Option<Replayed>) {
         let Some(r) = self
             .resumed
             .lock()
@@ -657,7 +659,8 @@ impl SessionObserver {
             client_addr = %r.origin.client,
             leg = r.leg,
             gap_ms = r.gap.as_millis() as u64,
-            bytes_replayed = replayed,
+            bytes_replayed = replayed.map(|r| r.to_peer),
+            bytes_replayed_by_client = replayed.map(|r| r.from_peer),
             "session resumed after {:.1} s",
             r.gap.as_secs_f64()
         );
@@ -676,10 +679,12 @@ impl Observer for SessionObserver {
     fn latency_ms(&self, ms: u64) {
         self.metrics.observe_latency_ms(ms);
     }
-    fn replayed(&self, n: u64) {
-        self.replayed.fetch_add(n, Ordering::Relaxed);
-        self.metrics.resume_replayed(n);
-        self.audit_resumed(Some(n));
+    fn replayed(&self, r: Replayed) {
+        self.replayed.fetch_add(r.to_peer, Ordering::Relaxed);
+        self.replayed_by_client
+            .fetch_add(r.from_peer, Ordering::Relaxed);
+        self.metrics.resume_replayed(r.to_peer);
+        self.audit_resumed(Some(r));
     }
 }
 
@@ -847,6 +852,7 @@ async fn session(st: Arc<AppState>, ready: Ready, socket: Connection, audit: Aud
         metrics: Arc::clone(&st.metrics),
         resumed: Mutex::new(None),
         replayed: AtomicU64::new(0),
+        replayed_by_client: AtomicU64::new(0),
     };
     let shutdown = st.close_all.child_token();
     let reason = match (resume, &st.config.resume) {
@@ -889,6 +895,7 @@ async fn session(st: Arc<AppState>, ready: Ready, socket: Connection, audit: Aud
         duration_ms = started.elapsed().as_millis() as u64,
         legs = listed.info.legs.load(Ordering::Relaxed),
         bytes_replayed = obs.replayed.load(Ordering::Relaxed),
+        bytes_replayed_by_client = obs.replayed_by_client.load(Ordering::Relaxed),
         close_code = reason.code(),
         close_reason = reason.label(),
         "session ended"

@@ -208,6 +208,7 @@ async fn a_resume_secret_is_never_logged() {
     c.send(b"world").await;
     assert_eq!(c.next_bytes().await, b"world");
     c.lose();
+    c.sent_into_the_lost_leg(b"!!");
     wait_metric(sc.admin, "wsgate_sessions_parked", 1.0).await;
     c.resume().await;
     c.receive_until(c.sent.len()).await;
@@ -250,8 +251,10 @@ async fn a_resume_secret_is_never_logged() {
     assert_eq!(field(resumed, &["user"]), Some("alice"));
     assert_eq!(field(resumed, &["client_addr"]), Some("127.0.0.1"));
     assert_eq!(resumed["leg"], 2);
-    // The client let the echo of "world" go: it is sent again.
+    // The client let the echo of "world" go: it is sent again; and the client sends "!!"
+    // again, lost with the leg.
     assert_eq!(resumed["bytes_replayed"], 5);
+    assert_eq!(resumed["bytes_replayed_by_client"], 2);
     assert!(resumed["gap_ms"].is_u64(), "{resumed}");
     let ends: Vec<_> = audit
         .iter()
@@ -260,5 +263,6 @@ async fn a_resume_secret_is_never_logged() {
     assert_eq!(ends.len(), 1, "one session_end for all legs:\n{text}");
     assert_eq!(ends[0]["legs"], 2);
     assert_eq!(ends[0]["bytes_replayed"], 5);
+    assert_eq!(ends[0]["bytes_replayed_by_client"], 2);
     assert_eq!(ends[0]["close_reason"], "client_closed");
 }

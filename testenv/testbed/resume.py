@@ -5,7 +5,7 @@ half-way, drop a leg at an exact moment, never read nor acknowledge.
 `Leg` is one WebSocket connection over a plain socket (RFC 6455, client side: masked frames,
 pings answered); `Session` is the resumable session on top: it reads the `session <id>
 <secret>` message, counts the session bytes each way, acknowledges, and on `resume()` opens a
-new leg, exchanges `resume <n>` and replays what the sidecar has not received. It keeps every
+new leg, exchanges `resume <received> <sent>` and replays what the sidecar has not received. It keeps every
 byte it sent (tests send little), so it can replay from any offset the sidecar names.
 """
 from __future__ import annotations
@@ -307,18 +307,22 @@ class Session:
         raise AssertionError("no pipeline length stalled the resume's 101")
 
     def finish(self, leg: Leg, timeout: float = 10.0) -> int:
-        """Exchanges `resume <n>` on `leg`, replays what the sidecar lacks; returns its `n`."""
+        """Exchanges `resume <received> <sent>` on `leg`, replays what the sidecar lacks; returns
+        what the sidecar says it received."""
         if self.leg is not None:
             self.leg.sock.close()
         self.leg = leg
-        leg.text(f"resume {len(self.data)}")
+        leg.text(f"resume {len(self.data)} {len(self.sent)}")
         opcode, payload = leg.frame(timeout)
         words = payload.decode(errors="replace").split(" ")
-        if opcode != 0x1 or len(words) != 2 or words[0] != "resume" or not words[1].isdigit():
-            raise AssertionError(f"the first message of a resumed leg is not `resume <n>`: {payload[:120]!r}")
-        n = int(words[1])
+        if (opcode != 0x1 or len(words) != 3 or words[0] != "resume"
+                or not all(w.isascii() and w.isdigit() for w in words[1:])):
+            raise AssertionError(f"the first message of a resumed leg is not `resume <n> <sent>`: {payload[:120]!r}")
+        n, theirs = int(words[1]), int(words[2])
         if not 0 <= n <= len(self.sent):
             raise AssertionError(f"the sidecar says it received {n} bytes; {len(self.sent)} were sent")
+        if theirs < len(self.data):
+            raise AssertionError(f"the sidecar says it sent {theirs} bytes; {len(self.data)} were received")
         if n < len(self.sent):
             self._frames(bytes(self.sent[n:]))
         self.resumed_at.append(n)

@@ -143,9 +143,19 @@ pub enum Leg {
     /// The first; `greeting` is a control message sent before anything else (the sidecar's
     /// `session <id> <secret>`).
     First { greeting: Option<String> },
-    /// A resumed one: `resume <received>` goes first, and no new data goes until the peer's
-    /// `resume <n>` came and what it lacks is replayed.
+    /// A resumed one: `resume <received> <sent>` goes first, and no new data goes until the
+    /// peer's `resume` came and what it lacks is replayed.
     Resumed,
+}
+
+/// What a resume exchange sends again, each way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replayed {
+    /// Our bytes the peer had not received, sent again.
+    pub to_peer: u64,
+    /// The peer's bytes we had not received, which it sends again: what its `resume` says it
+    /// sent, less what we received.
+    pub from_peer: u64,
 }
 
 /// What the engine reports to, and asks of, the end that runs it.
@@ -164,8 +174,8 @@ pub trait Hooks: Send + Sync {
     fn control(&self, _msg: &str) -> bool {
         false
     }
-    /// A resumed leg replayed this many of our bytes to the peer.
-    fn replayed(&self, _bytes: u64) {}
+    /// A resumed leg's exchange: what each side sends again.
+    fn replayed(&self, _replayed: Replayed) {}
 }
 
 /// How a session ended.
@@ -341,7 +351,7 @@ where
             from_peer: FromPeer::new(read_ahead, framing, control),
             to_peer: Writer::new(peer_wr),
             keepalive: Keepalive::default(),
-            awaiting_resume: false,
+            awaiting_resume: None,
             s: self,
         };
         match leg {
@@ -349,9 +359,9 @@ where
             Leg::First { greeting: None } => {}
             Leg::Resumed => {
                 if let Some(r) = &mut t.s.replay {
-                    let n = r.take_ack();
-                    t.awaiting_resume = true;
-                    t.send_control(&format!("resume {n}"));
+                    let (received, sent) = (r.take_ack(), r.sent());
+                    t.awaiting_resume = Some(received);
+                    t.send_control(&format!("resume {received} {sent}"));
                 }
             }
         }
@@ -421,9 +431,10 @@ struct Tunnel<'a, P, I, O> {
     /// Whole frames for the peer, in order.
     to_peer: Writer<WriteHalf<P>>,
     keepalive: Keepalive,
-    /// A resumed leg before the peer's `resume <n>`: no new data goes out until the peer's
-    /// missing bytes are queued.
-    awaiting_resume: bool,
+    /// A resumed leg before the peer's `resume`: the count of the peer's bytes our own
+    /// `resume` stated (what the peer sends again starts there). No new data goes out until
+    /// the peer's missing bytes are queued.
+    awaiting_resume: Option<u64>,
     /// What outlives the leg.
     s: &'a mut Session<I, O>,
 }
@@ -527,7 +538,7 @@ where
                 && self.from_peer.framing.is_some()
                 && !self.to_peer.is_closed()
                 && self.to_peer.is_idle()
-                && !self.awaiting_resume
+                && self.awaiting_resume.is_none()
                 && !self.s.replay.as_ref().is_some_and(Replay::full);
             if read_input {
                 self.s
@@ -821,20 +832,25 @@ where
         }
     }
 
-    /// A control message from the peer: `ack <n>` and `resume <n>` are the engine's; others go
+    /// A control message from the peer: `ack <n>` and `resume <n> <sent>` are the engine's; others go
     /// to the hooks.
     fn on_control(&mut self, msg: &[u8]) -> Result<(), Reason> {
         let bad = || Reason::from(Violation::Control(text_of(msg)));
         let msg = std::str::from_utf8(msg).map_err(|_| bad())?;
         let replay = self.s.replay.as_mut().ok_or_else(bad)?;
         match msg.split_once(' ') {
-            Some(("ack", n)) if !self.awaiting_resume => {
+            Some(("ack", n)) if self.awaiting_resume.is_none() => {
                 replay.ack(count(n).ok_or_else(bad)?)?;
                 self.spares_if_caught_up();
                 self.end_if_acknowledged()?;
             }
-            Some(("resume", n)) if self.awaiting_resume => {
-                let n = count(n).ok_or_else(bad)?;
+            Some(("resume", counts)) if self.awaiting_resume.is_some() => {
+                let (n, peer_sent) = counts.split_once(' ').ok_or_else(bad)?;
+                let (n, peer_sent) = (count(n).ok_or_else(bad)?, count(peer_sent).ok_or_else(bad)?);
+                // From the count our `resume` stated, not `received` now: bytes that came
+                // behind the peer's `resume` in the same read may be counted already.
+                let stated = self.awaiting_resume.unwrap_or_default();
+                let from_peer = resent_by_peer(stated, peer_sent)?;
                 let missing = replay.replay_from(n)?;
                 // The peer may have had everything: then no acknowledgement is to come.
                 self.spares_if_caught_up();
@@ -851,8 +867,11 @@ where
                         self.to_peer.push(frame);
                     }
                 }
-                self.awaiting_resume = false;
-                self.hooks.replayed(replayed as u64);
+                self.awaiting_resume = None;
+                self.hooks.replayed(Replayed {
+                    to_peer: replayed as u64,
+                    from_peer,
+                });
                 self.end_if_acknowledged()?;
             }
             _ if self.hooks.control(msg) => {}
@@ -926,6 +945,16 @@ where
 }
 
 /// A count in a control message: decimal digits only.
+/// The peer, resuming, says it sent `peer_sent` bytes in all, and we stated that we had
+/// received `stated`: how many it sends again. Fewer than we received cannot be.
+fn resent_by_peer(stated: u64, peer_sent: u64) -> Result<u64, Violation> {
+    peer_sent.checked_sub(stated).ok_or_else(|| {
+        Violation::Control(format!(
+            "resume: {peer_sent} bytes sent, fewer than the {stated} received"
+        ))
+    })
+}
+
 fn count(s: &str) -> Option<u64> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;

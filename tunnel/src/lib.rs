@@ -29,5 +29,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use engine::{run, Config, Ended, Hooks, Leg, ResumeConfig, Role, Session, CLOSE_WAIT, LINGER};
+pub use engine::{
+    run, Config, Ended, Hooks, Leg, Replayed, ResumeConfig, Role, Session, CLOSE_WAIT, LINGER,
+};
 pub use reason::{CloseFrame, Reason, Violation};

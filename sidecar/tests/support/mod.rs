@@ -304,6 +304,13 @@ impl Resumable {
         self.ws = None;
     }
 
+    /// Counts `data` as sent on a leg already lost, as bytes still in the dead connection's
+    /// buffers would be: the sidecar never got them, and the resume sends them again.
+    pub fn sent_into_the_lost_leg(&mut self, data: &[u8]) {
+        assert!(self.ws.is_none(), "only once the leg is lost");
+        self.sent.extend_from_slice(data);
+    }
+
     /// The resume request of this session, with another secret, token or query if given.
     pub async fn resume_request(
         &self,
@@ -315,9 +322,9 @@ impl Resumable {
         open_with(self.addr, query, token, &[("x-wsgate-resume", &value)]).await
     }
 
-    /// Resumes the session on a new connection: `resume <received>` both ways, then what the
-    /// sidecar lacks is sent again. Returns the sidecar's `resume <n>` and the leg it took over
-    /// if this client still held one.
+    /// Resumes the session on a new connection: `resume <received> <sent>` both ways, then
+    /// what the sidecar lacks is sent again. Returns the sidecar's received count and the leg
+    /// it took over if this client still held one.
     pub async fn resume(&mut self) -> (usize, Option<Ws>) {
         let (mut ws, resp) = self
             .resume_request(&self.token, &self.query, &self.secret)
@@ -326,20 +333,26 @@ impl Resumable {
         assert_eq!(resp.headers()["x-wsgate-resume"], "v1");
         // The replay buffer is stated once, when the session begins.
         assert!(resp.headers().get("x-wsgate-replay-buffer").is_none());
-        let mine = format!("resume {}", self.received.len());
+        let mine = format!("resume {} {}", self.received.len(), self.sent.len());
         ws.send(Message::Text(mine.into())).await.unwrap();
         let theirs = match next(&mut ws).await {
             Some(Message::Text(t)) => t.to_string(),
-            other => panic!("want `resume <n>` first, got {other:?}"),
+            other => panic!("want `resume <n> <sent>` first, got {other:?}"),
         };
-        let n: usize = theirs
+        let (n, sent): (usize, usize) = theirs
             .strip_prefix("resume ")
-            .and_then(|n| n.parse().ok())
+            .and_then(|c| c.split_once(' '))
+            .and_then(|(n, sent)| Some((n.parse().ok()?, sent.parse().ok()?)))
             .unwrap_or_else(|| panic!("{theirs:?}"));
         assert!(
             n <= self.sent.len(),
             "{theirs:?} of {} sent",
             self.sent.len()
+        );
+        assert!(
+            sent >= self.received.len(),
+            "{theirs:?}: {} received",
+            self.received.len()
         );
         let old = self.ws.replace(ws);
         let again = self.sent[n..].to_vec();

@@ -3,6 +3,7 @@
 //! runs the next leg over a new connection, and the bytes that come out at both local sides are
 //! exactly the bytes that went in.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use bytes::BytesMut;
@@ -11,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use wsgate_proto::framing::Framing;
 
 use super::{client_config, close_for, masked, server_config, Seen};
-use crate::{CloseFrame, Config, Hooks, Leg, Reason, ResumeConfig, Session, Violation};
+use crate::{CloseFrame, Config, Hooks, Leg, Reason, Replayed, ResumeConfig, Session, Violation};
 use wsgate_proto::wsframe::Opcode;
 
 fn resumable(mut c: Config, replay_buffer: usize) -> Config {
@@ -31,12 +32,14 @@ fn pattern(n: usize, seed: u8) -> Vec<u8> {
 }
 
 /// The hooks of a side that also keeps the control messages it is handed (the client's
-/// `session` greeting) and what its resumes replayed.
+/// `session` greeting) and what its resumes replayed, by leg.
 #[derive(Default)]
 struct Side {
     seen: Seen,
     controls: Mutex<Vec<String>>,
-    replayed: Mutex<Vec<u64>>,
+    /// The leg running (set by [`legs`]).
+    leg: AtomicUsize,
+    replayed: Mutex<Vec<(usize, Replayed)>>,
 }
 
 impl Hooks for Side {
@@ -56,8 +59,9 @@ impl Hooks for Side {
         }
         known
     }
-    fn replayed(&self, n: u64) {
-        self.replayed.lock().unwrap().push(n);
+    fn replayed(&self, r: Replayed) {
+        let leg = self.leg.load(Ordering::Relaxed);
+        self.replayed.lock().unwrap().push((leg, r));
     }
 }
 
@@ -141,6 +145,8 @@ async fn legs(
             (Leg::Resumed, Leg::Resumed)
         };
         n += 1;
+        sh.leg.store(n, Ordering::Relaxed);
+        ch.leg.store(n, Ordering::Relaxed);
         let never = std::future::pending::<()>;
         let (se, ce) = tokio::join!(
             server.run_leg(
@@ -173,9 +179,10 @@ async fn legs(
 }
 
 /// Both ways at once, `size` bytes each, through connections cut after each of `cuts` bytes
-/// in turn: both local sides get exactly what the other sent, and the client was told the
-/// session's id and secret once.
-async fn through_cuts(size: usize, cuts: Vec<usize>, replay_buffer: usize) -> usize {
+/// in turn: both local sides get exactly what the other sent, the client was told the
+/// session's id and secret once, and both sides of every resume exchange agree on what each
+/// sends again. Returns the number of legs, and of exchanges complete on both sides.
+async fn through_cuts(size: usize, cuts: Vec<usize>, replay_buffer: usize) -> (usize, usize) {
     let configs = (
         resumable(server_config(Framing::Raw), replay_buffer),
         resumable(client_config(), replay_buffer),
@@ -213,8 +220,21 @@ async fn through_cuts(size: usize, cuts: Vec<usize>, replay_buffer: usize) -> us
         ch.controls.lock().unwrap().as_slice(),
         [format!("session {} {}", "a".repeat(32), "b".repeat(32))]
     );
+    // Where both sides' `resume` got through, each knows what the other sends again.
+    let (sr, cr) = (sh.replayed.lock().unwrap(), ch.replayed.lock().unwrap());
+    let both: Vec<_> = sr
+        .iter()
+        .filter_map(|(leg, s)| cr.iter().find(|(l, _)| l == leg).map(|(_, c)| (*s, *c)))
+        .collect();
+    for (s, c) in &both {
+        assert_eq!((s.to_peer, s.from_peer), (c.from_peer, c.to_peer));
+    }
+    assert!(
+        both.iter().any(|(s, _)| s.to_peer > 0) && both.iter().any(|(s, _)| s.from_peer > 0),
+        "bytes in flight both ways were sent again: {both:?}"
+    );
     let _ = (target.feed, stdio.feed);
-    n
+    (n, both.len())
 }
 
 #[tokio::test]
@@ -222,8 +242,12 @@ async fn bytes_survive_cuts_in_both_directions() {
     // The first leg lasts past the greeting (a client without it has nothing to resume);
     // later legs are cut in their `resume` exchange, mid-frame, and after a lot.
     let cuts = vec![100_000, 3, 17, 5000, 40_000, 123_457, 300_001, 2, 777_777];
-    let n = through_cuts(1 << 20, cuts, 256 << 10).await;
+    let (n, exchanges) = through_cuts(1 << 20, cuts, 256 << 10).await;
     assert!(n >= 8, "{n} legs");
+    assert!(
+        exchanges >= 5,
+        "{exchanges} resume exchanges complete on both sides"
+    );
 }
 
 #[tokio::test]
@@ -427,7 +451,7 @@ async fn bad_control_messages_end_the_session() {
         },
         // `resume` outside a resumed leg's start.
         Case {
-            msg: "resume 0",
+            msg: "resume 0 0",
             leg: Leg::First { greeting: None },
         },
         // A client may not claim a session (only the sidecar greets).
@@ -438,6 +462,15 @@ async fn bad_control_messages_end_the_session() {
         // Before the `resume` exchange, no `ack`.
         Case {
             msg: "ack 0",
+            leg: Leg::Resumed,
+        },
+        // A `resume` without the count of bytes sent, or with a third.
+        Case {
+            msg: "resume 0",
+            leg: Leg::Resumed,
+        },
+        Case {
+            msg: "resume 0 0 0",
             leg: Leg::Resumed,
         },
     ];
@@ -529,7 +562,7 @@ async fn a_target_that_closes_is_waited_for_until_the_client_has_its_last_bytes(
     assert!(e.lost, "{:?}", e.reason);
     // Resumed: the client has none of it; it is replayed, and acknowledged, then the end.
     let (conn, mut peer) = tokio::io::duplex(1 << 16);
-    peer.write_all(&text("resume 0")).await.unwrap();
+    peer.write_all(&text("resume 0 0")).await.unwrap();
     let client = async move {
         let mut got = Vec::new();
         let mut buf = [0u8; 256];
@@ -646,7 +679,7 @@ async fn spare_read_buffers_go_after_a_resume_that_acknowledges_everything() {
     assert!(s.spare_buffers() > 0, "the replay buffer still holds them");
     // Resumed: the peer says it has all of it, then stays quiet.
     let (conn, mut peer) = tokio::io::duplex(1 << 20);
-    peer.write_all(&text(&format!("resume {}", 256 << 10)))
+    peer.write_all(&text(&format!("resume {} 0", 256 << 10)))
         .await
         .unwrap();
     tokio::select! {
@@ -655,4 +688,61 @@ async fn spare_read_buffers_go_after_a_resume_that_acknowledges_everything() {
     }
     drop(peer);
     assert_eq!(s.spare_buffers(), 0);
+}
+
+/// What the peer sends again is its `resume`'s count of bytes sent less the count our own
+/// `resume` stated, even when bytes it sends behind its `resume` come in the same read (they
+/// are not taken for bytes it had sent before); a peer that says it sent fewer bytes than
+/// arrived is refused.
+#[tokio::test]
+async fn what_the_peer_sends_again_counts_from_our_own_resume() {
+    let cfg = resumable(server_config(Framing::Raw), 1 << 20);
+    for (peer_sent, behind, refused) in [(12, &b"!!"[..], false), (9, &b""[..], true)] {
+        let target = local(Vec::new(), 10 + behind.len());
+        let mut s = Session::new(target.input, target.output, &cfg);
+        let side = Side::default();
+        let never = std::future::pending::<()>;
+        // First leg: ten bytes arrive, then the connection drops.
+        let (conn, mut peer) = tokio::io::duplex(1 << 16);
+        peer.write_all(&masked(0x82, b"0123456789")).await.unwrap();
+        drop(peer);
+        let first = Leg::First { greeting: None };
+        let e = s
+            .run_leg(conn, BytesMut::new(), first, &cfg, &side, never(), never())
+            .await;
+        assert!(e.lost, "{:?}", e.reason);
+        // Resumed: the peer's `resume` and, in the same write, the bytes it sends again.
+        let (conn, mut peer) = tokio::io::duplex(1 << 16);
+        let mut first_words = text(&format!("resume 0 {peer_sent}"));
+        first_words.extend_from_slice(&masked(0x82, behind));
+        peer.write_all(&first_words).await.unwrap();
+        let resumed = s.run_leg(
+            conn,
+            BytesMut::new(),
+            Leg::Resumed,
+            &cfg,
+            &side,
+            never(),
+            never(),
+        );
+        let e = tokio::select! {
+            e = resumed => e,
+            got = target.drain, if !refused => {
+                assert_eq!(got.unwrap(), [&b"0123456789"[..], behind].concat());
+                let replayed = Replayed { to_peer: 0, from_peer: 2 };
+                assert_eq!(side.replayed.lock().unwrap().as_slice(), [(0, replayed)]);
+                drop(peer);
+                continue;
+            }
+        };
+        assert!(refused, "{:?}", e.reason);
+        let Reason::Violation(Violation::Control(why)) = &e.reason else {
+            panic!("{:?}", e.reason);
+        };
+        assert!(
+            why.contains("9 bytes sent, fewer than the 10 received"),
+            "{why}"
+        );
+        assert!(side.replayed.lock().unwrap().is_empty());
+    }
 }
