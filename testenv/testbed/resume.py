@@ -5,8 +5,9 @@ half-way, drop a leg at an exact moment, never read nor acknowledge.
 `Leg` is one WebSocket connection over a plain socket (RFC 6455, client side: masked frames,
 pings answered); `Session` is the resumable session on top: it reads the `session <id>
 <secret>` message, counts the session bytes each way, acknowledges, and on `resume()` opens a
-new leg, exchanges `resume <received> <sent>` and replays what the sidecar has not received. It keeps every
-byte it sent (tests send little), so it can replay from any offset the sidecar names.
+new leg, exchanges `resume <received> <sent>` and replays what the sidecar has not received.
+It keeps every byte it sent (tests send little), so it can replay from any offset the sidecar
+names.
 """
 from __future__ import annotations
 
