@@ -98,5 +98,11 @@ if ! command -v microsocks >/dev/null 2>&1 && [ ! -x /usr/bin/microsocks ]; then
   log "installing microsocks (a SOCKS5 proxy for the client's proxy tests)"
   apt_install microsocks || log "microsocks unavailable; the client's proxy tests will fail"
 fi
+# websocat (built from crates.io by bench/setup.sh for the e2e suite and the benchmarks) links
+# OpenSSL: its build needs the headers and pkg-config.
+if ! pkg-config --exists openssl 2>/dev/null; then
+  log "installing libssl-dev and pkg-config (websocat's build links OpenSSL)"
+  apt_install libssl-dev pkg-config || log "libssl-dev unavailable; building websocat will fail"
+fi
 
 "$VENV/bin/envoy" --version | sed -n 's/^.*version: /setup: envoy /p' >&2

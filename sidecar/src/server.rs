@@ -365,10 +365,12 @@ struct Resuming {
     echo_protocol: Option<String>,
 }
 
-/// What a resume hands the session's task: the upgraded connection, and where it came from.
+/// What a resume hands the session's task: the upgraded connection, where it came from, and
+/// the resume request's span (for its refusal, should the session end as it is handed over).
 struct NewLeg {
     conn: Connection,
     origin: Origin,
+    span: Span,
 }
 
 /// What is known of a request so far, for its audit line and its span: a refusal says as much
@@ -617,7 +619,7 @@ struct SessionObserver {
     /// The server's totals.
     metrics: Arc<Metrics>,
     /// A resumed leg not audited yet: its line waits for the replay's size (the client's
-    /// `resume <n>` comes first thing), or for the leg's end if it never comes.
+    /// `resume` comes first thing), or for the leg's end if it never comes.
     resumed: Mutex<Option<Resumed>>,
     /// Bytes replayed to the client over all legs, for the session's end.
     replayed: AtomicU64,
@@ -681,8 +683,9 @@ impl Observer for SessionObserver {
     }
     fn replayed(&self, r: Replayed) {
         self.replayed.fetch_add(r.to_peer, Ordering::Relaxed);
-        self.replayed_by_client
-            .fetch_add(r.from_peer, Ordering::Relaxed);
+        // The client's figure is its own claim: summed without wrapping, whatever it says.
+        let add = |sum: u64| Some(sum.saturating_add(r.from_peer));
+        let _ = (self.replayed_by_client).fetch_update(Ordering::Relaxed, Ordering::Relaxed, add);
         self.metrics.resume_replayed(r.to_peer);
         self.audit_resumed(Some(r));
     }
@@ -755,12 +758,13 @@ fn start_resume(st: Arc<AppState>, resuming: Resuming, ws: WsUpgrade, audit: Aud
                 let leg = NewLeg {
                     conn,
                     origin: audit.origin,
+                    span: audit.span.clone(),
                 };
                 match resuming.claim.hand_over(leg) {
                     Ok(()) => return,
                     // Its connection goes with the leg given back: the client sees it close and
                     // its next resume gets 404.
-                    Err(_) => (ENDED.1.to_string(), ENDED.0),
+                    Err(_) => (ENDED_WHY.to_string(), ENDED),
                 }
             }
             Ok(Err(e)) => (
@@ -803,12 +807,10 @@ fn refused_after_101(
     );
 }
 
-/// A resume whose leg the session could not take, as it ended between the checks and the
-/// hand-over or in the moment after it: its refusal's reason and words.
-const ENDED: (&str, &str) = (
-    "session_ended",
-    "the session ended while it was being resumed",
-);
+/// The refusal of a resume whose leg the session could not take, as it ended between the
+/// checks and the hand-over or in the moment after it: its reason, and its words.
+const ENDED: &str = "session_ended";
+const ENDED_WHY: &str = "the session ended while it was being resumed";
 
 async fn session(st: Arc<AppState>, ready: Ready, socket: Connection, audit: Audit) {
     let Ready {
@@ -994,7 +996,10 @@ impl Legs<'_> {
         if let Some(leg) = self.handle.end() {
             let i = &self.obs.info;
             let (user, cluster) = (Some(i.user.as_str()), Some(i.cluster.as_str()));
-            refused_after_101(self.st, user, cluster, &leg.origin, ENDED.0, ENDED.1);
+            let refuse =
+                || refused_after_101(self.st, user, cluster, &leg.origin, ENDED, ENDED_WHY);
+            // Under the resume request's span, as a refusal before the hand-over is.
+            leg.span.in_scope(refuse);
         }
     }
 

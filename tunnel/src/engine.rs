@@ -832,24 +832,23 @@ where
         }
     }
 
-    /// A control message from the peer: `ack <n>` and `resume <n> <sent>` are the engine's; others go
-    /// to the hooks.
+    /// A control message from the peer: `ack <n>` and `resume <n> <sent>` are the engine's;
+    /// others go to the hooks.
     fn on_control(&mut self, msg: &[u8]) -> Result<(), Reason> {
         let bad = || Reason::from(Violation::Control(text_of(msg)));
         let msg = std::str::from_utf8(msg).map_err(|_| bad())?;
         let replay = self.s.replay.as_mut().ok_or_else(bad)?;
-        match msg.split_once(' ') {
-            Some(("ack", n)) if self.awaiting_resume.is_none() => {
+        match (msg.split_once(' '), self.awaiting_resume) {
+            (Some(("ack", n)), None) => {
                 replay.ack(count(n).ok_or_else(bad)?)?;
                 self.spares_if_caught_up();
                 self.end_if_acknowledged()?;
             }
-            Some(("resume", counts)) if self.awaiting_resume.is_some() => {
+            (Some(("resume", counts)), Some(stated)) => {
                 let (n, peer_sent) = counts.split_once(' ').ok_or_else(bad)?;
                 let (n, peer_sent) = (count(n).ok_or_else(bad)?, count(peer_sent).ok_or_else(bad)?);
                 // From the count our `resume` stated, not `received` now: bytes that came
                 // behind the peer's `resume` in the same read may be counted already.
-                let stated = self.awaiting_resume.unwrap_or_default();
                 let from_peer = resent_by_peer(stated, peer_sent)?;
                 let missing = replay.replay_from(n)?;
                 // The peer may have had everything: then no acknowledgement is to come.
@@ -944,7 +943,6 @@ where
     }
 }
 
-/// A count in a control message: decimal digits only.
 /// The peer, resuming, says it sent `peer_sent` bytes in all, and we stated that we had
 /// received `stated`: how many it sends again. Fewer than we received cannot be.
 fn resent_by_peer(stated: u64, peer_sent: u64) -> Result<u64, Violation> {
@@ -955,6 +953,7 @@ fn resent_by_peer(stated: u64, peer_sent: u64) -> Result<u64, Violation> {
     })
 }
 
+/// A count in a control message: decimal digits only.
 fn count(s: &str) -> Option<u64> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;

@@ -659,7 +659,7 @@ async fn spare_read_buffers_outlast_a_pause_and_go_after_a_quiet_second() {
     }
 }
 
-/// A resume whose `resume <n>` acknowledges everything sent (the peer had it all before the
+/// A resume whose `resume` acknowledges everything sent (the peer had it all before the
 /// leg died) leaves nothing to acknowledge later: the spare read buffers still go after a quiet
 /// second.
 #[tokio::test(start_paused = true)]
