@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::bridge::Replayed;
+
 /// Buckets (seconds) of the clients' latency reports. The reports (SkyPilot's type 2 frame,
 /// `!BQ`) are whole milliseconds, so no bound below 1 ms could ever split them: a LAN round
 /// trip arrives as 0 or 1 and lands in the first bucket. Durations the sidecar measures itself
@@ -256,6 +258,8 @@ pub struct Metrics {
     resumes: [AtomicU64; 6],
     /// Session bytes the sidecar sent its clients again after a resume.
     resume_replayed: AtomicU64,
+    /// Session bytes clients said they send again after a resume (their own figures).
+    resume_replayed_by_clients: AtomicU64,
     /// From a leg's loss to its resume, over [`GAP_BUCKETS`].
     resume_gap: Histogram,
 }
@@ -277,6 +281,7 @@ impl Default for Metrics {
             sessions_parked: AtomicI64::new(0),
             resumes: Default::default(),
             resume_replayed: AtomicU64::new(0),
+            resume_replayed_by_clients: AtomicU64::new(0),
             resume_gap: Histogram::new(&GAP_BUCKETS),
         }
     }
@@ -361,9 +366,13 @@ impl Metrics {
         self.resumes[i].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A resumed leg replayed `bytes` to its client.
-    pub fn resume_replayed(&self, bytes: u64) {
-        self.resume_replayed.fetch_add(bytes, Ordering::Relaxed);
+    /// A resumed leg's exchange: what the sidecar sent its client again, and what the client
+    /// says it sends again (its claim: summed without wrapping, whatever it says).
+    pub fn resume_replayed(&self, r: Replayed) {
+        let o = Ordering::Relaxed;
+        self.resume_replayed.fetch_add(r.to_peer, o);
+        let add = |sum: u64| Some(sum.saturating_add(r.from_peer));
+        let _ = self.resume_replayed_by_clients.fetch_update(o, o, add);
     }
 
     /// A session was resumed `gap` after its leg was lost.
@@ -402,6 +411,12 @@ impl Metrics {
             "counter",
             "Session bytes sent to clients again after they resumed (what they had not received).",
             self.resume_replayed.load(r).to_string(),
+        );
+        simple(
+            "wsgate_resume_replayed_by_client_bytes_total",
+            "counter",
+            "Session bytes clients said they sent again after they resumed (what the sidecar had not received).",
+            self.resume_replayed_by_clients.load(r).to_string(),
         );
         simple(
             "wsgate_sessions_total",
@@ -604,7 +619,14 @@ wsgate_client_latency_seconds_count 5
         m.resume(ResumeResult::Ok);
         m.resume(ResumeResult::BadSecret);
         m.resume(ResumeResult::BadSecret);
-        m.resume_replayed(1500);
+        m.resume_replayed(Replayed {
+            to_peer: 1500,
+            from_peer: 20,
+        });
+        m.resume_replayed(Replayed {
+            to_peer: 0,
+            from_peer: u64::MAX,
+        });
         m.observe_resume_gap(Duration::from_millis(4200));
         let text = m.render();
         for want in [
@@ -616,6 +638,8 @@ wsgate_client_latency_seconds_count 5
             "wsgate_resumes_total{result=\"conflict\"} 0\n",
             "wsgate_resumes_total{result=\"expired\"} 0\n",
             "wsgate_resume_replayed_bytes_total 1500\n",
+            // A client's absurd figure saturates rather than wrapping the sum.
+            "wsgate_resume_replayed_by_client_bytes_total 18446744073709551615\n",
             "# TYPE wsgate_resume_gap_seconds histogram",
             "wsgate_resume_gap_seconds_bucket{le=\"2.5\"} 0\n",
             "wsgate_resume_gap_seconds_bucket{le=\"5\"} 1\n",

@@ -685,8 +685,10 @@ impl Observer for SessionObserver {
         self.replayed.fetch_add(r.to_peer, Ordering::Relaxed);
         // The client's figure is its own claim: summed without wrapping, whatever it says.
         let add = |sum: u64| Some(sum.saturating_add(r.from_peer));
-        let _ = (self.replayed_by_client).fetch_update(Ordering::Relaxed, Ordering::Relaxed, add);
-        self.metrics.resume_replayed(r.to_peer);
+        let _ = self
+            .replayed_by_client
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, add);
+        self.metrics.resume_replayed(r);
         self.audit_resumed(Some(r));
     }
 }

@@ -478,6 +478,8 @@ def test_chaos_proxy_cutting_many_times_during_32_mib_each_way(sshd, tls, tmp_pa
     both = [(r.get("bytes_replayed"), r.get("bytes_replayed_by_client")) for r in resumed]
     assert any(down for down, _ in both) and any(up for _, up in both), both
     assert end["bytes_replayed_by_client"] == sum(up or 0 for _, up in both), (end, both)
+    assert sc.metric("wsgate_resume_replayed_by_client_bytes_total") == end["bytes_replayed_by_client"]
+    assert sc.metric("wsgate_resume_replayed_bytes_total") == end["bytes_replayed"]
 
 
 # --- Two replicas behind the stateful session -----------------------------------------------------
