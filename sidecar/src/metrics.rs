@@ -287,6 +287,13 @@ impl Default for Metrics {
     }
 }
 
+/// Adds `n` to `sum`, stopping at `u64::MAX` rather than wrapping: for figures a peer states
+/// (a client's own count of what it sends again), whatever it says.
+pub fn add_saturating(sum: &AtomicU64, n: u64) {
+    let add = |s: u64| Some(s.saturating_add(n));
+    let _ = sum.fetch_update(Ordering::Relaxed, Ordering::Relaxed, add);
+}
+
 fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
     if let Ok(mut m) = map.lock() {
         *m.entry(key).or_default() += 1;
@@ -369,10 +376,8 @@ impl Metrics {
     /// A resumed leg's exchange: what the sidecar sent its client again, and what the client
     /// says it sends again (its claim: summed without wrapping, whatever it says).
     pub fn resume_replayed(&self, r: Replayed) {
-        let o = Ordering::Relaxed;
-        self.resume_replayed.fetch_add(r.to_peer, o);
-        let add = |sum: u64| Some(sum.saturating_add(r.from_peer));
-        let _ = self.resume_replayed_by_clients.fetch_update(o, o, add);
+        self.resume_replayed.fetch_add(r.to_peer, Ordering::Relaxed);
+        add_saturating(&self.resume_replayed_by_clients, r.from_peer);
     }
 
     /// A session was resumed `gap` after its leg was lost.

@@ -35,7 +35,7 @@ use crate::bridge::{bridge, Bridge, Leg, Observer, Replayed};
 use crate::config::{AuthConfig, Config, ServerConfig, SKYPILOT_PATH};
 use crate::error::{CloseReason, Reject};
 use crate::http::{serve as serve_http, HttpLimits};
-use crate::metrics::{Metrics, ResumeResult};
+use crate::metrics::{add_saturating, Metrics, ResumeResult};
 use crate::origin::{Origin, PeerAddr};
 use crate::resume::{self, Claim, Credentials, Offer, Owner, Resumable, SessionId};
 use crate::sessions::{Admission, Registry, SessionInfo};
@@ -683,11 +683,7 @@ impl Observer for SessionObserver {
     }
     fn replayed(&self, r: Replayed) {
         self.replayed.fetch_add(r.to_peer, Ordering::Relaxed);
-        // The client's figure is its own claim: summed without wrapping, whatever it says.
-        let add = |sum: u64| Some(sum.saturating_add(r.from_peer));
-        let _ = self
-            .replayed_by_client
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, add);
+        add_saturating(&self.replayed_by_client, r.from_peer);
         self.metrics.resume_replayed(r);
         self.audit_resumed(Some(r));
     }
