@@ -88,7 +88,7 @@ class Sizes:
         sessions = [int(x) for x in e("BENCH_SESSIONS", f"1000,{big}").split(",")]
         return cls(int(e("BENCH_MIB", "1024")), int(e("BENCH_SSH_MIB", "1024")), int(e("BENCH_ROUNDS", "3")),
                    int(e("BENCH_PINGS", "10000")), float(e("BENCH_LOAD_SECS", "3")), sessions,
-                   max(1, int(e("BENCH_RESUME_PAIRS", "200"))), 30)
+                   max(1, int(e("BENCH_RESUME_PAIRS", "600"))), 30)
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -674,9 +674,9 @@ def resume(work: Path, s: Sizes, res: dict) -> str:
     each pair's ratio cancels this VM's drift and the median of many of them resolves a few
     percent, which part 1's three rounds cannot; the report shows its 95 % interval. Each push
     is BENCH_MIB (1 GiB): pairs of 256 MiB pushes spread ±10–15 % (quartiles) and their median
-    moved by 5 % from run to run, 1 GiB ones spread ±5–7 %. 200 pairs (about four minutes) put
-    the median within about ±2 %; 40 left about ±3.5 %, and runs of them read from 0.5 % to
-    5.5 % on one build. And a session's one-off costs (the
+    moved by 5 % from run to run, 1 GiB ones spread ±5–7 %. 600 pairs (about ten minutes) put
+    the median within about ±1 %, enough to judge a goal of 2 %; 200 left about ±2 % (runs read
+    2.1 % and 3.1 %), 40 about ±3.5 % (runs read from 0.5 % to 5.5 % on one build). And a session's one-off costs (the
     client faults its replay buffer's pages in once, ~2k page faults, a few ms) weigh on a
     throughput as they would in a real session, not four times as much. The recovery: a live
     session's connection cut (a reset, as when a NAT drops its state) with the network back at
