@@ -58,7 +58,7 @@ demo: setup filter sidecar client
 	WSGATE_WASM=$(CURDIR)/$(WASM) $(PY) testenv/demo.py
 
 ## bench: wsgate vs raw TCP, websocat 1.x/4.x, Python, Lua: tables of figures and ratios,
-## written to bench/results.md (12-20 min; sizes: see bench/bench.py)
+## written to bench/results.md (about 20 min; sizes: see bench/bench.py)
 bench: setup filter sidecar client bench-tool
 	@bash bench/setup.sh
 	@bash testenv/setup-skypilot.sh >/dev/null
