@@ -676,12 +676,12 @@ def resume(work: Path, s: Sizes, res: dict) -> str:
     is BENCH_MIB (1 GiB): pairs of 256 MiB pushes spread ±10–15 % (quartiles) and their median
     moved by 5 % from run to run, 1 GiB ones spread ±5–7 %. 600 pairs (about ten minutes) put
     the median within about ±1 %, enough to judge a goal of 2 %; 200 left about ±2 % (runs read
-    2.1 % and 3.1 %), 40 about ±3.5 % (runs read from 0.5 % to 5.5 % on one build). And a session's one-off costs (the
-    client faults its replay buffer's pages in once, ~2k page faults, a few ms) weigh on a
-    throughput as they would in a real session, not four times as much. The recovery: a live
-    session's connection cut (a reset, as when a NAT drops its state) with the network back at
-    once, timed until a byte written right after the cut is echoed: the client's noticing,
-    reconnecting (handshake and checks included) and the replay."""
+    2.1 % and 3.1 %), 40 about ±3.5 % (runs read from 0.5 % to 5.5 % on one build). And a
+    session's one-off costs (the client faults its replay buffer's pages in once, ~2k page
+    faults, a few ms) weigh on a throughput as they would in a real session, not four times as
+    much. The recovery: a live session's connection cut (a reset, as when a NAT drops its state)
+    with the network back at once, timed until a byte written right after the cut is echoed: the
+    client's noticing, reconnecting (handshake and checks included) and the replay."""
     target, taddr = start_announcing([str(BENCH), "target"], work / "target.log")
     side = Sidecar(work / "sidecar", standard_args(work, taddr)).start()
     try:
